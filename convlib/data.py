@@ -1,0 +1,1 @@
+"""Data helpers: image loading, batching and augmentation."""

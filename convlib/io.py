@@ -1,0 +1,114 @@
+"""Model files: one ``.npz`` with the architecture as JSON, the arrays and user metadata.
+
+Layout of the archive (all plain arrays, so ``np.load(allow_pickle=False)`` reads it and a
+file from a stranger cannot run code):
+
+    __convlib__   uint8 bytes of a JSON header: {"format": 1, "arch": {...}, "metadata": {...}}
+    0.weight, 0.bias, ...   the state_dict, keys as in torch.nn.Sequential
+
+Writes are atomic: a temporary file in the same folder, fsync'd, then renamed over the target.
+"""
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from . import layers as _layers
+from .model import Sequential, layer_to_json
+
+FORMAT = 1
+_HEADER = "__convlib__"
+
+
+def _layer_classes():
+    from . import layers
+    found = {name: getattr(layers, name) for name in dir(layers)}
+    return {k: v for k, v in found.items()
+            if isinstance(v, type) and issubclass(v, _layers.Layer) and not k.startswith("_")
+            and k not in ("Layer",)} | {"Sequential": Sequential}
+
+
+def layer_from_json(spec):
+    """Build a layer from its ``layer_to_json`` entry; ValueError for unknown types or arguments."""
+    if not isinstance(spec, dict) or "type" not in spec:
+        raise ValueError(f"model file: bad layer entry {spec!r}")
+    kwargs = {k: v for k, v in spec.items() if k != "type"}
+    classes = _layer_classes()
+    cls = classes.get(spec["type"])
+    if cls is None:
+        raise ValueError(f"model file: unknown layer type {spec['type']!r}; known: {sorted(classes)}")
+    if cls is Sequential:
+        return Sequential(*[layer_from_json(s) for s in kwargs.get("layers", [])])
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ValueError(f"model file: cannot build {spec['type']} from {kwargs}: {e}") from None
+
+
+def save(net, path, metadata=None):
+    """Write ``net`` (architecture, parameters, buffers) and JSON-able ``metadata`` to ``path``.
+
+    The file appears complete or not at all. Returns the path written.
+    """
+    path = os.fspath(path)
+    try:
+        header = json.dumps({"format": FORMAT, "arch": layer_to_json(net), "metadata": metadata or {}})
+    except TypeError as e:
+        raise ValueError(f"save: metadata must be JSON-serialisable: {e}") from None
+    arrays = net.state_dict()
+    if _HEADER in arrays:
+        raise ValueError(f"save: the key {_HEADER!r} is reserved")
+    arrays[_HEADER] = np.frombuffer(header.encode(), dtype=np.uint8)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def load(path, with_metadata=False):
+    """Read a model written by ``save``. Returns the net (in eval mode), or (net, metadata).
+
+    Raises ValueError naming the file for anything that is not a complete convlib model file:
+    not an npz/zip archive, truncated, missing header, unknown format version, unknown layer,
+    missing or mis-shaped arrays. Never unpickles.
+    """
+    path = os.fspath(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if _HEADER not in z.files:
+                raise ValueError(f"{path}: not a convlib model file (no {_HEADER} header; "
+                                 f"arrays found: {z.files[:5]})")
+            header = json.loads(z[_HEADER].tobytes().decode())
+            arrays = {k: z[k] for k in z.files if k != _HEADER}
+    except FileNotFoundError:
+        raise
+    except ValueError as e:
+        if str(e).startswith(path):
+            raise
+        raise ValueError(f"{path}: not a readable convlib model file ({e})") from None
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: corrupt or truncated model file ({type(e).__name__}: {e})") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise ValueError(f"{path}: unsupported model file format {header.get('format')!r} "
+                         f"(this convlib reads format {FORMAT})")
+    try:
+        net = layer_from_json(header["arch"])
+        floats = [a.dtype for a in arrays.values() if a.dtype.kind == "f"]
+        if floats:
+            net.to(floats[0])                                       # keep the saved precision
+        net.load_state_dict(arrays)
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"{path}: {e}") from None
+    net.eval()
+    return (net, header.get("metadata", {})) if with_metadata else net

@@ -1,0 +1,203 @@
+"""Plain NumPy kernels: the readable specification and the test oracle.
+
+Every function here has a twin of the same name and signature in ``cpu.py`` (Numba).
+Forward functions return ``(out, cache)``; backward functions take ``(dout, cache)``.
+Shapes use N (batch), C (in channels), H, W (input height, width), F (filters),
+KH, KW (kernel), OH, OW (output):
+
+    OH = (H + 2 * PH - KH) // SH + 1        OW = (W + 2 * PW - KW) // SW + 1
+
+Conv is cross-correlation (no kernel flip). Loops run over kernel offsets or output
+positions only, with NumPy doing each slice, so the code reads like the maths and is
+independent of the im2col formulation the fast kernels use.
+"""
+import numpy as np
+
+
+def out_size(size, k, s, p):
+    """Output length of a sliding window: (size + 2p - k) // s + 1."""
+    return (size + 2 * p - k) // s + 1
+
+
+def _pad(x, ph, pw, value=0.0):
+    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=value)
+
+
+# ---------------------------------------------------------------- convolution
+def conv2d_forward(x, w, b, stride, padding):
+    """x (N, C, H, W), w (F, C, KH, KW), b (F,) or None -> out (N, F, OH, OW), cache."""
+    (sh, sw), (ph, pw) = stride, padding
+    N, C, H, W = x.shape
+    F, _, KH, KW = w.shape
+    OH, OW = out_size(H, KH, sh, ph), out_size(W, KW, sw, pw)
+    xp = _pad(x, ph, pw)                                            # (N, C, H+2PH, W+2PW)
+    out = np.zeros((N, F, OH, OW), dtype=x.dtype)
+    for i in range(KH):
+        for j in range(KW):
+            patch = xp[:, :, i:i + sh * OH:sh, j:j + sw * OW:sw]    # (N, C, OH, OW)
+            out += np.einsum("nchw,fc->nfhw", patch, w[:, :, i, j])
+    if b is not None:
+        out += b[None, :, None, None]
+    return out, (x, w, b is not None, stride, padding)
+
+
+def conv2d_backward(dout, cache):
+    """dout (N, F, OH, OW) -> dx (N, C, H, W), dw (F, C, KH, KW), db (F,) or None."""
+    x, w, has_bias, (sh, sw), (ph, pw) = cache
+    N, C, H, W = x.shape
+    F, _, KH, KW = w.shape
+    OH, OW = dout.shape[2:]
+    xp = _pad(x, ph, pw)
+    dxp = np.zeros_like(xp)                                         # (N, C, H+2PH, W+2PW)
+    dw = np.zeros_like(w)
+    for i in range(KH):
+        for j in range(KW):
+            window = (slice(None), slice(None), slice(i, i + sh * OH, sh), slice(j, j + sw * OW, sw))
+            dw[:, :, i, j] = np.einsum("nfhw,nchw->fc", dout, xp[window])
+            dxp[window] += np.einsum("nfhw,fc->nchw", dout, w[:, :, i, j])
+    dx = dxp[:, :, ph:ph + H, pw:pw + W]
+    db = dout.sum(axis=(0, 2, 3)) if has_bias else None
+    return np.ascontiguousarray(dx), dw, db
+
+
+# ---------------------------------------------------------------- pooling
+def maxpool2d_forward(x, kernel, stride, padding):
+    """x (N, C, H, W) -> out (N, C, OH, OW), cache. Padding counts as -inf.
+
+    The cache keeps, per output, the flat index into the padded input of the *first*
+    maximum of its window, so ties send the gradient to one place, as torch does.
+    """
+    (KH, KW), (sh, sw), (ph, pw) = kernel, stride, padding
+    N, C, H, W = x.shape
+    OH, OW = out_size(H, KH, sh, ph), out_size(W, KW, sw, pw)
+    xp = _pad(x, ph, pw, value=-np.inf)
+    out = np.empty((N, C, OH, OW), dtype=x.dtype)
+    arg = np.empty((N, C, OH, OW), dtype=np.int64)                  # flat index into padded plane
+    for oh in range(OH):
+        for ow in range(OW):
+            win = xp[:, :, oh * sh:oh * sh + KH, ow * sw:ow * sw + KW].reshape(N, C, -1)
+            k = win.argmax(axis=2)                                  # first maximum
+            out[:, :, oh, ow] = np.take_along_axis(win, k[..., None], 2)[..., 0]
+            arg[:, :, oh, ow] = (oh * sh + k // KW) * (W + 2 * pw) + ow * sw + k % KW
+    return out, (x.shape, arg, padding)
+
+
+def maxpool2d_backward(dout, cache):
+    """dout (N, C, OH, OW) -> dx (N, C, H, W): each gradient goes to its window's argmax."""
+    (N, C, H, W), arg, (ph, pw) = cache
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    dxp = np.zeros((N * C, Hp * Wp), dtype=dout.dtype)
+    rows = np.repeat(np.arange(N * C), arg.shape[2] * arg.shape[3])
+    np.add.at(dxp, (rows, arg.reshape(-1)), dout.reshape(-1))       # windows may overlap
+    return np.ascontiguousarray(dxp.reshape(N, C, Hp, Wp)[:, :, ph:ph + H, pw:pw + W])
+
+
+def avgpool2d_forward(x, kernel, stride, padding):
+    """x (N, C, H, W) -> out (N, C, OH, OW). Zero padding counts in the divisor KH*KW
+    (torch's default count_include_pad=True)."""
+    (KH, KW), (sh, sw), (ph, pw) = kernel, stride, padding
+    N, C, H, W = x.shape
+    OH, OW = out_size(H, KH, sh, ph), out_size(W, KW, sw, pw)
+    xp = _pad(x, ph, pw)
+    out = np.zeros((N, C, OH, OW), dtype=x.dtype)
+    for i in range(KH):
+        for j in range(KW):
+            out += xp[:, :, i:i + sh * OH:sh, j:j + sw * OW:sw]
+    return out / (KH * KW), (x.shape, kernel, stride, padding)
+
+
+def avgpool2d_backward(dout, cache):
+    """dout (N, C, OH, OW) -> dx (N, C, H, W)."""
+    (N, C, H, W), (KH, KW), (sh, sw), (ph, pw) = cache
+    OH, OW = dout.shape[2:]
+    dxp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=dout.dtype)
+    g = dout / (KH * KW)
+    for i in range(KH):
+        for j in range(KW):
+            dxp[:, :, i:i + sh * OH:sh, j:j + sw * OW:sw] += g
+    return np.ascontiguousarray(dxp[:, :, ph:ph + H, pw:pw + W])
+
+
+# ---------------------------------------------------------------- dense and pointwise
+def linear_forward(x, w, b):
+    """x (N, IN), w (OUT, IN), b (OUT,) or None -> out (N, OUT), cache."""
+    out = x @ w.T                                                   # (N, OUT)
+    if b is not None:
+        out += b
+    return out, (x, w, b is not None)
+
+
+def linear_backward(dout, cache):
+    """dout (N, OUT) -> dx (N, IN), dw (OUT, IN), db (OUT,) or None."""
+    x, w, has_bias = cache
+    return dout @ w, dout.T @ x, (dout.sum(axis=0) if has_bias else None)
+
+
+def relu_forward(x):
+    """x (...) -> max(x, 0), cache."""
+    out = np.maximum(x, 0)
+    return out, out
+
+
+def relu_backward(dout, out):
+    """The gradient passes where the output is positive."""
+    return dout * (out > 0)
+
+
+def leaky_relu_forward(x, slope):
+    out = np.where(x > 0, x, x * slope).astype(x.dtype, copy=False)
+    return out, (x > 0, slope)
+
+
+def leaky_relu_backward(dout, cache):
+    pos, slope = cache
+    return np.where(pos, dout, dout * slope).astype(dout.dtype, copy=False)
+
+
+def sigmoid_forward(x):
+    out = np.empty_like(x)
+    pos = x >= 0                                                    # stable on both sides
+    out[pos] = 1 / (1 + np.exp(-x[pos]))
+    ex = np.exp(x[~pos])
+    out[~pos] = ex / (1 + ex)
+    return out, out
+
+
+def sigmoid_backward(dout, out):
+    return dout * out * (1 - out)
+
+
+def tanh_forward(x):
+    out = np.tanh(x)
+    return out, out
+
+
+def tanh_backward(dout, out):
+    return dout * (1 - out * out)
+
+
+def dropout_forward(x, p, rng):
+    """Inverted dropout: keep with probability 1-p and scale by 1/(1-p); x (...) -> out, mask."""
+    mask = (rng.random(x.shape, dtype=x.dtype) >= p).astype(x.dtype) / x.dtype.type(1 - p)
+    return x * mask, mask
+
+
+def dropout_backward(dout, mask):
+    return dout * mask
+
+
+# ---------------------------------------------------------------- loss
+def log_softmax(logits):
+    """logits (N, K) -> log-probabilities (N, K), via log-sum-exp with the row max subtracted."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def softmax_cross_entropy(logits, y):
+    """logits (N, K), y int (N,) -> (mean loss, dlogits (N, K)). Finite for any finite logits."""
+    N = logits.shape[0]
+    logp = log_softmax(logits)                                      # (N, K)
+    loss = -logp[np.arange(N), y].mean()
+    dlogits = np.exp(logp)
+    dlogits[np.arange(N), y] -= 1
+    return float(loss), dlogits / N

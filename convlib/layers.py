@@ -1,0 +1,405 @@
+"""Layers: each one's forward and hand-written backward side by side.
+
+The contract every layer keeps (``Layer``): ``forward(x)`` stores what its backward needs,
+``backward(dout)`` adds into each ``Parameter.grad`` and returns dL/dx; ``__call__`` is
+``forward``; ``parameters()``, ``named_parameters()``, ``state_dict()``, ``load_state_dict()``,
+``train()``, ``eval()``, ``to(device_or_dtype)``. Names, argument order, defaults and array
+layouts follow ``torch.nn`` so that weights move between the two without conversion.
+The arithmetic lives in the kernel sets (``convlib/kernels``), chosen by ``backend``.
+"""
+import math
+
+import numpy as np
+
+from .backend import check_device, kernels_for
+from .rng import get_rng
+
+
+class Parameter:
+    """A trainable array ``data`` and its gradient ``grad`` (same shape and dtype)."""
+
+    def __init__(self, data):
+        self.data = np.ascontiguousarray(data)
+        self.grad = np.zeros_like(self.data)
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    def __repr__(self):
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+def _pair(value, name, layer, minimum):
+    """An int or a pair of ints, each >= minimum -> (a, b); ValueError otherwise."""
+    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                 for v in pair):
+        raise ValueError(f"{layer}: {name} must be an int or a pair of ints, got {value!r}")
+    if min(pair) < minimum:
+        raise ValueError(f"{layer}: {name} must be >= {minimum}, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _uniform(shape, bound, dtype):
+    return get_rng().uniform(-bound, bound, size=shape).astype(dtype)
+
+
+class Layer:
+    """Base class. Subclasses set ``_param_names`` / ``_buffer_names`` and implement
+    ``config()``, ``output_shape()``, ``forward()`` and ``backward()``."""
+    _param_names = ()
+    _buffer_names = ()
+    training = True
+    dtype = np.dtype(np.float32)
+
+    # ---- bookkeeping shared by every layer
+    def __call__(self, x):
+        return self.forward(x)
+
+    def config(self):
+        """Constructor arguments as a JSON-able dict (used by ``__repr__`` and ``convlib.save``)."""
+        return {}
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{type(self).__name__}({args})"
+
+    def named_parameters(self, prefix=""):
+        """[(name, Parameter)] in state_dict order; names as in ``torch.nn``."""
+        return [(prefix + n, getattr(self, n)) for n in self._param_names
+                if getattr(self, n) is not None]
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def named_buffers(self, prefix=""):
+        """[(name, ndarray)]: state that is saved but not trained (e.g. running means)."""
+        return [(prefix + n, getattr(self, n)) for n in self._buffer_names]
+
+    def state_dict(self):
+        """{name: array copy} of every parameter and buffer, keys as in ``torch.nn``."""
+        d = {n: p.data.copy() for n, p in self.named_parameters()}
+        d.update({n: np.array(b, copy=True) for n, b in self.named_buffers()})
+        return d
+
+    def load_state_dict(self, state):
+        """Copy arrays in by name; ValueError on a missing, unexpected or mis-shaped key."""
+        params = dict(self.named_parameters())
+        buffers = dict(self.named_buffers())
+        want = set(params) | set(buffers)
+        missing, unexpected = sorted(want - set(state)), sorted(set(state) - want)
+        if missing or unexpected:
+            raise ValueError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+        for name in sorted(want):
+            have = params[name].data if name in params else buffers[name]
+            new = np.asarray(state[name])
+            if new.shape != have.shape:
+                raise ValueError(f"load_state_dict: {name!r} has shape {new.shape}, "
+                                 f"the model expects {have.shape}")
+            if not np.all(np.isfinite(new)):
+                raise ValueError(f"load_state_dict: {name!r} holds NaN or infinite values")
+            have[...] = new                                         # in place: optimizers keep their references
+        return self
+
+    def train(self, mode=True):
+        """Training mode (dropout active, batch norm uses batch statistics)."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def to(self, target):
+        """``to("cpu")`` / ``to("cuda")`` moves the layer; ``to(np.float64)`` casts its arrays."""
+        if isinstance(target, str) and target in ("cpu", "cuda"):
+            check_device(target)
+            return self
+        dtype = np.dtype(target)
+        if dtype.kind != "f":
+            raise ValueError(f"{self!r}: to() takes 'cpu', 'cuda' or a float dtype, got {target!r}")
+        self.dtype = dtype
+        for p in self.parameters():
+            p.data, p.grad = p.data.astype(dtype), p.grad.astype(dtype)
+        for n, b in self.named_buffers():
+            if b.dtype.kind == "f":
+                setattr(self, n.rsplit(".", 1)[-1], b.astype(dtype))
+        return self
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad[...] = 0
+
+    # ---- input checks: every layer validates before it computes
+    def output_shape(self, shape):
+        """Shape (N, ...) of the output for an input of ``shape``; ValueError if it does not fit."""
+        return tuple(shape)
+
+    def _check(self, x):
+        if not isinstance(x, np.ndarray) or x.dtype.kind != "f":
+            raise ValueError(f"{self!r}: expected a float ndarray, got "
+                             f"{type(x).__name__} of {getattr(x, 'dtype', '?')}")
+        if self._param_names and x.dtype != self.dtype:
+            raise ValueError(f"{self!r}: expected {self.dtype} input (the dtype of its parameters), "
+                             f"got {x.dtype}; cast the input or call .to({x.dtype.name!r})")
+        self.output_shape(x.shape)
+
+    def _saved(self):
+        cache = getattr(self, "_cache", None)
+        if cache is None:
+            raise RuntimeError(f"{self!r}: backward() called before forward()")
+        return cache
+
+
+# ---------------------------------------------------------------- convolution and pooling
+class Conv2d(Layer):
+    """2-D convolution (cross-correlation) over an NCHW batch.
+
+    Args:
+        in_channels, out_channels (int): C and F.
+        kernel_size (int or pair): KH, KW.
+        stride (int or pair, default 1), padding (int or pair, default 0, zeros).
+        bias (bool, default True).
+    Shape:
+        input (N, C, H, W) -> output (N, F, OH, OW), OH = (H + 2*PH - KH) // SH + 1 (same for W).
+    Attributes:
+        weight (F, C, KH, KW) and bias (F,), initialised U(-1/sqrt(C*KH*KW), +) as in torch.
+
+    >>> conv = Conv2d(3, 16, 3, padding=1)
+    >>> conv(np.zeros((2, 3, 32, 32), np.float32)).shape
+    (2, 16, 32, 32)
+    """
+    _param_names = ("weight", "bias")
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
+        name = "Conv2d"
+        self.in_channels = _pair(in_channels, "in_channels", name, 1)[0]
+        self.out_channels = _pair(out_channels, "out_channels", name, 1)[0]
+        self.kernel_size = _pair(kernel_size, "kernel_size", name, 1)
+        self.stride = _pair(stride, "stride", name, 1)
+        self.padding = _pair(padding, "padding", name, 0)
+        fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        bound = 1 / math.sqrt(fan_in)
+        self.weight = Parameter(_uniform((self.out_channels, self.in_channels, *self.kernel_size),
+                                         bound, self.dtype))
+        self.bias = Parameter(_uniform((self.out_channels,), bound, self.dtype)) if bias else None
+
+    def config(self):
+        return dict(in_channels=self.in_channels, out_channels=self.out_channels,
+                    kernel_size=self.kernel_size, stride=self.stride, padding=self.padding,
+                    bias=self.bias is not None)
+
+    def output_shape(self, shape):
+        if len(shape) != 4 or shape[1] != self.in_channels:
+            raise ValueError(f"{self!r}: expected input of shape (N, {self.in_channels}, H, W), "
+                             f"got {tuple(shape)}")
+        return (shape[0], self.out_channels) + _window_out(self, shape)
+
+    def forward(self, x):
+        self._check(x)
+        b = self.bias.data if self.bias is not None else None
+        out, self._cache = kernels_for(x).conv2d_forward(x, self.weight.data, b, self.stride, self.padding)
+        return out
+
+    def backward(self, dout):
+        dx, dw, db = kernels_for(dout).conv2d_backward(dout, self._saved())
+        self.weight.grad += dw
+        if self.bias is not None:
+            self.bias.grad += db
+        return dx
+
+
+def _window_out(layer, shape):
+    """(OH, OW) of a sliding window layer; ValueError if the window does not fit."""
+    (KH, KW), (SH, SW), (PH, PW) = layer.kernel_size, layer.stride, layer.padding
+    H, W = shape[2], shape[3]
+    OH, OW = (H + 2 * PH - KH) // SH + 1, (W + 2 * PW - KW) // SW + 1
+    if OH < 1 or OW < 1:
+        raise ValueError(f"{layer!r}: input {H}x{W} (padded to {H + 2 * PH}x{W + 2 * PW}) is smaller "
+                         f"than the kernel {KH}x{KW}; got input shape {tuple(shape)}")
+    return OH, OW
+
+
+class _Pool2d(Layer):
+    """Shared settings and checks of MaxPool2d and AvgPool2d."""
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        name = type(self).__name__
+        self.kernel_size = _pair(kernel_size, "kernel_size", name, 1)
+        self.stride = _pair(kernel_size if stride is None else stride, "stride", name, 1)
+        self.padding = _pair(padding, "padding", name, 0)
+        if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
+            raise ValueError(f"{name}: padding {self.padding} must be at most half of "
+                             f"kernel_size {self.kernel_size}")
+
+    def config(self):
+        return dict(kernel_size=self.kernel_size, stride=self.stride, padding=self.padding)
+
+    def output_shape(self, shape):
+        if len(shape) != 4:
+            raise ValueError(f"{self!r}: expected input of shape (N, C, H, W), got {tuple(shape)}")
+        return tuple(shape[:2]) + _window_out(self, shape)
+
+    def forward(self, x):
+        self._check(x)
+        out, self._cache = getattr(kernels_for(x), self._kernel + "_forward")(
+            x, self.kernel_size, self.stride, self.padding)
+        return out
+
+    def backward(self, dout):
+        return getattr(kernels_for(dout), self._kernel + "_backward")(dout, self._saved())
+
+
+class MaxPool2d(_Pool2d):
+    """Max over KH x KW windows; padding counts as -inf; ties send the gradient to the first maximum.
+
+    Args: kernel_size (int or pair), stride (default kernel_size), padding (default 0, at most
+    kernel_size/2). Shape: (N, C, H, W) -> (N, C, OH, OW), OH = (H + 2*PH - KH) // SH + 1.
+
+    >>> MaxPool2d(2)(np.zeros((1, 3, 8, 6), np.float32)).shape
+    (1, 3, 4, 3)
+    """
+    _kernel = "maxpool2d"
+
+
+class AvgPool2d(_Pool2d):
+    """Mean over KH x KW windows; zero padding counts in the divisor (torch's count_include_pad).
+
+    Args and Shape as MaxPool2d.
+    """
+    _kernel = "avgpool2d"
+
+
+# ---------------------------------------------------------------- pointwise
+class _Pointwise(Layer):
+    """An elementwise activation: any shape in, the same shape out."""
+
+    def forward(self, x):
+        self._check(x)
+        out, self._cache = getattr(kernels_for(x), self._kernel + "_forward")(x, *self._args())
+        return out
+
+    def backward(self, dout):
+        return getattr(kernels_for(dout), self._kernel + "_backward")(dout, self._saved())
+
+    def _args(self):
+        return ()
+
+
+class ReLU(_Pointwise):
+    """max(x, 0). The gradient at exactly 0 is 0 (as in torch)."""
+    _kernel = "relu"
+
+
+class LeakyReLU(_Pointwise):
+    """x for x > 0, negative_slope * x otherwise."""
+    _kernel = "leaky_relu"
+
+    def __init__(self, negative_slope=0.01):
+        if not (isinstance(negative_slope, (int, float)) and math.isfinite(negative_slope)):
+            raise ValueError(f"LeakyReLU: negative_slope must be a finite number, got {negative_slope!r}")
+        self.negative_slope = float(negative_slope)
+
+    def config(self):
+        return dict(negative_slope=self.negative_slope)
+
+    def _args(self):
+        return (self.negative_slope,)
+
+
+class Sigmoid(_Pointwise):
+    """1 / (1 + exp(-x)), computed without overflow for large |x|."""
+    _kernel = "sigmoid"
+
+
+class Tanh(_Pointwise):
+    """tanh(x)."""
+    _kernel = "tanh"
+
+
+class Dropout(_Pointwise):
+    """Inverted dropout: in training, zero each element with probability p and scale the rest by
+    1/(1-p); in eval mode, the identity. Masks come from ``convlib.manual_seed``'s generator."""
+    _kernel = "dropout"
+
+    def __init__(self, p=0.5):
+        if not (isinstance(p, (int, float)) and 0 <= p < 1):
+            raise ValueError(f"Dropout: p must be in [0, 1), got {p!r}")
+        self.p = float(p)
+
+    def config(self):
+        return dict(p=self.p)
+
+    def forward(self, x):
+        if self.training and self.p > 0:
+            return super().forward(x)
+        self._check(x)
+        self._cache = "identity"
+        return x
+
+    def backward(self, dout):
+        return dout if isinstance(self._saved(), str) else super().backward(dout)
+
+    def _args(self):
+        return (self.p, get_rng())
+
+
+# ---------------------------------------------------------------- reshaping and dense
+class Flatten(Layer):
+    """(N, d1, d2, ...) -> (N, d1*d2*...)."""
+
+    def output_shape(self, shape):
+        if len(shape) < 2:
+            raise ValueError(f"{self!r}: expected input with a batch axis, (N, ...), got {tuple(shape)}")
+        return (shape[0], int(np.prod(shape[1:])))
+
+    def forward(self, x):
+        self._check(x)
+        self._cache = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dout):
+        return dout.reshape(self._saved())
+
+
+class Linear(Layer):
+    """Fully connected layer: out = x @ weight.T + bias.
+
+    Args: in_features, out_features (int), bias (bool, default True).
+    Shape: (N, in_features) -> (N, out_features).
+    Attributes: weight (out_features, in_features), bias (out_features,), U(-1/sqrt(in), +).
+
+    >>> Linear(4, 2)(np.zeros((3, 4), np.float32)).shape
+    (3, 2)
+    """
+    _param_names = ("weight", "bias")
+
+    def __init__(self, in_features, out_features, bias=True):
+        self.in_features = _pair(in_features, "in_features", "Linear", 1)[0]
+        self.out_features = _pair(out_features, "out_features", "Linear", 1)[0]
+        bound = 1 / math.sqrt(self.in_features)
+        self.weight = Parameter(_uniform((self.out_features, self.in_features), bound, self.dtype))
+        self.bias = Parameter(_uniform((self.out_features,), bound, self.dtype)) if bias else None
+
+    def config(self):
+        return dict(in_features=self.in_features, out_features=self.out_features,
+                    bias=self.bias is not None)
+
+    def output_shape(self, shape):
+        if len(shape) != 2 or shape[1] != self.in_features:
+            raise ValueError(f"{self!r}: expected input of shape (N, {self.in_features}), "
+                             f"got {tuple(shape)}")
+        return (shape[0], self.out_features)
+
+    def forward(self, x):
+        self._check(x)
+        b = self.bias.data if self.bias is not None else None
+        out, self._cache = kernels_for(x).linear_forward(x, self.weight.data, b)
+        return out
+
+    def backward(self, dout):
+        dx, dw, db = kernels_for(dout).linear_backward(dout, self._saved())
+        self.weight.grad += dw
+        if self.bias is not None:
+            self.bias.grad += db
+        return dx

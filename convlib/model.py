@@ -1,0 +1,107 @@
+"""Sequential: a chain of layers with forward, backward, shape checks and a summary."""
+import numpy as np
+
+from .layers import Layer
+
+
+class Sequential(Layer):
+    """Layers applied in order; backward runs them in reverse.
+
+    Parameter names are ``"<index>.<name>"`` (``"0.weight"``), as in ``torch.nn.Sequential``.
+    A bad input raises ``ValueError`` naming the layer (index and settings), the expected
+    and the received shape.
+
+    >>> net = Sequential(Linear(4, 8), ReLU(), Linear(8, 2))
+    >>> net(np.zeros((5, 4), np.float32)).shape
+    (5, 2)
+    """
+
+    def __init__(self, *layers):
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise ValueError(f"Sequential: item {i} is {type(layer).__name__}, not a convlib layer")
+        self.layers = list(layers)
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __repr__(self):
+        body = "".join("\n  " + f"({i}): {layer!r}".replace("\n", "\n  ") for i, layer in enumerate(self))
+        return f"Sequential({body}\n)"
+
+    def _each(self, method, arg):
+        """Run ``arg`` through the layers, prefixing a layer's ValueError with its index."""
+        order = range(len(self)) if method != "backward" else range(len(self) - 1, -1, -1)
+        for i in order:
+            try:
+                arg = getattr(self.layers[i], method)(arg)
+            except ValueError as e:
+                raise ValueError(f"Sequential layer {i}: {e}") from None
+        return arg
+
+    def forward(self, x):
+        """x (N, ...) -> output of the last layer."""
+        return self._each("forward", x)
+
+    def backward(self, dout):
+        """dL/d(output) -> dL/dx; adds into every Parameter.grad on the way."""
+        return self._each("backward", dout)
+
+    def output_shape(self, shape):
+        return self._each("output_shape", tuple(shape))
+
+    def named_parameters(self, prefix=""):
+        return [kv for i, layer in enumerate(self) for kv in layer.named_parameters(f"{prefix}{i}.")]
+
+    def named_buffers(self, prefix=""):
+        return [kv for i, layer in enumerate(self) for kv in layer.named_buffers(f"{prefix}{i}.")]
+
+    def train(self, mode=True):
+        self.training = bool(mode)
+        for layer in self:
+            layer.train(mode)
+        return self
+
+    def to(self, target):
+        for layer in self:
+            layer.to(target)
+        if not (isinstance(target, str) and target in ("cpu", "cuda")):
+            self.dtype = np.dtype(target)
+        return self
+
+    def config(self):
+        return {"layers": [layer_to_json(layer) for layer in self]}
+
+    def summary(self, input_shape, print_fn=print):
+        """Print (and return) a table of layer, output shape and parameter count.
+
+        ``input_shape`` is one sample's shape, e.g. (3, 64, 64); the batch axis is shown as N.
+        """
+        rows, shape = [], (1,) + tuple(input_shape)
+        for i, layer in enumerate(self):
+            try:
+                shape = layer.output_shape(shape)
+            except ValueError as e:
+                raise ValueError(f"Sequential layer {i}: {e}") from None
+            n = sum(p.data.size for p in layer.parameters())
+            rows.append((f"{i}: {type(layer).__name__}", str(("N",) + shape[1:]).replace("'", ""), f"{n:,}"))
+        total = sum(p.data.size for p in self.parameters())
+        widths = [max(len(r[k]) for r in rows + [("layer", "output shape", "params")]) for k in range(3)]
+        line = lambda r: f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}"
+        text = "\n".join([line(("layer", "output shape", "params"))] + [line(r) for r in rows]
+                         + [f"total parameters: {total:,}"])
+        print_fn(text)
+        return text
+
+
+def layer_to_json(layer):
+    """{"type": class name, **config}: the architecture entry ``convlib.save`` writes."""
+    cfg = layer.config()
+    return {"type": type(layer).__name__, **{k: list(v) if isinstance(v, tuple) else v
+                                             for k, v in cfg.items()}}

@@ -1,0 +1,159 @@
+"""Optimizers and learning-rate schedules.
+
+One contract, stated once. An optimizer holds the Parameters, a learning rate ``lr`` and
+``weight_decay``; ``step()`` updates every ``p.data`` from its ``p.grad`` and ``zero_grad()``
+clears the gradients. A schedule changes ``optimizer.lr``: ``step()`` once per epoch (or per
+batch, your choice) sets ``lr = base_lr * factor(t)``, after an optional linear warm-up of
+``warmup`` steps. Update rules are torch's, so results can be compared.
+"""
+import math
+
+import numpy as np
+
+
+def _check_hyper(name, **values):
+    for key, (v, lo, hi) in values.items():
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and lo <= v < hi):
+            raise ValueError(f"{name}: {key} must be a number in [{lo}, {hi}), got {v!r}")
+
+
+class Optimizer:
+    """Base: holds params, lr and weight_decay; subclasses implement ``_update(p, g, state)``."""
+
+    def __init__(self, params, lr, weight_decay=0.0):
+        self.params = list(params)
+        if not self.params:
+            raise ValueError(f"{type(self).__name__}: got an empty parameter list")
+        _check_hyper(type(self).__name__, lr=(lr, 0, math.inf), weight_decay=(weight_decay, 0, math.inf))
+        self.lr, self.weight_decay = float(lr), float(weight_decay)
+        self.state = [{} for _ in self.params]
+        self.t = 0
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad[...] = 0
+
+    def step(self):
+        self.t += 1
+        for p, state in zip(self.params, self.state):
+            self._update(p, p.grad, state)
+
+
+class SGD(Optimizer):
+    """SGD with optional momentum (torch's: buf = m*buf + g; nesterov uses g + m*buf) and L2
+    weight decay (g += weight_decay * p)."""
+
+    def __init__(self, params, lr=0.01, momentum=0.0, weight_decay=0.0, nesterov=False):
+        super().__init__(params, lr, weight_decay)
+        _check_hyper("SGD", momentum=(momentum, 0, 1))
+        if nesterov and momentum == 0:
+            raise ValueError("SGD: nesterov needs momentum > 0")
+        self.momentum, self.nesterov = float(momentum), bool(nesterov)
+
+    def _update(self, p, g, state):
+        if self.weight_decay:
+            g = g + self.weight_decay * p.data
+        if self.momentum:
+            buf = state.get("buf")
+            if buf is None:
+                buf = state["buf"] = g.copy()
+            else:
+                buf *= self.momentum
+                buf += g
+            g = g + self.momentum * buf if self.nesterov else buf
+        p.data -= p.data.dtype.type(self.lr) * g
+
+
+class Adam(Optimizer):
+    """Adam with bias correction; ``weight_decay`` is L2 added to the gradient (torch's Adam)."""
+    decoupled = False
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__(params, lr, weight_decay)
+        _check_hyper(type(self).__name__, beta1=(betas[0], 0, 1), beta2=(betas[1], 0, 1), eps=(eps, 0, 1))
+        self.betas, self.eps = (float(betas[0]), float(betas[1])), float(eps)
+
+    def _update(self, p, g, state):
+        b1, b2 = self.betas
+        if self.weight_decay and self.decoupled:
+            p.data *= p.data.dtype.type(1 - self.lr * self.weight_decay)
+        elif self.weight_decay:
+            g = g + self.weight_decay * p.data
+        if not state:
+            state["m"], state["v"] = np.zeros_like(p.data), np.zeros_like(p.data)
+        m, v = state["m"], state["v"]
+        m *= b1
+        m += (1 - b1) * g
+        v *= b2
+        v += (1 - b2) * g * g
+        mhat_scale = self.lr / (1 - b1 ** self.t)
+        denom = np.sqrt(v / (1 - b2 ** self.t)) + self.eps
+        p.data -= (mhat_scale * m / denom).astype(p.data.dtype, copy=False)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (p *= 1 - lr * weight_decay), torch's default 0.01."""
+    decoupled = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+        super().__init__(params, lr, betas, eps, weight_decay)
+
+
+# ---------------------------------------------------------------- schedules
+class Schedule:
+    """Base: lr(t) = base_lr * (t + 1) / warmup for t < warmup, else base_lr * factor(t - warmup).
+
+    ``t`` counts calls to ``step()``; the constructor sets lr(0) on the optimizer.
+    """
+
+    def __init__(self, optimizer, warmup=0):
+        if not isinstance(warmup, int) or warmup < 0:
+            raise ValueError(f"{type(self).__name__}: warmup must be an int >= 0, got {warmup!r}")
+        self.optimizer, self.base_lr, self.warmup, self.t = optimizer, optimizer.lr, warmup, 0
+        optimizer.lr = self.lr_at(0)
+
+    def lr_at(self, t):
+        if t < self.warmup:
+            return self.base_lr * (t + 1) / self.warmup
+        return self.base_lr * self.factor(t - self.warmup)
+
+    def factor(self, t):
+        return 1.0
+
+    def step(self):
+        self.t += 1
+        self.optimizer.lr = self.lr_at(self.t)
+        return self.optimizer.lr
+
+
+class ConstantLR(Schedule):
+    """The base learning rate throughout (after any warm-up)."""
+
+
+class StepLR(Schedule):
+    """Multiply the learning rate by ``gamma`` every ``step_size`` steps."""
+
+    def __init__(self, optimizer, step_size, gamma=0.1, warmup=0):
+        if not isinstance(step_size, int) or step_size < 1:
+            raise ValueError(f"StepLR: step_size must be an int >= 1, got {step_size!r}")
+        _check_hyper("StepLR", gamma=(gamma, 0, math.inf))
+        self.step_size, self.gamma = step_size, float(gamma)
+        super().__init__(optimizer, warmup)
+
+    def factor(self, t):
+        return self.gamma ** (t // self.step_size)
+
+
+class CosineLR(Schedule):
+    """Cosine decay from base_lr to ``min_lr`` over ``total`` steps (then stays at min_lr)."""
+
+    def __init__(self, optimizer, total, min_lr=0.0, warmup=0):
+        if not isinstance(total, int) or total < 1:
+            raise ValueError(f"CosineLR: total must be an int >= 1, got {total!r}")
+        self.total, self.min_lr = total, float(min_lr)
+        super().__init__(optimizer, warmup)
+
+    def factor(self, t):
+        frac = min(t, self.total) / self.total
+        m = self.min_lr / self.base_lr
+        return m + (1 - m) * 0.5 * (1 + math.cos(math.pi * frac))
