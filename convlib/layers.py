@@ -115,9 +115,13 @@ class Layer:
         if isinstance(target, str) and target in ("cpu", "cuda"):
             check_device(target)
             return self
-        dtype = np.dtype(target)
-        if dtype.kind != "f":
-            raise ValueError(f"{self!r}: to() takes 'cpu', 'cuda' or a float dtype, got {target!r}")
+        try:
+            dtype = np.dtype(target)
+        except TypeError:
+            dtype = None
+        if dtype is None or dtype.kind != "f":
+            raise ValueError(f"{self!r}: unknown device or dtype {target!r}; to() takes 'cpu', "
+                             f"'cuda' or a float dtype")
         self.dtype = dtype
         for p in self.parameters():
             p.data, p.grad = p.data.astype(dtype), p.grad.astype(dtype)

@@ -1,0 +1,105 @@
+"""Model files: round trip, metadata, atomic writes, and every corrupt-file case."""
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+import convlib as cl
+
+
+def net_and_input(rng):
+    cl.manual_seed(0)
+    net = cl.Sequential(cl.Conv2d(1, 3, (3, 2), stride=(2, 1), padding=1, bias=False), cl.LeakyReLU(0.2),
+                        cl.AvgPool2d(2), cl.Flatten(), cl.Linear(3 * 2 * 3, 4), cl.Sigmoid(),
+                        cl.Dropout(0.1), cl.Linear(4, 2))
+    return net, rng.standard_normal((5, 1, 8, 6)).astype(np.float32)
+
+
+def test_round_trip_gives_identical_outputs(tmp_path, rng):
+    net, x = net_and_input(rng)
+    path = cl.save(net, tmp_path / "m.npz", metadata={"classes": ["bad", "good"], "mean": [0.5]})
+    loaded, meta = cl.load(path, with_metadata=True)
+    assert meta == {"classes": ["bad", "good"], "mean": [0.5]}
+    assert repr(loaded) == repr(net)
+    np.testing.assert_array_equal(loaded(x), net.eval()(x))
+    assert not loaded.training
+    assert sorted(os.listdir(tmp_path)) == ["m.npz"]               # no temporary file left behind
+
+
+def test_float64_model_stays_float64(tmp_path, rng):
+    net, x = net_and_input(rng)
+    net.to(np.float64)
+    loaded = cl.load(cl.save(net, tmp_path / "m.npz"))
+    assert loaded[0].weight.data.dtype == np.float64
+    np.testing.assert_array_equal(loaded(x.astype(np.float64)), net.eval()(x.astype(np.float64)))
+
+
+def test_file_is_plain_arrays_without_pickle(tmp_path, rng):
+    net, _ = net_and_input(rng)
+    path = cl.save(net, tmp_path / "m.npz")
+    with np.load(path, allow_pickle=False) as z:
+        header = json.loads(z["__convlib__"].tobytes())
+        assert header["format"] == 1 and header["arch"]["type"] == "Sequential"
+        assert {"0.weight", "4.weight", "4.bias"} <= set(z.files)
+
+
+def test_failed_save_leaves_old_file_intact(tmp_path, rng):
+    net, _ = net_and_input(rng)
+    path = cl.save(net, tmp_path / "m.npz")
+    before = open(path, "rb").read()
+    with pytest.raises(ValueError, match="JSON"):
+        cl.save(net, path, metadata={"bad": object()})
+    assert open(path, "rb").read() == before and os.listdir(tmp_path) == ["m.npz"]
+
+
+def _corrupt(tmp_path, rng, how):
+    net, _ = net_and_input(rng)
+    path = str(cl.save(net, tmp_path / "m.npz"))
+    data = open(path, "rb").read()
+    if how == "truncated":
+        open(path, "wb").write(data[: len(data) // 2])
+    elif how == "garbage":
+        open(path, "wb").write(b"this is not a model" * 10)
+    elif how == "empty":
+        open(path, "wb").write(b"")
+    elif how == "foreign":
+        np.savez(path, a=np.zeros(3))
+    elif how == "pickle":
+        np.save(path, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+        os.replace(path + ".npy", path)
+    elif how in ("version", "arch", "shape", "header"):
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files}
+        header = json.loads(arrays["__convlib__"].tobytes())
+        if how == "version":
+            header["format"] = 99
+        if how == "arch":
+            header["arch"]["layers"][0]["type"] = "Evil"
+        if how == "shape":
+            arrays["4.weight"] = arrays["4.weight"][:, :3]
+        raw = b"{not json" if how == "header" else json.dumps(header).encode()
+        arrays["__convlib__"] = np.frombuffer(raw, np.uint8)
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("how, match", [
+    ("truncated", "corrupt or truncated|not a readable"), ("garbage", "not a readable|corrupt"),
+    ("empty", "not a readable|corrupt"), ("foreign", "not a convlib model file"),
+    ("pickle", "not a readable|corrupt"), ("version", "unsupported model file format 99"),
+    ("arch", "unknown layer type 'Evil'"), ("shape", r"'4.weight' has shape \(4, 3\)"),
+    ("header", "not a readable"),
+])
+def test_corrupt_files_give_clear_errors(tmp_path, rng, how, match):
+    path = _corrupt(tmp_path, rng, how)
+    with pytest.raises(ValueError, match=match) as e:
+        cl.load(path)
+    assert path in str(e.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        cl.load(tmp_path / "nope.npz")

@@ -1,0 +1,117 @@
+"""The Numba kernels agree with the NumPy reference, forward and backward, in float32 and float64;
+and the reference itself agrees with a direct loop over every output (a second, naive oracle)."""
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from convlib.kernels import cpu, reference as ref
+from strategies import seeds, window_geometry
+
+TOL = {np.float32: dict(rtol=1e-4, atol=1e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
+
+
+def _conv_args(g, rng, dtype, F=3):
+    x = rng.standard_normal((g["N"], g["C"], g["H"], g["W"])).astype(dtype)
+    w = rng.standard_normal((F, g["C"], *g["kernel"])).astype(dtype)
+    b = rng.standard_normal(F).astype(dtype)
+    return x, w, b
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@given(g=window_geometry(), seed=seeds, bias=st.booleans())
+def test_conv2d_cpu_matches_reference(dtype, g, seed, bias):
+    rng = np.random.default_rng(seed)
+    x, w, b = _conv_args(g, rng, dtype)
+    b = b if bias else None
+    out_r, cache_r = ref.conv2d_forward(x, w, b, g["stride"], g["padding"])
+    out_c, cache_c = cpu.conv2d_forward(x, w, b, g["stride"], g["padding"])
+    assert out_c.dtype == dtype and out_c.shape == out_r.shape
+    np.testing.assert_allclose(out_c, out_r, **TOL[dtype])
+    dout = rng.standard_normal(out_r.shape).astype(dtype)
+    for got, want in zip(cpu.conv2d_backward(dout, cache_c), ref.conv2d_backward(dout, cache_r)):
+        if want is None:
+            assert got is None
+        else:
+            assert got.dtype == dtype
+            np.testing.assert_allclose(got, want, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", ["maxpool2d", "avgpool2d"])
+@given(g=window_geometry(), seed=seeds)
+def test_pool_cpu_matches_reference(dtype, kind, g, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((g["N"], g["C"], g["H"], g["W"])).astype(dtype)
+    args = (g["kernel"], g["stride"], g["padding"])
+    out_r, cache_r = getattr(ref, kind + "_forward")(x, *args)
+    out_c, cache_c = getattr(cpu, kind + "_forward")(x, *args)
+    assert out_c.dtype == dtype
+    np.testing.assert_allclose(out_c, out_r, **TOL[dtype])
+    dout = rng.standard_normal(out_r.shape).astype(dtype)
+    dx_r = getattr(ref, kind + "_backward")(dout, cache_r)
+    dx_c = getattr(cpu, kind + "_backward")(dout, cache_c)
+    assert dx_c.dtype == dtype and dx_c.shape == x.shape
+    np.testing.assert_allclose(dx_c, dx_r, **TOL[dtype])
+
+
+def _naive_conv(x, w, b, stride, padding):
+    """Seven nested loops: the textbook definition, used only to check the reference."""
+    (sh, sw), (ph, pw) = stride, padding
+    N, C, H, W = x.shape
+    F, _, KH, KW = w.shape
+    OH, OW = (H + 2 * ph - KH) // sh + 1, (W + 2 * pw - KW) // sw + 1
+    out = np.zeros((N, F, OH, OW))
+    for n in range(N):
+        for f in range(F):
+            for oh in range(OH):
+                for ow in range(OW):
+                    s = b[f]
+                    for c in range(C):
+                        for i in range(KH):
+                            for j in range(KW):
+                                h, v = oh * sh - ph + i, ow * sw - pw + j
+                                if 0 <= h < H and 0 <= v < W:
+                                    s += x[n, c, h, v] * w[f, c, i, j]
+                    out[n, f, oh, ow] = s
+    return out
+
+
+@given(g=window_geometry(), seed=seeds)
+def test_reference_conv_matches_textbook_loops(g, seed):
+    x, w, b = _conv_args(g, np.random.default_rng(seed), np.float64)
+    out, _ = ref.conv2d_forward(x, w, b, g["stride"], g["padding"])
+    np.testing.assert_allclose(out, _naive_conv(x, w, b, g["stride"], g["padding"]), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("mod", [ref, cpu], ids=["reference", "cpu"])
+def test_maxpool_ties_send_gradient_to_first_maximum(mod):
+    x = np.ones((1, 1, 2, 2))                                       # all four tie
+    out, cache = mod.maxpool2d_forward(x, (2, 2), (2, 2), (0, 0))
+    dx = mod.maxpool2d_backward(np.full((1, 1, 1, 1), 3.0), cache)
+    np.testing.assert_array_equal(dx[0, 0], [[3.0, 0.0], [0.0, 0.0]])
+
+
+@pytest.mark.parametrize("mod", [ref, cpu], ids=["reference", "cpu"])
+def test_maxpool_padding_is_never_the_maximum(mod):
+    x = -np.arange(1.0, 10.0).reshape(1, 1, 3, 3)                 # all negative: zero padding would win
+    out, _ = mod.maxpool2d_forward(x, (3, 3), (1, 1), (1, 1))
+    assert out[0, 0, 0, 0] == -1.0 and out.max() < 0
+
+
+@pytest.mark.parametrize("mod", [ref, cpu], ids=["reference", "cpu"])
+def test_avgpool_counts_padding_in_divisor(mod):
+    x = np.ones((1, 1, 2, 2))
+    out, _ = mod.avgpool2d_forward(x, (2, 2), (2, 2), (1, 1))       # each corner window holds one 1
+    np.testing.assert_allclose(out, np.full((1, 1, 2, 2), 0.25))
+
+
+@given(g=window_geometry(), seed=seeds)
+def test_pool_outputs_lie_within_input_bounds(g, seed):
+    x = np.random.default_rng(seed).standard_normal((g["N"], g["C"], g["H"], g["W"]))
+    args = (g["kernel"], g["stride"], g["padding"])
+    mx, _ = cpu.maxpool2d_forward(x, *args)
+    av, _ = cpu.avgpool2d_forward(x, *args)
+    assert mx.max() <= x.max() and mx.min() >= x.min()
+    assert av.max() <= max(x.max(), 0) + 1e-12 and av.min() >= min(x.min(), 0) - 1e-12
+    if g["padding"] == (0, 0):                                      # a window's max is at least its mean
+        assert np.all(mx >= av - 1e-12)

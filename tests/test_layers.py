@@ -1,0 +1,161 @@
+"""Every layer's backward against central differences (float64), over drawn geometries; shape
+properties; and bad hyper-parameters / inputs raising clear errors."""
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import convlib as cl
+from convlib.gradcheck import check_layer, check_loss, rel_error
+from strategies import distinct_values, seeds, window_geometry
+
+
+@given(g=window_geometry(), seed=seeds, F=st.integers(1, 3), bias=st.booleans())
+def test_conv2d_gradients(g, seed, F, bias):
+    rng = np.random.default_rng(seed)
+    cl.manual_seed(seed)
+    layer = cl.Conv2d(g["C"], F, g["kernel"], g["stride"], g["padding"], bias=bias)
+    errs = check_layer(layer, rng.standard_normal((g["N"], g["C"], g["H"], g["W"])))
+    assert set(errs) == {"x", "weight"} | ({"bias"} if bias else set())
+
+
+@pytest.mark.parametrize("cls", [cl.MaxPool2d, cl.AvgPool2d])
+@given(g=window_geometry(), seed=seeds)
+def test_pool_gradients(cls, g, seed):
+    x = distinct_values(np.random.default_rng(seed), (g["N"], g["C"], g["H"], g["W"]))
+    check_layer(cls(g["kernel"], g["stride"], g["padding"]), x)
+
+
+@pytest.mark.parametrize("layer", [cl.ReLU(), cl.LeakyReLU(0.1), cl.Sigmoid(), cl.Tanh(), cl.Flatten(),
+                                   cl.Dropout(0.3), cl.Dropout(0.0)], ids=repr)
+@given(seed=seeds, shape=st.lists(st.integers(1, 4), min_size=2, max_size=4))
+def test_pointwise_gradients(layer, seed, shape):
+    check_layer(layer, distinct_values(np.random.default_rng(seed), tuple(shape)))
+
+
+@given(seed=seeds, n=st.integers(1, 4), fin=st.integers(1, 6), fout=st.integers(1, 5), bias=st.booleans())
+def test_linear_gradients(seed, n, fin, fout, bias):
+    cl.manual_seed(seed)
+    check_layer(cl.Linear(fin, fout, bias=bias), np.random.default_rng(seed).standard_normal((n, fin)))
+
+
+def test_sequential_gradients_through_whole_net(rng):
+    cl.manual_seed(0)
+    net = cl.Sequential(cl.Conv2d(2, 3, 3, padding=1), cl.Tanh(), cl.MaxPool2d(2), cl.Conv2d(3, 2, (2, 1)),
+                        cl.LeakyReLU(0.2), cl.AvgPool2d(2, stride=1), cl.Flatten(), cl.Linear(2 * 1 * 2, 3))
+    errs = check_layer(net, distinct_values(rng, (2, 2, 7, 6)))
+    assert set(errs) == {"x", "0.weight", "0.bias", "3.weight", "3.bias", "7.weight", "7.bias"}
+
+
+@given(seed=seeds, n=st.integers(1, 5), k=st.integers(2, 6))
+def test_softmax_cross_entropy_gradient(seed, n, k):
+    rng = np.random.default_rng(seed)
+    check_loss(cl.softmax_cross_entropy, rng.standard_normal((n, k)) * 3, rng.integers(0, k, n))
+
+
+def test_gradcheck_catches_a_wrong_backward(rng):
+    class Wrong(cl.ReLU):
+        def backward(self, dout):
+            return super().backward(dout) * 1.01                   # 1% off
+    with pytest.raises(AssertionError, match="relative error .* at index"):
+        check_layer(Wrong(), distinct_values(rng, (2, 3)))
+
+
+# ---------------------------------------------------------------- shape properties
+@given(g=window_geometry(max_size=12), F=st.integers(1, 4))
+def test_output_size_formula(g, F):
+    (KH, KW), (SH, SW), (PH, PW) = g["kernel"], g["stride"], g["padding"]
+    x = np.zeros((g["N"], g["C"], g["H"], g["W"]), np.float32)
+    want = ((g["H"] + 2 * PH - KH) // SH + 1, (g["W"] + 2 * PW - KW) // SW + 1)
+    for layer in (cl.Conv2d(g["C"], F, (KH, KW), (SH, SW), (PH, PW)), cl.MaxPool2d((KH, KW), (SH, SW), (PH, PW)),
+                  cl.AvgPool2d((KH, KW), (SH, SW), (PH, PW))):
+        out = layer(x)
+        assert out.shape[2:] == want
+        assert layer.output_shape(x.shape) == out.shape
+
+
+def test_pool_stride_defaults_to_kernel_size():
+    assert cl.MaxPool2d(3).stride == (3, 3) and cl.AvgPool2d((2, 3)).stride == (2, 3)
+
+
+@given(seed=seeds, n=st.integers(1, 6), k=st.integers(1, 8), scale=st.sampled_from([1.0, 100.0, 1e4]))
+def test_softmax_rows_sum_to_one_even_for_huge_logits(seed, n, k, scale):
+    logits = np.random.default_rng(seed).standard_normal((n, k)) * scale
+    p = cl.softmax(logits)
+    np.testing.assert_allclose(p.sum(1), 1.0, rtol=1e-12)
+    loss, d = cl.softmax_cross_entropy(logits, np.zeros(n, dtype=int))
+    assert np.isfinite(loss) and np.all(np.isfinite(d))
+
+
+def test_softmax_cross_entropy_value():
+    logits = np.array([[0.0, np.log(3.0)]])                        # p = [1/4, 3/4]
+    loss, d = cl.softmax_cross_entropy(logits, np.array([1]))
+    assert abs(loss - np.log(4 / 3)) < 1e-12
+    np.testing.assert_allclose(d, [[0.25, -0.25]])
+
+
+@given(seed=seeds)
+def test_relu_is_idempotent_and_nonnegative(seed):
+    x = np.random.default_rng(seed).standard_normal((3, 4, 5)).astype(np.float32)
+    once = cl.ReLU()(x)
+    np.testing.assert_array_equal(cl.ReLU()(once), once)
+    assert once.min() >= 0
+
+
+def test_dropout_train_and_eval(rng):
+    x = np.ones((200, 50), np.float32)
+    d = cl.Dropout(0.25)
+    out = d(x)
+    kept = out != 0
+    assert 0.7 < kept.mean() < 0.8                                  # about 1 - p kept
+    np.testing.assert_allclose(out[kept], 1 / 0.75, rtol=1e-6)      # inverted scaling
+    np.testing.assert_array_equal(d.backward(np.ones_like(x)), out)  # same mask on the way back
+    d.eval()
+    np.testing.assert_array_equal(d(x), x)
+
+
+def test_sigmoid_is_stable_for_large_inputs():
+    out = cl.Sigmoid()(np.array([[-1000.0, 0.0, 1000.0]]))
+    np.testing.assert_allclose(out, [[0.0, 0.5, 1.0]])
+
+
+def test_torch_default_init_bounds():
+    cl.manual_seed(0)
+    conv = cl.Conv2d(4, 8, 3)
+    bound = 1 / np.sqrt(4 * 9)
+    assert conv.weight.shape == (8, 4, 3, 3) and conv.bias.shape == (8,)
+    assert np.abs(conv.weight.data).max() <= bound and np.abs(conv.weight.data).max() > 0.8 * bound
+    assert conv.weight.data.dtype == np.float32 and cl.Linear(3, 2, bias=False).bias is None
+
+
+# ---------------------------------------------------------------- bad input
+@pytest.mark.parametrize("make, match", [
+    (lambda: cl.Conv2d(3, 4, 0), "kernel_size must be >= 1"),
+    (lambda: cl.Conv2d(3, 4, 3, stride=0), "stride must be >= 1"),
+    (lambda: cl.Conv2d(3, 4, (3, 3, 3)), "int or a pair"),
+    (lambda: cl.Conv2d(3, 4, 3, padding=-1), "padding must be >= 0"),
+    (lambda: cl.MaxPool2d(2, padding=2), "at most half"),
+    (lambda: cl.Dropout(1.0), r"p must be in \[0, 1\)"),
+    (lambda: cl.Linear(0, 3), "in_features must be >= 1"),
+    (lambda: cl.LeakyReLU(float("nan")), "finite"),
+])
+def test_bad_hyper_parameters(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_bad_inputs_name_the_layer():
+    with pytest.raises(ValueError, match=r"Conv2d\(in_channels=3.*expected input of shape \(N, 3, H, W\), got \(2, 4, 8, 8\)"):
+        cl.Conv2d(3, 4, 3)(np.zeros((2, 4, 8, 8), np.float32))
+    with pytest.raises(ValueError, match="smaller than the kernel"):
+        cl.Conv2d(3, 4, 5)(np.zeros((1, 3, 4, 8), np.float32))
+    with pytest.raises(ValueError, match="expected float32 input"):
+        cl.Linear(3, 2)(np.zeros((1, 3)))
+    with pytest.raises(ValueError, match="float ndarray"):
+        cl.ReLU()(np.zeros((1, 3), dtype=int))
+    with pytest.raises(RuntimeError, match="before forward"):
+        cl.Linear(3, 2).backward(np.zeros((1, 2), np.float32))
+
+
+def test_rel_error():
+    assert rel_error([1.0, 2.0], [1.0, 2.0]) == 0.0
+    assert abs(rel_error([1.0], [1.1]) - 0.1 / 2.1) < 1e-12

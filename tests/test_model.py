@@ -1,0 +1,114 @@
+"""Sequential: shape errors naming the layer, summary, state_dict round trip, train/eval, dtype."""
+import numpy as np
+import pytest
+
+import convlib as cl
+
+
+def small_net():
+    cl.manual_seed(0)
+    return cl.Sequential(cl.Conv2d(3, 4, 3, padding=1), cl.ReLU(), cl.MaxPool2d(2),
+                         cl.Flatten(), cl.Linear(4 * 4 * 5, 8), cl.ReLU(), cl.Dropout(0.5), cl.Linear(8, 2))
+
+
+def test_forward_backward_shapes(rng):
+    net = small_net()
+    x = rng.standard_normal((3, 3, 8, 10)).astype(np.float32)
+    out = net(x)
+    assert out.shape == (3, 2) and out.dtype == np.float32
+    dx = net.backward(np.ones_like(out))
+    assert dx.shape == x.shape
+    assert all(np.any(p.grad != 0) for p in net.parameters())
+
+
+def test_backward_adds_into_grad(rng):
+    net = small_net().eval()
+    x = rng.standard_normal((2, 3, 8, 10)).astype(np.float32)
+    net(x)
+    net.backward(np.ones((2, 2), np.float32))
+    once = [p.grad.copy() for p in net.parameters()]
+    net(x)
+    net.backward(np.ones((2, 2), np.float32))
+    for g1, p in zip(once, net.parameters()):
+        np.testing.assert_allclose(p.grad, 2 * g1, rtol=1e-5)
+    net.zero_grad()
+    assert all(not p.grad.any() for p in net.parameters())
+
+
+def test_shape_error_names_layer_expected_and_received():
+    net = small_net()
+    with pytest.raises(ValueError, match=r"Sequential layer 4: Linear\(in_features=80.*expected input of shape "
+                                         r"\(N, 80\), got \(1, 96\)"):
+        net(np.zeros((1, 3, 8, 12), np.float32))
+    with pytest.raises(ValueError, match=r"Sequential layer 0: .*\(N, 3, H, W\), got \(1, 1, 8, 10\)"):
+        net(np.zeros((1, 1, 8, 10), np.float32))
+    with pytest.raises(ValueError, match="not a convlib layer"):
+        cl.Sequential(cl.ReLU(), "relu")
+
+
+def test_summary_lists_layers_shapes_and_params():
+    lines = []
+    text = small_net().summary((3, 8, 10), print_fn=lines.append)
+    assert lines == [text]
+    rows = text.splitlines()
+    assert rows[1].split() == ["0:", "Conv2d", "(N,", "4,", "8,", "10)", "112"]
+    assert rows[5].split()[-1] == "648"                             # Linear(80, 8): 80*8 + 8
+    assert rows[-1] == f"total parameters: {112 + 648 + 18:,}"
+    with pytest.raises(ValueError, match="Sequential layer 4"):
+        small_net().summary((3, 8, 8))
+
+
+def test_state_dict_keys_follow_torch_and_round_trip(rng):
+    net = small_net()
+    sd = net.state_dict()
+    assert list(sd) == ["0.weight", "0.bias", "4.weight", "4.bias", "7.weight", "7.bias"]
+    assert sd["0.weight"].shape == (4, 3, 3, 3) and sd["4.weight"].shape == (8, 80)
+    cl.manual_seed(1)
+    other = small_net()
+    for p in other.parameters():
+        p.data += 1
+    other.load_state_dict(sd)
+    x = rng.standard_normal((2, 3, 8, 10)).astype(np.float32)
+    np.testing.assert_array_equal(other.eval()(x), net.eval()(x))
+    sd["0.weight"][...] = 0                                         # a copy, not a view
+    assert net[0].weight.data.any()
+
+
+def test_load_state_dict_errors():
+    net = small_net()
+    sd = net.state_dict()
+    with pytest.raises(ValueError, match=r"missing keys \['7.bias'\]"):
+        net.load_state_dict({k: v for k, v in sd.items() if k != "7.bias"})
+    with pytest.raises(ValueError, match=r"unexpected keys \['9.weight'\]"):
+        net.load_state_dict({**sd, "9.weight": np.zeros(3)})
+    with pytest.raises(ValueError, match=r"'4.weight' has shape \(80, 8\), the model expects \(8, 80\)"):
+        net.load_state_dict({**sd, "4.weight": sd["4.weight"].T})
+    with pytest.raises(ValueError, match="NaN"):
+        net.load_state_dict({**sd, "7.bias": np.array([np.nan, 0.0])})
+
+
+def test_train_eval_switches_every_layer(rng):
+    net = small_net().eval()
+    assert not any(layer.training for layer in net)
+    x = rng.standard_normal((4, 3, 8, 10)).astype(np.float32)
+    np.testing.assert_array_equal(net(x), net(x))                   # dropout off: deterministic
+    net.train()
+    assert all(layer.training for layer in net)
+    assert not np.array_equal(net(x), net(x))                       # dropout on
+
+
+def test_to_float64_casts_parameters(rng):
+    net = small_net().to(np.float64)
+    assert all(p.data.dtype == np.float64 and p.grad.dtype == np.float64 for p in net.parameters())
+    assert net(rng.standard_normal((1, 3, 8, 10))).dtype == np.float64
+    with pytest.raises(ValueError, match="unknown device or dtype"):
+        net.to(np.int32)
+
+
+def test_cuda_request_without_gpu_is_a_clear_error():
+    if cl.cuda_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(RuntimeError, match="numba-cuda"):
+        small_net().to("cuda")
+    with pytest.raises(ValueError, match="unknown device or dtype"):
+        small_net().to("tpu")
