@@ -23,7 +23,8 @@ class Sequential(Layer):
         self.layers = list(layers)
 
     def __getitem__(self, i):
-        return self.layers[i]
+        """A layer by index, or a Sequential of the same layer objects for a slice (``net[:-1]``)."""
+        return Sequential(*self.layers[i]) if isinstance(i, slice) else self.layers[i]
 
     def __len__(self):
         return len(self.layers)

@@ -1,0 +1,80 @@
+"""Using a trained selfie model: the network, preprocessing, P(good), saliency and crop search.
+Shared by selfie_train.py, selfie_rate.py, selfie_crop.py and selfie_explain.py."""
+import numpy as np
+
+import convlib as cl
+from convlib.data import image_to_array, normalise
+
+GOOD = 1                                                            # class index of "good"
+
+
+def build_net(size, blocks=4, width=(16, 32, 64, 64), hidden=64):
+    """The reference ConvNet: ``blocks`` x (Conv3x3 -> ReLU -> MaxPool2), then FC-ReLU-FC."""
+    if size % (2 ** blocks):
+        raise ValueError(f"image size {size} must be divisible by {2 ** blocks}")
+    layers, c = [], 3
+    for f in width[:blocks]:
+        layers += [cl.Conv2d(c, f, 3, padding=1), cl.ReLU(), cl.MaxPool2d(2)]
+        c = f
+    side = size // 2 ** blocks
+    return cl.Sequential(*layers, cl.Flatten(), cl.Linear(c * side * side, hidden), cl.ReLU(),
+                         cl.Linear(hidden, 2))
+
+
+def load_model(path):
+    """(net in eval mode, metadata) from a model file written by selfie_train.py."""
+    net, meta = cl.load(path, with_metadata=True)
+    missing = [k for k in ("size", "fit", "mean", "std", "classes") if k not in meta]
+    if missing:
+        raise ValueError(f"{path}: not a selfie model (metadata lacks {missing})")
+    return net, meta
+
+
+def prepare(images, meta):
+    """PIL images -> normalised float32 (N, 3, S, S) as the model was trained."""
+    x = np.stack([image_to_array(im, meta["size"], meta["fit"]) for im in images])
+    return normalise(x, meta["mean"], meta["std"])
+
+
+def p_good(net, x, batch_size=256):
+    """P(good) (N,) for normalised inputs x (N, 3, S, S)."""
+    return cl.predict_proba(net, x, batch_size)[:, GOOD]
+
+
+def saliency(net, x):
+    """d P(good) / d pixels for x (N, 3, S, S), through net.backward -> (N, 3, S, S).
+
+    With p = softmax(logits), dp_good/dlogits = p_good * (onehot_good - p).
+    """
+    net.eval()
+    logits = net(x)                                                 # (N, 2)
+    p = cl.softmax(logits)
+    dlogits = -p[:, GOOD:GOOD + 1] * p                              # (N, 2)
+    dlogits[:, GOOD] += p[:, GOOD]
+    grads = net.backward(dlogits.astype(x.dtype))
+    net.zero_grad()
+    return grads
+
+
+def crop_boxes(width, height, scales=np.linspace(0.4, 1.0, 7), steps=7):
+    """Square boxes (left, top, side) in pixels: ``scales`` x the short side, each at
+    ``steps`` x ``steps`` positions spread evenly over the image (3 bounded parameters)."""
+    boxes = []
+    short = min(width, height)
+    for s in scales:
+        side = max(1, int(round(s * short)))
+        for ty in np.linspace(0, height - side, steps):
+            for tx in np.linspace(0, width - side, steps):
+                boxes.append((int(round(tx)), int(round(ty)), side))
+    return sorted(set(boxes))
+
+
+def best_crop(image, score_fn, scales=np.linspace(0.4, 1.0, 7), steps=7, batch=64):
+    """Global search over square crops of a PIL image. ``score_fn(list of PIL crops) -> (k,)``
+    scores a batch. Returns ((left, top, side), best score, all scores)."""
+    boxes = crop_boxes(image.width, image.height, scales, steps)
+    scores = np.concatenate([
+        np.asarray(score_fn([image.crop((l, t, l + s, t + s)) for l, t, s in boxes[i:i + batch]]))
+        for i in range(0, len(boxes), batch)])
+    k = int(np.argmax(scores))
+    return boxes[k], float(scores[k]), scores

@@ -1,0 +1,60 @@
+"""Rate selfies with a trained model, like the post's bot: P(good) and a one-line verdict each.
+
+    python examples/selfie_rate.py IMAGE [IMAGE ...] [--model runs/selfie/model.npz]
+
+Images that do not decode are reported and skipped; the exit status is 1 if any failed.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from PIL import Image, UnidentifiedImageError                       # noqa: E402
+
+from selfie_model import load_model, p_good, prepare                # noqa: E402
+
+
+def verdict(p):
+    if p >= 0.75:
+        return "great selfie: post it"
+    if p >= 0.5:
+        return "good selfie"
+    if p >= 0.25:
+        return "meh: try more light, a tighter crop, or a filter"
+    return "bad selfie: the net would not like it"
+
+
+def open_image(path):
+    """A decoded PIL image, or ValueError naming the file."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"{path}: cannot decode image ({type(e).__name__})") from None
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("images", nargs="+")
+    ap.add_argument("--model", default="runs/selfie/model.npz")
+    args = ap.parse_args(argv)
+    net, meta = load_model(args.model)
+    failed, results = 0, []
+    for path in args.images:
+        try:
+            img = open_image(path)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        p = float(p_good(net, prepare([img], meta))[0])
+        results.append((path, p))
+        print(f"{path}: P(good) = {p:.3f}  {verdict(p)}")
+    if failed:
+        sys.exit(1)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""The selfie example: generator, labeller, data parsers, crop search, and an end-to-end run."""
+import csv
+import os
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
+import selfie_data as sd                                            # noqa: E402
+from selfie_model import best_crop, crop_boxes                       # noqa: E402
+
+
+def test_generator_is_deterministic_and_attributes_in_range(tmp_path):
+    a1 = sd._make_one((7, 3, 32, str(tmp_path)))
+    img1 = np.asarray(Image.open(tmp_path / a1["image"]))
+    a2 = sd._make_one((7, 3, 32, str(tmp_path)))
+    assert a1 == a2
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / a2["image"])), img1)
+    assert img1.shape == (32, 32, 3)
+    other = sd._make_one((8, 3, 32, str(tmp_path)))
+    assert other != a1
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        a = sd._random_attributes(rng)
+        assert 0.15 <= a["face_frac"] <= 0.85 and 0.2 <= a["cx"] <= 0.8 and 0.15 <= a["cy"] <= 0.7
+        assert 1 <= a["n_faces"] <= 4 and 0.25 <= a["brightness"] <= 1.25 and 0.5 <= a["saturation"] <= 2
+        assert a["filter"] in ("none", "bw", "faded") and a["eyewear"] in ("none", "glasses", "sunglasses")
+        assert a["forehead_cut"] == (a["cy"] - 0.5 * a["face_frac"] < 0.02)
+        if a["n_faces"] > 1:
+            assert a["face_frac"] <= 0.3
+
+
+def test_quality_follows_the_posts_rules():
+    base = dict(face_frac=0.33, cx=0.5, cy=0.35, forehead_cut=False, long_hair=False, saturation=1.0,
+                filter="none", border=False, brightness=1.0, n_faces=1)
+    q = sd.true_quality(base)
+    assert sd.true_quality({**base, "border": True}) > q
+    assert sd.true_quality({**base, "filter": "bw"}) > q
+    assert sd.true_quality({**base, "brightness": 0.3}) < q
+    assert sd.true_quality({**base, "n_faces": 3}) < q
+    assert sd.true_quality({**base, "face_frac": 0.8}) < sd.true_quality({**base, "face_frac": 0.5}) < q
+    assert sd.true_quality({**base, "cx": 0.8}) < q
+
+
+def _post(i, followers, likes, tags=0, age=100):
+    return dict(image=f"{i}.png", user=f"u{i}", followers=followers, likes=likes, tags=tags, age_days=age)
+
+
+def test_labeller_groups_of_100_top_half_good():
+    # 250 posts; audience = followers. Likes are a fixed shuffle so the expected split is known.
+    rng = np.random.default_rng(0)
+    likes = rng.permutation(250)
+    posts = [_post(i, followers=1000 + i, likes=int(likes[i])) for i in range(250)]
+    idx, labels, groups = sd.label_posts(posts)
+    assert len(idx) == 200                                          # the incomplete last group is dropped
+    assert sorted(idx.tolist()) == list(range(200))                 # sorted by audience: the 200 smallest
+    for g in (0, 1):
+        members = idx[groups == g]
+        assert sorted(members.tolist()) == list(range(100 * g, 100 * g + 100))
+        good = set(members[labels[groups == g] == 1].tolist())
+        want = set(sorted(members.tolist(), key=lambda i: -likes[i])[:50])
+        assert good == want and len(good) == 50
+
+
+def test_labeller_filters_and_tag_bonus():
+    posts = [_post(i, followers=100 + i, likes=i) for i in range(100)]
+    posts += [_post(100, 10, 5, age=10), _post(101, 5, 5), _post(102, 10**7, 5), _post(103, 150, 5, tags=30)]
+    idx, labels, _ = sd.label_posts(posts, min_age_days=30, min_followers=50, max_followers=10**6, max_tags=20)
+    assert sorted(idx.tolist()) == list(range(100))                  # the four filtered posts are gone
+    assert labels[idx == 99][0] == 1 and labels[idx == 0][0] == 0
+    # tag bonus: a post with many tags sorts as a bigger audience
+    posts = [_post(i, followers=100, likes=i, tags=(10 if i == 0 else 0)) for i in range(4)]
+    idx, _, _ = sd.label_posts(posts, group=2)
+    assert idx.tolist()[-1] == 0
+    with pytest.raises(ValueError, match="even number"):
+        sd.label_posts(posts, group=3)
+
+
+def test_label_ceiling_is_one_when_likes_follow_quality():
+    q = np.arange(200.0)
+    labels = np.r_[np.zeros(50), np.ones(50), np.zeros(50), np.ones(50)].astype(int)
+    groups = np.repeat([0, 1], 100)
+    assert sd.label_ceiling(q, labels, groups) == 1.0
+    assert sd.label_ceiling(-q, labels, groups) == 0.0
+
+
+def _img(path, color=(200, 100, 50), size=(40, 30)):
+    Image.new("RGB", size, color).save(path)
+
+
+def test_class_folders_parser(tmp_path):
+    for name in ("good", "bad"):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            _img(tmp_path / name / f"{i}.jpg")
+    (tmp_path / "bad" / "broken.png").write_bytes(b"not an image at all")
+    (tmp_path / "good" / "notes.txt").write_text("ignored")
+    paths, labels, _ = sd.from_class_folders(str(tmp_path))
+    assert len(paths) == 7 and labels.tolist() == [0, 0, 0, 0, 1, 1, 1]
+    from convlib.data import load_images
+    with pytest.warns(UserWarning, match="skipped 1 of 7 images"):
+        x, kept = load_images(paths, 16, progress=False)
+    assert x.shape == (6, 3, 16, 16) and x.dtype == np.float32 and 1 <= x.max() * 255 <= 255
+    assert "broken.png" not in [os.path.basename(paths[i]) for i in kept]
+
+
+def test_class_folders_errors(tmp_path):
+    (tmp_path / "good").mkdir()
+    with pytest.raises(ValueError, match="bad/ is missing"):
+        sd.from_class_folders(str(tmp_path))
+    (tmp_path / "bad").mkdir()
+    _img(tmp_path / "good" / "a.png")
+    with pytest.raises(ValueError, match="class folder 'bad' holds no images"):
+        sd.from_class_folders(str(tmp_path))
+
+
+def test_selfie_dataset_parser(tmp_path):
+    (tmp_path / "images").mkdir()
+    lines = []
+    for i, score in enumerate([3.0, 1.0, 4.0, 2.0]):
+        _img(tmp_path / "images" / f"s{i}.jpg")
+        codes = ["1" if (k + i) % 2 else "-1" for k in range(36)]
+        lines.append(" ".join([f"s{i}", str(score)] + codes))
+    (tmp_path / "selfie_dataset.txt").write_text("\n".join(lines) + "\n")
+    paths, labels, info = sd.from_selfie_dataset(str(tmp_path))
+    assert labels.tolist() == [1, 0, 1, 0]                           # top half by popularity
+    assert paths[0].endswith(os.path.join("images", "s0.jpg")) and os.path.exists(paths[0])
+    assert info["codes"]["dim_lighting"].tolist() == [1, -1, 1, -1]
+    (tmp_path / "selfie_dataset.txt").write_text("s0 1.0 1 1\n")
+    with pytest.raises(ValueError, match="line 1 has 4 fields"):
+        sd.from_selfie_dataset(str(tmp_path))
+    with pytest.raises(ValueError, match="no selfie_dataset.txt"):
+        sd.from_selfie_dataset(str(tmp_path / "images"))
+
+
+def test_posts_csv_parser(tmp_path):
+    rows = [dict(image=f"{i}.png", user=f"u{i % 7}", followers=100 + i, likes=(i * 37) % 101, tags=i % 3,
+                 age_days=10 if i >= 200 else 60) for i in range(220)]
+    with open(tmp_path / "posts.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=sd.POST_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    paths, labels, info = sd.from_posts_csv(str(tmp_path / "posts.csv"))
+    assert len(paths) == 200 and labels.sum() == 100                # the 20 young posts were dropped
+    assert paths[0].startswith(str(tmp_path))
+    (tmp_path / "bad.csv").write_text("image,likes\na.png,3\n")
+    with pytest.raises(ValueError, match="missing columns"):
+        sd.from_posts_csv(str(tmp_path / "bad.csv"))
+    with pytest.raises(ValueError, match="no complete group"):
+        sd.from_posts_csv(str(tmp_path / "posts.csv"), min_age_days=1000)
+
+
+def test_crop_search_finds_the_known_best_crop():
+    img = Image.new("RGB", (300, 200), (0, 0, 0))
+    boxes = crop_boxes(300, 200, scales=np.linspace(0.4, 1.0, 7), steps=7)
+    target = boxes[len(boxes) // 3]
+    # stub scorer: how close a crop's size and the position of a marker are to the target box
+    img.putpixel((target[0], target[1]), (255, 0, 0))
+    def score(crops):
+        return np.array([-abs(c.width - target[2]) + (100 if c.getpixel((0, 0)) == (255, 0, 0) else 0)
+                         for c in crops])
+    box, best, scores = best_crop(img, score, batch=10)
+    assert box == target and best == 100 and len(scores) == len(boxes)
+    assert all(t + s <= 200 and l + s <= 300 for l, t, s in boxes)
+
+
+def test_end_to_end_tiny_run(tmp_path, capsys):
+    import selfie_crop, selfie_explain, selfie_rate, selfie_train
+    out = tmp_path / "run"
+    res = selfie_train.main(["--synthetic-dir", str(tmp_path / "data"), "--n-images", "320", "--size", "16",
+                             "--epochs", "2", "--out", str(out), "--no-progress"])
+    printed = capsys.readouterr().out
+    assert "test accuracy:" in printed and "label ceiling:" in printed and "white border" in printed
+    assert 0.5 < res["ceiling"] <= 1 and 0 <= res["test_accuracy"] <= 1
+    for name in ("model.npz", "curves.png", "continuum.png", "best.png", "worst.png", "tsne.png",
+                 "filters.png", "rules.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert Image.open(out / "continuum.png").size[0] > 100
+    assert not [f for f in os.listdir(out) if f.startswith(".tmp")]
+    selfie = str(tmp_path / "data" / "selfie_00000.png")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    results = selfie_rate.main([selfie, "--model", str(out / "model.npz")])
+    assert 0 <= results[0][1] <= 1
+    with pytest.raises(SystemExit):
+        selfie_rate.main([selfie, str(tmp_path / "broken.jpg"), "--model", str(out / "model.npz")])
+    box, best = selfie_crop.main([selfie, "--model", str(out / "model.npz"), "--scales", "3", "--steps", "3"])
+    assert 0 <= best <= 1 and (out / "crop_selfie_00000.png").exists()
+    heat = selfie_explain.main([selfie, "--model", str(out / "model.npz")])
+    assert heat.shape == (16, 16) and heat.max() > 0
+    # the cached data is reused: same folder, no regeneration
+    stamp = os.path.getmtime(tmp_path / "data" / "generator.json")
+    sd.generate(str(tmp_path / "data"), n=320, size=16, seed=0, progress=False)
+    assert os.path.getmtime(tmp_path / "data" / "generator.json") == stamp
