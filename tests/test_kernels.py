@@ -115,3 +115,28 @@ def test_pool_outputs_lie_within_input_bounds(g, seed):
     assert av.max() <= max(x.max(), 0) + 1e-12 and av.min() >= min(x.min(), 0) - 1e-12
     if g["padding"] == (0, 0):                                      # a window's max is at least its mean
         assert np.all(mx >= av - 1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(2, 3, 7, 9), (1, 2, 8, 8), (3, 1, 2, 5)])
+def test_maxpool_2x2_fast_path_matches_reference(dtype, shape, rng):
+    x = rng.integers(-3, 3, shape).astype(dtype)                    # many ties
+    out_r, cache_r = ref.maxpool2d_forward(x, (2, 2), (2, 2), (0, 0))
+    out_c, cache_c = cpu.maxpool2d_forward(x, (2, 2), (2, 2), (0, 0))
+    np.testing.assert_array_equal(out_c, out_r)
+    dout = rng.standard_normal(out_r.shape).astype(dtype)
+    np.testing.assert_array_equal(cpu.maxpool2d_backward(dout, cache_c), ref.maxpool2d_backward(dout, cache_r))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_kernels_match_reference(dtype, rng):
+    x = rng.standard_normal((3, 4, 5, 6)).astype(dtype)
+    x[0, 0, 0, :3] = 0
+    x[1, 1, 1, 1] = np.nan                                          # NaN propagates, never hides
+    out_r, c_r = ref.relu_forward(x)
+    out_c, c_c = cpu.relu_forward(x)
+    np.testing.assert_array_equal(out_c, out_r)
+    assert np.isnan(out_c[1, 1, 1, 1])
+    d = rng.standard_normal(x.shape).astype(dtype)
+    np.testing.assert_array_equal(cpu.relu_backward(d, c_c), ref.relu_backward(d, c_r))
+    assert out_c.dtype == dtype

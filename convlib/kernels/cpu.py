@@ -11,12 +11,17 @@ dcols = w2.T @ dout2, dx = col2im(dcols)). The loops that move data (im2col, col
 pooling) are ``@njit(parallel=True)`` with ``prange`` over independent outputs only:
 every iteration writes its own slice, so there are no races.
 """
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
 import numpy as np
 from numba import njit, prange
+from threadpoolctl import threadpool_limits
 
 from .reference import (  # NumPy already runs these at memory speed: no Numba twin needed
     dropout_backward, dropout_forward, leaky_relu_backward, leaky_relu_forward,
-    linear_backward, linear_forward, log_softmax, out_size, relu_backward, relu_forward,
+    linear_backward, linear_forward, log_softmax, out_size,
     sigmoid_backward, sigmoid_forward, softmax_cross_entropy, tanh_backward, tanh_forward)
 
 __all__ = [
@@ -29,24 +34,87 @@ __all__ = [
 JIT = dict(cache=True, nogil=True)
 
 
+# ---------------------------------------------------------------- threads and matrix products
+# Thread policy (measured in benchmarks/README.md). Two pools would fight for the same cores:
+# idle OpenBLAS workers and idle OpenMP workers (Numba's prange) both spin for a while after
+# their work, stealing the cores from whatever runs next. So:
+#  - BLAS runs one thread per call; convlib splits each big product into column blocks that
+#    run at once on a small pool of Python threads (NumPy releases the GIL inside BLAS);
+#  - Numba's OpenMP workers wait passively (OMP_WAIT_POLICY=PASSIVE, set only while Numba
+#    starts its pool, below, unless the user chose a policy);
+#  - both use THREADS threads, one per core, and never run at the same time.
+def _start_numba_pool():
+    """Start Numba's thread pool now with passive waiting, then restore the environment so other
+    OpenMP runtimes in the process (PyTorch's, say) keep their defaults. Returns its size."""
+    if "OMP_WAIT_POLICY" in os.environ:
+        return numba.get_num_threads()
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        return numba.get_num_threads()                              # launches the pool
+    finally:
+        del os.environ["OMP_WAIT_POLICY"]
+
+
+THREADS = max(1, min(_start_numba_pool(), os.cpu_count() or 1))
+_pool = ThreadPoolExecutor(THREADS, thread_name_prefix="convlib") if THREADS > 1 else None
+threadpool_limits(1, user_api="blas")
+
+
+def _blocks(n):
+    step = -(-n // THREADS)
+    return [(i, min(n, i + step)) for i in range(0, n, step)]
+
+
+def matmul(a, b, out=None):
+    """a (M, K) @ b (K, N) -> out (M, N), the N columns split across the thread pool."""
+    if out is None:
+        out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
+    if _pool is None or b.shape[1] < 2048:
+        return np.matmul(a, b, out=out)
+    jobs = [_pool.submit(np.matmul, a, b[:, i:j], out=out[:, i:j]) for i, j in _blocks(b.shape[1])]
+    for job in jobs:
+        job.result()
+    return out
+
+
+def matmul_nt(a, b):
+    """a (M, K) @ b (N, K).T -> (M, N), the K reduction split across the pool and summed."""
+    if _pool is None or a.shape[1] < 2048:
+        return a @ b.T
+    jobs = [_pool.submit(lambda i, j: a[:, i:j] @ b[:, i:j].T, i, j) for i, j in _blocks(a.shape[1])]
+    out = jobs[0].result()
+    for job in jobs[1:]:
+        out += job.result()
+    return out
+
+
 # ---------------------------------------------------------------- convolution
+@njit(inline="always")
+def _valid(o_count, s, p, k, size):
+    """Outputs o in [lo, hi) whose input index o*s - p + k lies inside [0, size)."""
+    lo = max(0, -(-(p - k) // s))
+    hi = min(o_count, (size - 1 + p - k) // s + 1)
+    return lo, max(lo, hi)
+
+
 @njit(parallel=True, **JIT)
 def _im2col(x, KH, KW, sh, sw, ph, pw, OH, OW, cols):
     """x (N, C, H, W) -> cols (C*KH*KW, N*OH*OW); zero where the window hangs over the edge."""
     N, C, H, W = x.shape
     for r in prange(C * KH * KW):                     # one row of cols per (c, i, j)
         c, i, j = r // (KH * KW), (r // KW) % KH, r % KW
+        olo, ohi = _valid(OH, sh, ph, i, H)
+        wlo, whi = _valid(OW, sw, pw, j, W)
+        w0 = wlo * sw - pw + j                        # first input column read
         for n in range(N):
             base = n * OH * OW
-            for oh in range(OH):
-                h = oh * sh - ph + i
-                row_ok = 0 <= h < H
-                for ow in range(OW):
-                    w = ow * sw - pw + j
-                    if row_ok and 0 <= w < W:
-                        cols[r, base + oh * OW + ow] = x[n, c, h, w]
-                    else:
-                        cols[r, base + oh * OW + ow] = 0
+            cols[r, base:base + olo * OW] = 0         # rows above and below the image
+            cols[r, base + ohi * OW:base + OH * OW] = 0
+            for oh in range(olo, ohi):
+                row = base + oh * OW
+                cols[r, row:row + wlo] = 0            # left and right margins
+                cols[r, row + whi:row + OW] = 0
+                cols[r, row + wlo:row + whi] = x[n, c, oh * sh - ph + i, w0:w0 + (whi - wlo - 1) * sw + 1:sw]
 
 
 @njit(parallel=True, **JIT)
@@ -55,18 +123,19 @@ def _col2im(dcols, KH, KW, sh, sw, ph, pw, OH, OW, dx):
     N, C, H, W = dx.shape
     for nc in prange(N * C):                          # each (n, c) plane is written by one thread
         n, c = nc // C, nc % C
-        dx[n, c] = 0
-        base = n * OH * OW
+        for h in range(H):
+            for w in range(W):
+                dx[n, c, h, w] = 0
         for i in range(KH):
+            olo, ohi = _valid(OH, sh, ph, i, H)
             for j in range(KW):
+                wlo, whi = _valid(OW, sw, pw, j, W)
                 r = (c * KH + i) * KW + j
-                for oh in range(OH):
+                for oh in range(olo, ohi):
                     h = oh * sh - ph + i
-                    if 0 <= h < H:
-                        for ow in range(OW):
-                            w = ow * sw - pw + j
-                            if 0 <= w < W:
-                                dx[n, c, h, w] += dcols[r, base + oh * OW + ow]
+                    row = (n * OH + oh) * OW
+                    for ow in range(wlo, whi):
+                        dx[n, c, h, ow * sw - pw + j] += dcols[r, row + ow]
 
 
 @njit(parallel=True, **JIT)
@@ -75,9 +144,7 @@ def _to_nchw(out2, b, N, out):
     F, P = out.shape[1], out.shape[2]
     for nf in prange(N * F):
         n, f = nf // F, nf % F
-        bf = b[f]
-        for p in range(P):
-            out[n, f, p] = out2[f, n * P + p] + bf
+        out[n, f, :] = out2[f, n * P:(n + 1) * P] + b[f]
 
 
 @njit(parallel=True, **JIT)
@@ -102,7 +169,7 @@ def conv2d_forward(x, w, b, stride, padding):
     OH, OW = out_size(H, KH, sh, ph), out_size(W, KW, sw, pw)
     cols = np.empty((C * KH * KW, N * OH * OW), dtype=x.dtype)      # (C*KH*KW, N*OH*OW)
     _im2col(np.ascontiguousarray(x), KH, KW, sh, sw, ph, pw, OH, OW, cols)
-    out2 = w.reshape(F, -1) @ cols                                  # (F, N*OH*OW)
+    out2 = matmul(w.reshape(F, -1), cols)                           # (F, N*OH*OW)
     out = np.empty((N, F, OH * OW), dtype=x.dtype)                  # (N, F, OH*OW)
     _to_nchw(out2, b if b is not None else np.zeros(F, x.dtype), N, out)
     return out.reshape(N, F, OH, OW), (x.shape, cols, w, b is not None, stride, padding)
@@ -116,8 +183,8 @@ def conv2d_backward(dout, cache):
     dout2 = np.empty((F, N * OH * OW), dtype=dout.dtype)            # (F, N*OH*OW)
     db = np.empty(F, dtype=dout.dtype)
     _from_nchw(np.ascontiguousarray(dout).reshape(N, F, OH * OW), dout2, db)
-    dw = (dout2 @ cols.T).reshape(w.shape)                          # (F, C, KH, KW)
-    dcols = w.reshape(F, -1).T @ dout2                              # (C*KH*KW, N*OH*OW)
+    dw = matmul_nt(dout2, cols).reshape(w.shape)                    # (F, C, KH, KW)
+    dcols = matmul(np.ascontiguousarray(w.reshape(F, -1).T), dout2)  # (C*KH*KW, N*OH*OW)
     dx = np.empty(xshape, dtype=dout.dtype)
     _col2im(dcols, KH, KW, sh, sw, ph, pw, OH, OW, dx)
     return dx, dw, (db if has_bias else None)
@@ -126,36 +193,72 @@ def conv2d_backward(dout, cache):
 # ---------------------------------------------------------------- pooling
 @njit(parallel=True, **JIT)
 def _maxpool_fwd(x, KH, KW, sh, sw, ph, pw, out, arg):
-    """out[n, c, oh, ow] = first maximum of its window; arg = its flat index h*W + w."""
+    """out[n, c, oh, ow] = first maximum of its window; arg = its index i*KW + j in the window."""
     N, C, H, W = x.shape
     OH, OW = out.shape[2], out.shape[3]
     for nc in prange(N * C):
         n, c = nc // C, nc % C
         for oh in range(OH):
+            h0 = oh * sh - ph
+            ilo, ihi = max(0, -h0), min(KH, H - h0)   # window rows inside the image
             for ow in range(OW):
-                best, k = x[n, c, 0, 0], -1
-                for i in range(KH):
-                    h = oh * sh - ph + i
-                    if 0 <= h < H:
-                        for j in range(KW):
-                            w = ow * sw - pw + j
-                            if 0 <= w < W and (k < 0 or x[n, c, h, w] > best):
-                                best, k = x[n, c, h, w], h * W + w
+                w0 = ow * sw - pw
+                jlo, jhi = max(0, -w0), min(KW, W - w0)
+                best, k = x[n, c, h0 + ilo, w0 + jlo], ilo * KW + jlo
+                for i in range(ilo, ihi):
+                    for j in range(jlo, jhi):
+                        v = x[n, c, h0 + i, w0 + j]
+                        if v > best:
+                            best, k = v, i * KW + j
                 out[n, c, oh, ow] = best
                 arg[n, c, oh, ow] = k
 
 
 @njit(parallel=True, **JIT)
-def _maxpool_bwd(dout, arg, dx):
+def _maxpool_bwd(dout, arg, KW, sh, sw, ph, pw, dx):
     N, C, OH, OW = dout.shape
-    W = dx.shape[3]
     for nc in prange(N * C):
         n, c = nc // C, nc % C
         dx[n, c] = 0
         for oh in range(OH):
             for ow in range(OW):
                 k = arg[n, c, oh, ow]
-                dx[n, c, k // W, k % W] += dout[n, c, oh, ow]
+                dx[n, c, oh * sh - ph + k // KW, ow * sw - pw + k % KW] += dout[n, c, oh, ow]
+
+
+@njit(parallel=True, **JIT)
+def _maxpool2x2_fwd(x, out, arg):
+    """The common case, kernel 2, stride 2, no padding, unrolled: 15x faster than the general loop."""
+    N, C = x.shape[0], x.shape[1]
+    OH, OW = out.shape[2], out.shape[3]
+    for nc in prange(N * C):
+        n, c = nc // C, nc % C
+        for oh in range(OH):
+            for ow in range(OW):
+                best, k = x[n, c, 2 * oh, 2 * ow], 0
+                v = x[n, c, 2 * oh, 2 * ow + 1]
+                if v > best:
+                    best, k = v, 1
+                v = x[n, c, 2 * oh + 1, 2 * ow]
+                if v > best:
+                    best, k = v, 2
+                v = x[n, c, 2 * oh + 1, 2 * ow + 1]
+                if v > best:
+                    best, k = v, 3
+                out[n, c, oh, ow] = best
+                arg[n, c, oh, ow] = k
+
+
+@njit(parallel=True, **JIT)
+def _maxpool2x2_bwd(dout, arg, dx):
+    N, C, OH, OW = dout.shape
+    for nc in prange(N * C):
+        n, c = nc // C, nc % C
+        dx[n, c] = 0
+        for oh in range(OH):
+            for ow in range(OW):
+                k = arg[n, c, oh, ow]
+                dx[n, c, 2 * oh + k // 2, 2 * ow + k % 2] = dout[n, c, oh, ow]
 
 
 def maxpool2d_forward(x, kernel, stride, padding):
@@ -164,16 +267,22 @@ def maxpool2d_forward(x, kernel, stride, padding):
     N, C, H, W = x.shape
     OH, OW = out_size(H, KH, sh, ph), out_size(W, KW, sw, pw)
     out = np.empty((N, C, OH, OW), dtype=x.dtype)
-    arg = np.empty((N, C, OH, OW), dtype=np.int32)                  # flat index into the H*W plane
-    _maxpool_fwd(np.ascontiguousarray(x), KH, KW, sh, sw, ph, pw, out, arg)
-    return out, (x.shape, arg)
+    arg = np.empty((N, C, OH, OW), dtype=np.int32)                  # index of the max inside its window
+    if kernel == stride == (2, 2) and padding == (0, 0):
+        _maxpool2x2_fwd(np.ascontiguousarray(x), out, arg)
+    else:
+        _maxpool_fwd(np.ascontiguousarray(x), KH, KW, sh, sw, ph, pw, out, arg)
+    return out, (x.shape, arg, kernel, stride, padding)
 
 
 def maxpool2d_backward(dout, cache):
     """dout (N, C, OH, OW) -> dx (N, C, H, W)."""
-    xshape, arg = cache
+    xshape, arg, (KH, KW), (sh, sw), (ph, pw) = cache
     dx = np.empty(xshape, dtype=dout.dtype)
-    _maxpool_bwd(np.ascontiguousarray(dout), arg, dx)
+    if (KH, KW) == (sh, sw) == (2, 2) and (ph, pw) == (0, 0):
+        _maxpool2x2_bwd(np.ascontiguousarray(dout), arg, dx)
+    else:
+        _maxpool_bwd(np.ascontiguousarray(dout), arg, KW, sh, sw, ph, pw, dx)
     return dx
 
 
@@ -224,3 +333,32 @@ def avgpool2d_backward(dout, cache):
     dx = np.empty(xshape, dtype=dout.dtype)
     _avgpool(np.ascontiguousarray(dout), KH, KW, sh, sw, ph, pw, dx, False)
     return dx
+
+
+# ---------------------------------------------------------------- ReLU (the most frequent layer)
+@njit(parallel=True, **JIT)
+def _relu(x, out):
+    for i in prange(x.size):
+        v = x[i]
+        out[i] = 0 if v <= 0 else v                   # NaN stays NaN, as in np.maximum
+
+
+@njit(parallel=True, **JIT)
+def _relu_bwd(dout, out, dx):
+    for i in prange(dout.size):
+        dx[i] = dout[i] if out[i] > 0 else 0
+
+
+def relu_forward(x):
+    """x (...) -> max(x, 0), cache (the output)."""
+    out = np.empty_like(x)
+    _relu(np.ascontiguousarray(x).reshape(-1), out.reshape(-1))
+    return out, out
+
+
+def relu_backward(dout, out):
+    """The gradient passes where the output is positive."""
+    dx = np.empty_like(out)
+    _relu_bwd(np.ascontiguousarray(dout).reshape(-1), out.reshape(-1), dx.reshape(-1))
+    return dx
+

@@ -1,0 +1,76 @@
+"""Per-layer breakdown of one training step of the reference net: forward and backward time of
+every layer, GFLOP/s of each conv (and its share of the machine's matmul peak), and each part's
+share of the step, so the next bottleneck is visible.
+
+    python benchmarks/bench_layers.py [--batch 32] [--size 64] [--reps 15]
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import cl, peak_matmul_gflops, reference_net, table  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=15)
+    args = ap.parse_args()
+    B, S = args.batch, args.size
+    net = reference_net(S)
+    rng = np.random.default_rng(0)
+    x = rng.random((B, 3, S, S), dtype=np.float32)
+    y = rng.integers(0, 2, B)
+    opt = cl.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    fwd = {i: [] for i in range(len(net))}
+    bwd = {i: [] for i in range(len(net))}
+    other = {"loss": [], "optimizer": []}
+    shapes = {}
+    for rep in range(args.reps + 3):
+        a = x
+        for i, layer in enumerate(net):
+            shapes[i] = a.shape
+            t = time.perf_counter()
+            a = layer(a)
+            fwd[i].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        _, d = cl.softmax_cross_entropy(a, y)
+        other["loss"].append(time.perf_counter() - t)
+        opt.zero_grad()
+        for i in reversed(range(len(net))):
+            t = time.perf_counter()
+            d = net[i].backward(d)
+            bwd[i].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        opt.step()
+        other["optimizer"].append(time.perf_counter() - t)
+    med = lambda v: float(np.median(v[3:]))
+    total = sum(med(fwd[i]) + med(bwd[i]) for i in fwd) + sum(med(v) for v in other.values())
+    peak = peak_matmul_gflops()
+    rows = []
+    for i, layer in enumerate(net):
+        f, b = med(fwd[i]), med(bwd[i])
+        gf = ""
+        if isinstance(layer, cl.Conv2d):
+            N, C, H, W = shapes[i]
+            oh, ow = layer.output_shape(shapes[i])[2:]
+            flops = 2 * N * layer.out_channels * oh * ow * C * layer.kernel_size[0] * layer.kernel_size[1]
+            gf = f"{flops / f / 1e9:.0f} / {2 * flops / b / 1e9:.0f}"
+            gf += f" ({100 * 3 * flops / (f + b) / 1e9 / peak:.0f}% peak)"
+        rows.append([f"{i}: {type(layer).__name__}", f"{1e3 * f:.2f}", f"{1e3 * b:.2f}", gf,
+                     f"{100 * (f + b) / total:.1f}%"])
+    for k, v in other.items():
+        rows.append([k, f"{1e3 * med(v):.2f}", "", "", f"{100 * med(v) / total:.1f}%"])
+    print(f"reference net, batch {B}, {S}x{S}: one training step {1e3 * total:.1f} ms "
+          f"({B / total:.0f} img/s); matmul peak {peak:.0f} GFLOP/s")
+    print(table(rows, ["layer", "fwd ms", "bwd ms", "conv GFLOP/s fwd / bwd", "share"]))
+    print(f"\nrerun: python benchmarks/bench_layers.py --batch {B} --size {S}")
+
+
+if __name__ == "__main__":
+    main()

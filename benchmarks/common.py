@@ -1,0 +1,106 @@
+"""Shared pieces of the benchmarks: the reference net (issue: CPU speed), its torch twin, timing."""
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import convlib as cl  # noqa: E402
+
+
+def reference_net(size=64, seed=0):
+    """float32 NCHW, 4 x (Conv3x3 p1 -> ReLU -> MaxPool2), Flatten, Linear(.., 64), ReLU, Linear(64, 2)."""
+    cl.manual_seed(seed)
+    layers, c = [], 3
+    for f in (16, 32, 64, 64):
+        layers += [cl.Conv2d(c, f, 3, padding=1), cl.ReLU(), cl.MaxPool2d(2)]
+        c = f
+    side = size // 16
+    return cl.Sequential(*layers, cl.Flatten(), cl.Linear(64 * side * side, 64), cl.ReLU(), cl.Linear(64, 2))
+
+
+def torch_twin(net):
+    """The same net in torch.nn with convlib's weights copied in (no conversion needed)."""
+    import torch
+    from torch import nn
+    mods = []
+    for layer in net:
+        name = type(layer).__name__
+        if name == "Conv2d":
+            mods.append(nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                                  layer.padding))
+        elif name == "Linear":
+            mods.append(nn.Linear(layer.in_features, layer.out_features))
+        elif name == "MaxPool2d":
+            mods.append(nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding))
+        else:
+            mods.append({"ReLU": nn.ReLU, "Flatten": nn.Flatten}[name]())
+    tnet = nn.Sequential(*mods)
+    tnet.load_state_dict({k: torch.from_numpy(v) for k, v in net.state_dict().items()})
+    return tnet
+
+
+def convlib_steps(net, x, y):
+    opt = cl.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+
+    def train():
+        logits = net(x)
+        _, d = cl.softmax_cross_entropy(logits, y)
+        opt.zero_grad()
+        net.backward(d)
+        opt.step()
+
+    def infer():
+        net(x)
+    return train, infer
+
+
+def torch_steps(tnet, x, y):
+    import torch
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    opt = torch.optim.SGD(tnet.parameters(), lr=0.01, momentum=0.9)
+    lossf = torch.nn.CrossEntropyLoss()
+
+    def train():
+        opt.zero_grad()
+        lossf(tnet(xt), yt).backward()
+        opt.step()
+
+    def infer():
+        with torch.no_grad():
+            tnet(xt)
+    return train, infer
+
+
+def median_time(fn, reps):
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts))
+
+
+def alternate(contenders, rounds=5, reps=5, warmup=2):
+    """Time each contender's function in turns (round-robin) and return the median seconds per call."""
+    for fn in contenders.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in contenders}
+    for _ in range(rounds):
+        for k, fn in contenders.items():
+            times[k].append(median_time(fn, reps))
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def peak_matmul_gflops(n=1024, reps=7):
+    """float32 matrix product through NumPy at the current thread settings, GFLOP/s."""
+    a = np.random.rand(n, n).astype(np.float32)
+    return 2 * n ** 3 / median_time(lambda: a @ a, reps) / 1e9
+
+
+def table(rows, header):
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    fmt = lambda r: "  ".join(str(v).rjust(w) if i else str(v).ljust(w) for i, (v, w) in enumerate(zip(r, widths)))
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
