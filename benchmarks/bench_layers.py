@@ -44,7 +44,7 @@ def main():
         opt.zero_grad()
         for i in reversed(range(len(net))):
             t = time.perf_counter()
-            d = net[i].backward(d)
+            d = net[i].backward(d, need_dx=False) if i == 0 else net[i].backward(d)  # as fit() does
             bwd[i].append(time.perf_counter() - t)
         t = time.perf_counter()
         opt.step()

@@ -205,8 +205,10 @@ class Conv2d(Layer):
         out, self._cache = kernels_for(x).conv2d_forward(x, self.weight.data, b, self.stride, self.padding)
         return out
 
-    def backward(self, dout):
-        dx, dw, db = kernels_for(dout).conv2d_backward(dout, self._saved())
+    def backward(self, dout, need_dx=True):
+        """Adds dL/dweight and dL/dbias into the grads; returns dL/dx (None if not need_dx:
+        a first layer's input gradient is rarely wanted and costs a third of its backward)."""
+        dx, dw, db = kernels_for(dout).conv2d_backward(dout, self._saved(), need_dx)
         self.weight.grad += dw
         if self.bias is not None:
             self.bias.grad += db
@@ -401,8 +403,9 @@ class Linear(Layer):
         out, self._cache = kernels_for(x).linear_forward(x, self.weight.data, b)
         return out
 
-    def backward(self, dout):
-        dx, dw, db = kernels_for(dout).linear_backward(dout, self._saved())
+    def backward(self, dout, need_dx=True):
+        """Adds into the grads; returns dL/dx (None if not need_dx)."""
+        dx, dw, db = kernels_for(dout).linear_backward(dout, self._saved(), need_dx)
         self.weight.grad += dw
         if self.bias is not None:
             self.bias.grad += db

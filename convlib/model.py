@@ -1,7 +1,7 @@
 """Sequential: a chain of layers with forward, backward, shape checks and a summary."""
 import numpy as np
 
-from .layers import Layer
+from .layers import Conv2d, Layer, Linear
 
 
 class Sequential(Layer):
@@ -36,12 +36,16 @@ class Sequential(Layer):
         body = "".join("\n  " + f"({i}): {layer!r}".replace("\n", "\n  ") for i, layer in enumerate(self))
         return f"Sequential({body}\n)"
 
-    def _each(self, method, arg):
+    def _each(self, method, arg, input_grad=True):
         """Run ``arg`` through the layers, prefixing a layer's ValueError with its index."""
         order = range(len(self)) if method != "backward" else range(len(self) - 1, -1, -1)
         for i in order:
+            layer = self.layers[i]
             try:
-                arg = getattr(self.layers[i], method)(arg)
+                if i == 0 and not input_grad and isinstance(layer, (Conv2d, Linear)):
+                    arg = layer.backward(arg, need_dx=False)
+                else:
+                    arg = getattr(layer, method)(arg)
             except ValueError as e:
                 raise ValueError(f"Sequential layer {i}: {e}") from None
         return arg
@@ -50,9 +54,13 @@ class Sequential(Layer):
         """x (N, ...) -> output of the last layer."""
         return self._each("forward", x)
 
-    def backward(self, dout):
-        """dL/d(output) -> dL/dx; adds into every Parameter.grad on the way."""
-        return self._each("backward", dout)
+    def backward(self, dout, input_grad=True):
+        """dL/d(output) -> dL/dx; adds into every Parameter.grad on the way.
+
+        ``input_grad=False`` skips the input gradient where the first layer can (``fit`` does
+        this: nobody needs d loss / d image during training) and returns None then.
+        """
+        return self._each("backward", dout, input_grad)
 
     def output_shape(self, shape):
         return self._each("output_shape", tuple(shape))

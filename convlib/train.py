@@ -84,7 +84,7 @@ def fit(net, train, val=None, *, epochs=10, batch_size=32, optimizer=None, sched
                     raise FloatingPointError(f"fit: the loss became {loss} at epoch {epoch}, step {step} "
                                              f"(lr={optimizer.lr:g}); lower the learning rate")
                 optimizer.zero_grad()
-                net.backward(dlogits)
+                net.backward(dlogits, input_grad=False)
                 optimizer.step()
                 n = len(yb)
                 seen += n

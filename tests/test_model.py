@@ -35,6 +35,25 @@ def test_backward_adds_into_grad(rng):
     assert all(not p.grad.any() for p in net.parameters())
 
 
+@pytest.mark.parametrize("kernels", ["cpu", "reference"])
+def test_backward_without_input_grad_gives_the_same_parameter_grads(rng, kernels):
+    cl.use_kernels(kernels)
+    try:
+        net = small_net().eval()
+        x = rng.standard_normal((2, 3, 8, 10)).astype(np.float32)
+        d = rng.standard_normal((2, 2)).astype(np.float32)
+        net(x)
+        assert net.backward(d).shape == x.shape
+        full = [p.grad.copy() for p in net.parameters()]
+        net.zero_grad()
+        net(x)
+        assert net.backward(d, input_grad=False) is None
+        for g, p in zip(full, net.parameters()):
+            np.testing.assert_array_equal(p.grad, g)
+    finally:
+        cl.use_kernels("cpu")
+
+
 def test_shape_error_names_layer_expected_and_received():
     net = small_net()
     with pytest.raises(ValueError, match=r"Sequential layer 4: Linear\(in_features=80.*expected input of shape "

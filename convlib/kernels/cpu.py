@@ -175,8 +175,8 @@ def conv2d_forward(x, w, b, stride, padding):
     return out.reshape(N, F, OH, OW), (x.shape, cols, w, b is not None, stride, padding)
 
 
-def conv2d_backward(dout, cache):
-    """dout (N, F, OH, OW) -> dx (N, C, H, W), dw (F, C, KH, KW), db (F,) or None."""
+def conv2d_backward(dout, cache, need_dx=True):
+    """dout (N, F, OH, OW) -> dx (N, C, H, W) or None, dw (F, C, KH, KW), db (F,) or None."""
     xshape, cols, w, has_bias, (sh, sw), (ph, pw) = cache
     N, F, OH, OW = dout.shape
     KH, KW = w.shape[2:]
@@ -184,6 +184,8 @@ def conv2d_backward(dout, cache):
     db = np.empty(F, dtype=dout.dtype)
     _from_nchw(np.ascontiguousarray(dout).reshape(N, F, OH * OW), dout2, db)
     dw = matmul_nt(dout2, cols).reshape(w.shape)                    # (F, C, KH, KW)
+    if not need_dx:
+        return None, dw, (db if has_bias else None)
     dcols = matmul(np.ascontiguousarray(w.reshape(F, -1).T), dout2)  # (C*KH*KW, N*OH*OW)
     dx = np.empty(xshape, dtype=dout.dtype)
     _col2im(dcols, KH, KW, sh, sw, ph, pw, OH, OW, dx)

@@ -41,8 +41,8 @@ def conv2d_forward(x, w, b, stride, padding):
     return out, (x, w, b is not None, stride, padding)
 
 
-def conv2d_backward(dout, cache):
-    """dout (N, F, OH, OW) -> dx (N, C, H, W), dw (F, C, KH, KW), db (F,) or None."""
+def conv2d_backward(dout, cache, need_dx=True):
+    """dout (N, F, OH, OW) -> dx (N, C, H, W) (None unless need_dx), dw (F, C, KH, KW), db (F,) or None."""
     x, w, has_bias, (sh, sw), (ph, pw) = cache
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
@@ -55,9 +55,9 @@ def conv2d_backward(dout, cache):
             window = (slice(None), slice(None), slice(i, i + sh * OH, sh), slice(j, j + sw * OW, sw))
             dw[:, :, i, j] = np.einsum("nfhw,nchw->fc", dout, xp[window])
             dxp[window] += np.einsum("nfhw,fc->nchw", dout, w[:, :, i, j])
-    dx = dxp[:, :, ph:ph + H, pw:pw + W]
+    dx = np.ascontiguousarray(dxp[:, :, ph:ph + H, pw:pw + W]) if need_dx else None
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
-    return np.ascontiguousarray(dx), dw, db
+    return dx, dw, db
 
 
 # ---------------------------------------------------------------- pooling
@@ -127,10 +127,10 @@ def linear_forward(x, w, b):
     return out, (x, w, b is not None)
 
 
-def linear_backward(dout, cache):
-    """dout (N, OUT) -> dx (N, IN), dw (OUT, IN), db (OUT,) or None."""
+def linear_backward(dout, cache, need_dx=True):
+    """dout (N, OUT) -> dx (N, IN) or None, dw (OUT, IN), db (OUT,) or None."""
     x, w, has_bias = cache
-    return dout @ w, dout.T @ x, (dout.sum(axis=0) if has_bias else None)
+    return (dout @ w if need_dx else None), dout.T @ x, (dout.sum(axis=0) if has_bias else None)
 
 
 def relu_forward(x):
