@@ -149,9 +149,11 @@ class Layer:
         self.output_shape(x.shape)
 
     def _saved(self):
+        """What forward() kept for backward(), released here: memory is not held between steps."""
         cache = getattr(self, "_cache", None)
         if cache is None:
-            raise RuntimeError(f"{self!r}: backward() called before forward()")
+            raise RuntimeError(f"{self!r}: backward() called without a forward() since the last backward()")
+        self._cache = None
         return cache
 
 
@@ -344,7 +346,8 @@ class Dropout(_Pointwise):
         return x
 
     def backward(self, dout):
-        return dout if isinstance(self._saved(), str) else super().backward(dout)
+        mask = self._saved()
+        return dout if isinstance(mask, str) else kernels_for(dout).dropout_backward(dout, mask)
 
     def _args(self):
         return (self.p, get_rng())

@@ -152,8 +152,13 @@ def test_bad_inputs_name_the_layer():
         cl.Linear(3, 2)(np.zeros((1, 3)))
     with pytest.raises(ValueError, match="float ndarray"):
         cl.ReLU()(np.zeros((1, 3), dtype=int))
-    with pytest.raises(RuntimeError, match="before forward"):
+    with pytest.raises(RuntimeError, match="without a forward"):
         cl.Linear(3, 2).backward(np.zeros((1, 2), np.float32))
+    layer = cl.Linear(3, 2)
+    layer(np.zeros((1, 3), np.float32))
+    layer.backward(np.zeros((1, 2), np.float32))
+    with pytest.raises(RuntimeError, match="without a forward"):          # the cache was released
+        layer.backward(np.zeros((1, 2), np.float32))
 
 
 def test_rel_error():

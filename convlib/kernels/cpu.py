@@ -12,6 +12,7 @@ pooling) are ``@njit(parallel=True)`` with ``prange`` over independent outputs o
 every iteration writes its own slice, so there are no races.
 """
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
@@ -161,33 +162,62 @@ def _from_nchw(dout, dout2, db):
         db[f] = s
 
 
-def conv2d_forward(x, w, b, stride, padding):
-    """x (N, C, H, W), w (F, C, KH, KW), b (F,) or None -> out (N, F, OH, OW), cache."""
+_local = threading.local()
+
+
+def workspace(name, shape, dtype):
+    """A scratch array reused from call to call (one per name, dtype and thread), grown when a
+    bigger one is asked for. The column matrices of every conv share it, as in Caffe: they are
+    the largest arrays of a step and live only inside one kernel call."""
+    key = (name, np.dtype(dtype).str)
+    size = int(np.prod(shape))
+    buf = getattr(_local, "buffers", {}).get(key)
+    if buf is None or buf.size < size:
+        buf = np.empty(size, dtype=dtype)
+        _local.__dict__.setdefault("buffers", {})[key] = buf
+    return buf[:size].reshape(shape)
+
+
+def _cols(x, KH, KW, stride, padding, OH, OW):
+    """im2col of x into the shared workspace -> (C*KH*KW, N*OH*OW)."""
     (sh, sw), (ph, pw) = stride, padding
+    N, C = x.shape[:2]
+    cols = workspace("cols", (C * KH * KW, N * OH * OW), x.dtype)
+    _im2col(x, KH, KW, sh, sw, ph, pw, OH, OW, cols)
+    return cols
+
+
+def conv2d_forward(x, w, b, stride, padding):
+    """x (N, C, H, W), w (F, C, KH, KW), b (F,) or None -> out (N, F, OH, OW), cache.
+
+    The cache keeps x, not its 9x larger column matrix: backward rebuilds the columns (an
+    im2col costs about a tenth of the step) so a training step's memory stays near PyTorch's.
+    """
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
-    OH, OW = out_size(H, KH, sh, ph), out_size(W, KW, sw, pw)
-    cols = np.empty((C * KH * KW, N * OH * OW), dtype=x.dtype)      # (C*KH*KW, N*OH*OW)
-    _im2col(np.ascontiguousarray(x), KH, KW, sh, sw, ph, pw, OH, OW, cols)
-    out2 = matmul(w.reshape(F, -1), cols)                           # (F, N*OH*OW)
+    OH, OW = out_size(H, KH, stride[0], padding[0]), out_size(W, KW, stride[1], padding[1])
+    x = np.ascontiguousarray(x)
+    cols = _cols(x, KH, KW, stride, padding, OH, OW)                # (C*KH*KW, N*OH*OW)
+    out2 = matmul(w.reshape(F, -1), cols, workspace("out2", (F, N * OH * OW), x.dtype))  # (F, N*OH*OW)
     out = np.empty((N, F, OH * OW), dtype=x.dtype)                  # (N, F, OH*OW)
     _to_nchw(out2, b if b is not None else np.zeros(F, x.dtype), N, out)
-    return out.reshape(N, F, OH, OW), (x.shape, cols, w, b is not None, stride, padding)
+    return out.reshape(N, F, OH, OW), (x, w, b is not None, stride, padding)
 
 
 def conv2d_backward(dout, cache, need_dx=True):
     """dout (N, F, OH, OW) -> dx (N, C, H, W) or None, dw (F, C, KH, KW), db (F,) or None."""
-    xshape, cols, w, has_bias, (sh, sw), (ph, pw) = cache
+    x, w, has_bias, (sh, sw), (ph, pw) = cache
     N, F, OH, OW = dout.shape
     KH, KW = w.shape[2:]
-    dout2 = np.empty((F, N * OH * OW), dtype=dout.dtype)            # (F, N*OH*OW)
+    dout2 = workspace("out2", (F, N * OH * OW), dout.dtype)         # (F, N*OH*OW)
     db = np.empty(F, dtype=dout.dtype)
     _from_nchw(np.ascontiguousarray(dout).reshape(N, F, OH * OW), dout2, db)
+    cols = _cols(x, KH, KW, (sh, sw), (ph, pw), OH, OW)             # (C*KH*KW, N*OH*OW)
     dw = matmul_nt(dout2, cols).reshape(w.shape)                    # (F, C, KH, KW)
     if not need_dx:
         return None, dw, (db if has_bias else None)
-    dcols = matmul(np.ascontiguousarray(w.reshape(F, -1).T), dout2)  # (C*KH*KW, N*OH*OW)
-    dx = np.empty(xshape, dtype=dout.dtype)
+    dcols = matmul(np.ascontiguousarray(w.reshape(F, -1).T), dout2, cols)  # reuses the columns' memory
+    dx = np.empty(x.shape, dtype=dout.dtype)
     _col2im(dcols, KH, KW, sh, sw, ph, pw, OH, OW, dx)
     return dx, dw, (db if has_bias else None)
 
