@@ -77,11 +77,13 @@ class Layer:
         """[(name, ndarray)]: state that is saved but not trained (e.g. running means)."""
         return [(prefix + n, getattr(self, n)) for n in self._buffer_names]
 
+    def named_state(self, prefix=""):
+        """[(name, array)]: parameters then buffers, layer by layer (torch's state_dict order)."""
+        return ([(n, p.data) for n, p in self.named_parameters(prefix)] + self.named_buffers(prefix))
+
     def state_dict(self):
-        """{name: array copy} of every parameter and buffer, keys as in ``torch.nn``."""
-        d = {n: p.data.copy() for n, p in self.named_parameters()}
-        d.update({n: np.array(b, copy=True) for n, b in self.named_buffers()})
-        return d
+        """{name: array copy} of every parameter and buffer, keys and order as in ``torch.nn``."""
+        return {n: np.array(a, copy=True) for n, a in self.named_state()}
 
     def load_state_dict(self, state):
         """Copy arrays in by name; ValueError on a missing, unexpected or mis-shaped key."""
@@ -413,3 +415,69 @@ class Linear(Layer):
         if self.bias is not None:
             self.bias.grad += db
         return dx
+
+
+# ---------------------------------------------------------------- batch normalisation
+class _BatchNorm(Layer):
+    """Shared by BatchNorm1d and BatchNorm2d: torch's semantics, parameters and buffers."""
+    _param_names = ("weight", "bias")
+    _buffer_names = ("running_mean", "running_var", "num_batches_tracked")
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+        name = type(self).__name__
+        self.num_features = _pair(num_features, "num_features", name, 1)[0]
+        if not (isinstance(eps, (int, float)) and eps > 0):
+            raise ValueError(f"{name}: eps must be > 0, got {eps!r}")
+        if not (isinstance(momentum, (int, float)) and 0 <= momentum <= 1):
+            raise ValueError(f"{name}: momentum must be in [0, 1], got {momentum!r}")
+        self.eps, self.momentum = float(eps), float(momentum)
+        C = self.num_features
+        self.weight = Parameter(np.ones(C, self.dtype))
+        self.bias = Parameter(np.zeros(C, self.dtype))
+        self.running_mean = np.zeros(C, self.dtype)
+        self.running_var = np.ones(C, self.dtype)
+        self.num_batches_tracked = np.zeros((), np.int64)
+
+    def config(self):
+        return dict(num_features=self.num_features, eps=self.eps, momentum=self.momentum)
+
+    def output_shape(self, shape):
+        want = "(N, C)" if self._ndim == 2 else "(N, C, H, W)"
+        if len(shape) != self._ndim or shape[1] != self.num_features:
+            raise ValueError(f"{self!r}: expected input of shape {want.replace('C', str(self.num_features))}, "
+                             f"got {tuple(shape)}")
+        if self.training and shape[0] * int(np.prod(shape[2:])) < 2:
+            raise ValueError(f"{self!r}: training needs more than one value per channel, got input "
+                             f"shape {tuple(shape)}")
+        return tuple(shape)
+
+    def forward(self, x):
+        self._check(x)
+        out, self._cache = kernels_for(x).batchnorm_forward(
+            x, self.weight.data, self.bias.data, self.running_mean, self.running_var,
+            self.momentum, self.eps, self.training)
+        if self.training:
+            self.num_batches_tracked += 1
+        return out
+
+    def backward(self, dout):
+        dx, dgamma, dbeta = kernels_for(dout).batchnorm_backward(dout, self._saved())
+        self.weight.grad += dgamma
+        self.bias.grad += dbeta
+        return dx
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalisation over (N, H, W) for each channel of an NCHW batch.
+
+    Args: num_features (C), eps (1e-5), momentum (0.1: running = 0.9 * running + 0.1 * batch).
+    Shape: (N, C, H, W) -> same. Attributes: weight (C,) = 1, bias (C,) = 0; buffers
+    running_mean (C,) = 0, running_var (C,) = 1, num_batches_tracked (). Training mode uses the
+    batch statistics and updates the running ones; eval mode uses the running ones.
+    """
+    _ndim = 4
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalisation of each feature of an (N, C) batch; see BatchNorm2d."""
+    _ndim = 2

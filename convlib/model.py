@@ -68,6 +68,9 @@ class Sequential(Layer):
     def named_parameters(self, prefix=""):
         return [kv for i, layer in enumerate(self) for kv in layer.named_parameters(f"{prefix}{i}.")]
 
+    def named_state(self, prefix=""):
+        return [kv for i, layer in enumerate(self) for kv in layer.named_state(f"{prefix}{i}.")]
+
     def named_buffers(self, prefix=""):
         return [kv for i, layer in enumerate(self) for kv in layer.named_buffers(f"{prefix}{i}.")]
 

@@ -21,7 +21,7 @@ from numba import njit, prange
 from threadpoolctl import threadpool_limits
 
 from .reference import (  # NumPy already runs these at memory speed: no Numba twin needed
-    dropout_backward, dropout_forward, leaky_relu_backward, leaky_relu_forward,
+    batchnorm_backward, batchnorm_forward, dropout_backward, dropout_forward, leaky_relu_backward, leaky_relu_forward,
     linear_backward, linear_forward, log_softmax, out_size,
     sigmoid_backward, sigmoid_forward, softmax_cross_entropy, tanh_backward, tanh_forward)
 
@@ -30,7 +30,7 @@ __all__ = [
     "avgpool2d_forward", "avgpool2d_backward", "linear_forward", "linear_backward",
     "relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward",
     "sigmoid_forward", "sigmoid_backward", "tanh_forward", "tanh_backward",
-    "dropout_forward", "dropout_backward", "log_softmax", "softmax_cross_entropy", "out_size"]
+    "dropout_forward", "dropout_backward", "batchnorm_forward", "batchnorm_backward", "log_softmax", "softmax_cross_entropy", "out_size"]
 
 JIT = dict(cache=True, nogil=True)
 

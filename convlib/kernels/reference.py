@@ -186,6 +186,47 @@ def dropout_backward(dout, mask):
     return dout * mask
 
 
+# ---------------------------------------------------------------- batch normalisation
+def batchnorm_forward(x, gamma, beta, running_mean, running_var, momentum, eps, training):
+    """x (N, C) or (N, C, H, W); gamma, beta, running_* (C,) -> out like x, cache.
+
+    Training: normalise with the batch's mean and biased variance over every axis but C, and
+    update the running statistics in place (running = (1 - momentum) * running + momentum *
+    batch, the variance unbiased), as torch does. Eval: normalise with the running statistics.
+    """
+    axes = (0,) + tuple(range(2, x.ndim))
+    shape = (1, -1) + (1,) * (x.ndim - 2)                           # broadcast (C,) over x
+    if training:
+        m = x.size // x.shape[1]
+        mean = x.mean(axis=axes)                                    # (C,)
+        var = x.var(axis=axes)                                      # (C,) biased
+        running_mean *= 1 - momentum
+        running_mean += momentum * mean
+        running_var *= 1 - momentum
+        running_var += momentum * var * (m / max(m - 1, 1))
+    else:
+        mean, var = running_mean, running_var
+    inv_std = (1 / np.sqrt(var + eps)).astype(x.dtype)              # (C,)
+    xhat = (x - mean.reshape(shape)) * inv_std.reshape(shape)       # like x
+    out = xhat * gamma.reshape(shape) + beta.reshape(shape)
+    return out.astype(x.dtype, copy=False), (xhat, inv_std, gamma, training)
+
+
+def batchnorm_backward(dout, cache):
+    """dout like x -> dx like x, dgamma (C,), dbeta (C,)."""
+    xhat, inv_std, gamma, training = cache
+    axes = (0,) + tuple(range(2, dout.ndim))
+    shape = (1, -1) + (1,) * (dout.ndim - 2)
+    dbeta = dout.sum(axis=axes)
+    dgamma = (dout * xhat).sum(axis=axes)
+    scale = (gamma * inv_std).reshape(shape)
+    if not training:                                                # statistics are constants
+        return dout * scale, dgamma, dbeta
+    m = dout.size // dout.shape[1]
+    dx = scale * (dout - (dbeta.reshape(shape) + xhat * dgamma.reshape(shape)) / m)
+    return dx.astype(dout.dtype, copy=False), dgamma, dbeta
+
+
 # ---------------------------------------------------------------- loss
 def log_softmax(logits):
     """logits (N, K) -> log-probabilities (N, K), via log-sum-exp with the row max subtracted."""

@@ -1,0 +1,60 @@
+"""PyTorch as an optional oracle: the same weights give the same outputs and gradients.
+Skipped where torch is not installed (it is never a dependency of convlib)."""
+import numpy as np
+import pytest
+
+import convlib as cl
+
+torch = pytest.importorskip("torch")
+
+
+def test_net_forward_backward_and_state_dict_match_torch(rng):
+    from torch import nn
+    cl.manual_seed(0)
+    net = cl.Sequential(cl.Conv2d(3, 4, (3, 2), stride=(2, 1), padding=1), cl.BatchNorm2d(4), cl.ReLU(),
+                        cl.MaxPool2d(2, stride=1, padding=1), cl.Conv2d(4, 5, 3), cl.LeakyReLU(0.1),
+                        cl.AvgPool2d(2), cl.Flatten(), cl.Linear(5 * 2 * 5, 6), cl.Tanh(), cl.Linear(6, 3))
+    tnet = nn.Sequential(nn.Conv2d(3, 4, (3, 2), stride=(2, 1), padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                         nn.MaxPool2d(2, stride=1, padding=1), nn.Conv2d(4, 5, 3), nn.LeakyReLU(0.1),
+                         nn.AvgPool2d(2), nn.Flatten(), nn.Linear(5 * 2 * 5, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    assert list(tnet.state_dict()) == list(net.state_dict())
+    tnet.load_state_dict({k: torch.from_numpy(v) for k, v in net.state_dict().items()})
+    net.to(np.float64)
+    x = rng.standard_normal((4, 3, 9, 10))
+    y = np.array([0, 2, 1, 2])
+    out = net(x)
+    loss, d = cl.softmax_cross_entropy(out, y)
+    dx = net.backward(d)
+    xt = torch.from_numpy(x).requires_grad_()
+    tout = tnet(xt)
+    tloss = nn.functional.cross_entropy(tout, torch.from_numpy(y))
+    tloss.backward()
+    np.testing.assert_allclose(out, tout.detach().numpy(), rtol=1e-10, atol=1e-12)
+    assert abs(loss - tloss.item()) < 1e-12
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-9, atol=1e-12)
+    tparams = dict(tnet.named_parameters())
+    for name, p in net.named_parameters():
+        np.testing.assert_allclose(p.grad, tparams[name].grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=name)
+    tstate = tnet.state_dict()
+    for name in ("1.running_mean", "1.running_var"):
+        np.testing.assert_allclose(net.state_dict()[name], tstate[name].numpy(), rtol=1e-10)
+
+
+def test_optimizers_match_torch(rng):
+    w0 = rng.standard_normal(5)
+    grads = [rng.standard_normal(5) for _ in range(4)]
+    for make_cl, make_t in [
+        (lambda p: cl.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=True),
+         lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=True)),
+        (lambda p: cl.optim.Adam(p, lr=0.01, weight_decay=0.1), lambda p: torch.optim.Adam(p, lr=0.01, weight_decay=0.1)),
+        (lambda p: cl.optim.AdamW(p, lr=0.01), lambda p: torch.optim.AdamW(p, lr=0.01)),
+    ]:
+        p = cl.Parameter(w0.copy())
+        tp = torch.nn.Parameter(torch.from_numpy(w0.copy()))
+        opt, topt = make_cl([p]), make_t([tp])
+        for g in grads:
+            p.grad[:] = g
+            tp.grad = torch.from_numpy(g.copy())
+            opt.step()
+            topt.step()
+        np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=1e-10, atol=1e-12)
