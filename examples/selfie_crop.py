@@ -12,7 +12,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from PIL import ImageDraw                                           # noqa: E402
 
-import selfie_plots as plots                                        # noqa: E402
+import plots                                        # noqa: E402
 from selfie_model import best_crop, load_model, p_good, prepare     # noqa: E402
 from selfie_rate import open_image                                  # noqa: E402
 

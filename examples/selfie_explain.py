@@ -10,7 +10,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import selfie_plots as plots                                        # noqa: E402
+import plots                                        # noqa: E402
 from convlib.data import image_to_array                             # noqa: E402
 from selfie_model import load_model, prepare, saliency              # noqa: E402
 from selfie_rate import open_image                                  # noqa: E402

@@ -8,13 +8,15 @@ from convlib.data import image_to_array, normalise
 GOOD = 1                                                            # class index of "good"
 
 
-def build_net(size, blocks=4, width=(16, 32, 64, 64), hidden=64):
-    """The reference ConvNet: ``blocks`` x (Conv3x3 -> ReLU -> MaxPool2), then FC-ReLU-FC."""
+def build_net(size, blocks=4, width=(16, 32, 64, 64), hidden=64, batchnorm=False):
+    """The reference ConvNet: ``blocks`` x (Conv3x3 -> [BatchNorm] -> ReLU -> MaxPool2), then
+    FC-ReLU-FC (batch norm off by default: on these noisy labels it trained slower, measured)."""
     if size % (2 ** blocks):
         raise ValueError(f"image size {size} must be divisible by {2 ** blocks}")
     layers, c = [], 3
     for f in width[:blocks]:
-        layers += [cl.Conv2d(c, f, 3, padding=1), cl.ReLU(), cl.MaxPool2d(2)]
+        layers += [cl.Conv2d(c, f, 3, padding=1)] + ([cl.BatchNorm2d(f)] if batchnorm else []) + \
+                  [cl.ReLU(), cl.MaxPool2d(2)]
         c = f
     side = size // 2 ** blocks
     return cl.Sequential(*layers, cl.Flatten(), cl.Linear(c * side * side, hidden), cl.ReLU(),

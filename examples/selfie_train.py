@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import convlib as cl                                                 # noqa: E402
 import selfie_data as sd                                             # noqa: E402
-import selfie_plots as plots                                         # noqa: E402
+import plots                                         # noqa: E402
 from convlib.data import RandomFlip, channel_stats, load_images, normalise  # noqa: E402
 from selfie_model import build_net, p_good                           # noqa: E402
 from tsne import tsne                                                # noqa: E402
@@ -36,11 +36,11 @@ def parse_args(argv=None):
     src.add_argument("--selfie-dataset", help="folder with selfie_dataset.txt and images/")
     src.add_argument("--posts", help="CSV: image,user,followers,likes,tags,age_days")
     ap.add_argument("--synthetic-dir", default="data/selfies", help="where synthetic selfies are cached")
-    ap.add_argument("--n-images", type=int, default=8000, help="synthetic selfies to generate")
+    ap.add_argument("--n-images", type=int, default=16000, help="synthetic selfies to generate")
     ap.add_argument("--out", default="runs/selfie", help="output folder")
-    ap.add_argument("--size", type=int, default=64, help="input size (multiple of 16)")
+    ap.add_argument("--size", type=int, default=48, help="input size (multiple of 16)")
     ap.add_argument("--fit", choices=["crop", "squish"], default="crop", help="how images become square")
-    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--epochs", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=0.02)
     ap.add_argument("--seed", type=int, default=0)

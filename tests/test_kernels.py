@@ -140,3 +140,23 @@ def test_relu_kernels_match_reference(dtype, rng):
     d = rng.standard_normal(x.shape).astype(dtype)
     np.testing.assert_array_equal(cpu.relu_backward(d, c_c), ref.relu_backward(d, c_r))
     assert out_c.dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(4, 3), (3, 2, 5, 4), (2, 5, 1, 7)])
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm_kernels_match_reference(dtype, shape, training, rng):
+    C = shape[1]
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+    gamma, beta = rng.uniform(0.5, 2, C).astype(dtype), rng.standard_normal(C).astype(dtype)
+    stats = [rng.standard_normal(C).astype(dtype), rng.uniform(0.5, 2, C).astype(dtype)]
+    runs = {}
+    for name, mod in (("ref", ref), ("cpu", cpu)):
+        rm, rv = stats[0].copy(), stats[1].copy()
+        out, cache = mod.batchnorm_forward(x, gamma, beta, rm, rv, 0.1, 1e-5, training)
+        dout = np.random.default_rng(7).standard_normal(shape).astype(dtype)
+        runs[name] = (out, rm, rv) + tuple(mod.batchnorm_backward(dout, cache))
+    tol = TOL[dtype] if dtype == np.float64 else dict(rtol=1e-4, atol=1e-4)
+    for got, want in zip(runs["cpu"], runs["ref"]):
+        assert got.dtype == dtype and got.shape == want.shape
+        np.testing.assert_allclose(got, want, **tol)

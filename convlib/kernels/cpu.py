@@ -21,7 +21,7 @@ from numba import njit, prange
 from threadpoolctl import threadpool_limits
 
 from .reference import (  # NumPy already runs these at memory speed: no Numba twin needed
-    batchnorm_backward, batchnorm_forward, dropout_backward, dropout_forward, leaky_relu_backward, leaky_relu_forward,
+    dropout_backward, dropout_forward, leaky_relu_backward, leaky_relu_forward,
     linear_backward, linear_forward, log_softmax, out_size,
     sigmoid_backward, sigmoid_forward, softmax_cross_entropy, tanh_backward, tanh_forward)
 
@@ -394,3 +394,96 @@ def relu_backward(dout, out):
     _relu_bwd(np.ascontiguousarray(dout).reshape(-1), out.reshape(-1), dx.reshape(-1))
     return dx
 
+
+
+# ---------------------------------------------------------------- batch normalisation
+@njit(parallel=True, **JIT)
+def _bn_stats(x, mean, var):
+    """x (N, C, L) -> per-channel mean and biased variance (two passes, float64 sums)."""
+    N, C, L = x.shape
+    for c in prange(C):
+        s = 0.0
+        for n in range(N):
+            for i in range(L):
+                s += x[n, c, i]
+        mu = s / (N * L)
+        q = 0.0
+        for n in range(N):
+            for i in range(L):
+                d = x[n, c, i] - mu
+                q += d * d
+        mean[c], var[c] = mu, q / (N * L)
+
+
+@njit(parallel=True, **JIT)
+def _bn_apply(x, scale, shift, out):
+    """out = x * scale[c] + shift[c] for x (N, C, L)."""
+    N, C, L = x.shape
+    for nc in prange(N * C):
+        n, c = nc // C, nc % C
+        for i in range(L):
+            out[n, c, i] = x[n, c, i] * scale[c] + shift[c]
+
+
+@njit(parallel=True, **JIT)
+def _bn_sums(dout, x, mean, inv_std, dbeta, dgamma):
+    """dbeta[c] = sum dout, dgamma[c] = sum dout * xhat over (N, L)."""
+    N, C, L = x.shape
+    for c in prange(C):
+        sb, sg = 0.0, 0.0
+        for n in range(N):
+            for i in range(L):
+                g = dout[n, c, i]
+                sb += g
+                sg += g * (x[n, c, i] - mean[c]) * inv_std[c]
+        dbeta[c], dgamma[c] = sb, sg
+
+
+@njit(parallel=True, **JIT)
+def _bn_dx(dout, x, mean, inv_std, gamma, dbeta, dgamma, dx):
+    """dx = gamma * inv_std * (dout - (dbeta + xhat * dgamma) / m), m = N * L."""
+    N, C, L = x.shape
+    m = N * L
+    for nc in prange(N * C):
+        n, c = nc // C, nc % C
+        k = gamma[c] * inv_std[c]
+        for i in range(L):
+            xhat = (x[n, c, i] - mean[c]) * inv_std[c]
+            dx[n, c, i] = k * (dout[n, c, i] - (dbeta[c] + xhat * dgamma[c]) / m)
+
+
+def batchnorm_forward(x, gamma, beta, running_mean, running_var, momentum, eps, training):
+    """x (N, C) or (N, C, H, W) -> out like x, cache; semantics as in reference.py."""
+    N, C = x.shape[:2]
+    x3 = np.ascontiguousarray(x).reshape(N, C, -1)                  # (N, C, H*W)
+    if training:
+        mean, var = np.empty(C), np.empty(C)
+        _bn_stats(x3, mean, var)
+        m = x3.shape[0] * x3.shape[2]
+        running_mean *= 1 - momentum
+        running_mean += momentum * mean
+        running_var *= 1 - momentum
+        running_var += momentum * var * (m / max(m - 1, 1))
+    else:
+        mean, var = running_mean.astype(np.float64), running_var.astype(np.float64)
+    inv_std = 1 / np.sqrt(var + eps)                                # (C,) float64
+    scale = (gamma * inv_std).astype(x.dtype)
+    shift = (beta - mean * gamma * inv_std).astype(x.dtype)
+    out = np.empty_like(x3)
+    _bn_apply(x3, scale, shift, out)
+    return out.reshape(x.shape), (x3, mean, inv_std, gamma, training)
+
+
+def batchnorm_backward(dout, cache):
+    """dout like x -> dx like x, dgamma (C,), dbeta (C,)."""
+    x3, mean, inv_std, gamma, training = cache
+    d3 = np.ascontiguousarray(dout).reshape(x3.shape)
+    C = x3.shape[1]
+    dbeta, dgamma = np.empty(C), np.empty(C)
+    _bn_sums(d3, x3, mean, inv_std, dbeta, dgamma)
+    dx = np.empty_like(d3)
+    if training:
+        _bn_dx(d3, x3, mean, inv_std, gamma.astype(np.float64), dbeta, dgamma, dx)
+    else:                                                           # statistics are constants
+        _bn_apply(d3, (gamma * inv_std).astype(dout.dtype), np.zeros(C, dout.dtype), dx)
+    return dx.reshape(dout.shape), dgamma.astype(dout.dtype), dbeta.astype(dout.dtype)

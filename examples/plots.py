@@ -1,5 +1,5 @@
-"""Pictures for the selfie example, drawn with Pillow alone: image grids, line charts, bar
-charts, a t-SNE mosaic, filters and heat maps. Every writer saves atomically."""
+"""Pictures for the examples, drawn with Pillow alone: image grids, line charts, bar charts,
+a t-SNE mosaic, filters, heat maps and confusion matrices. Every writer saves atomically."""
 import os
 import tempfile
 
@@ -148,3 +148,27 @@ def heatmap_overlay(image, heat):
     grey = image.mean(0)
     rgb = np.stack([np.clip(0.5 * grey + heat, 0, 1), 0.5 * grey * (1 - heat), 0.5 * grey * (1 - heat)])
     return to_pil(rgb)
+
+
+def confusion_image(cm, names, cell=44):
+    """Confusion matrix (K, K) of counts, rows = true class, columns = predicted, shaded by the
+    row-normalised rate, with the counts written in."""
+    K = len(names)
+    L, T = 110, 110
+    img = Image.new("RGB", (L + K * cell + 10, T + K * cell + 10), "white")
+    d = ImageDraw.Draw(img)
+    rates = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    for i in range(K):
+        d.text((6, T + i * cell + cell // 2 - 6), names[i][:14], fill="black", font=font(11))
+        label = Image.new("RGB", (T - 10, 14), "white")
+        ImageDraw.Draw(label).text((0, 0), names[i][:14], fill="black", font=font(11))
+        img.paste(label.rotate(90, expand=True), (L + i * cell + cell // 2 - 7, 4))
+        for j in range(K):
+            v = rates[i, j]
+            shade = (int(255 * (1 - v)), int(255 * (1 - 0.6 * v)), 255) if i == j else \
+                (255, int(255 * (1 - 3 * v)) if v < 0.33 else 0, int(255 * (1 - 3 * v)) if v < 0.33 else 0)
+            x0, y0 = L + j * cell, T + i * cell
+            d.rectangle((x0, y0, x0 + cell - 1, y0 + cell - 1), fill=shade, outline=(200, 200, 200))
+            d.text((x0 + 4, y0 + cell // 2 - 6), str(int(cm[i, j])), fill="black", font=font(11))
+    d.text((L, T - 16), "predicted ->", fill="gray", font=font(11))
+    return img
