@@ -446,13 +446,13 @@ class _BatchNorm(Layer):
         if len(shape) != self._ndim or shape[1] != self.num_features:
             raise ValueError(f"{self!r}: expected input of shape {want.replace('C', str(self.num_features))}, "
                              f"got {tuple(shape)}")
-        if self.training and shape[0] * int(np.prod(shape[2:])) < 2:
-            raise ValueError(f"{self!r}: training needs more than one value per channel, got input "
-                             f"shape {tuple(shape)}")
         return tuple(shape)
 
     def forward(self, x):
         self._check(x)
+        if self.training and x.size // x.shape[1] < 2:
+            raise ValueError(f"{self!r}: training needs more than one value per channel, got input "
+                             f"shape {x.shape}")
         out, self._cache = kernels_for(x).batchnorm_forward(
             x, self.weight.data, self.bias.data, self.running_mean, self.running_var,
             self.momentum, self.eps, self.training)

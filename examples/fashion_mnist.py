@@ -1,14 +1,20 @@
 """Fashion-MNIST with a small ConvNet, batch norm and augmentation: convlib on a public benchmark.
 
     apt-get install dataset-fashion-mnist          # IDX files in /usr/share/datasets/fashion-mnist/
-    python examples/fashion_mnist.py               # about 8 minutes on 2 cores
+    python examples/fashion_mnist.py               # about 9 minutes on 2 cores
 
 The recipe (defaults): Conv(1,16,3)-BN-ReLU-MaxPool, Conv(16,32,3)-BN-ReLU-MaxPool,
 Conv(32,64,3)-BN-ReLU-MaxPool, Linear(576,128)-BN-ReLU-Dropout(0.3)-Linear(128,10);
-SGD, Nesterov momentum 0.9, lr 0.05 with one warm-up epoch then cosine decay, weight decay
-5e-4, batch 128, random crop (pad 2) and horizontal flip; 55,000 images to train, 5,000 held
-out for per-epoch validation, the best epoch's weights kept. Writes curves.png and
-confusion.png to runs/fashion/ (--out) and ends with ``test accuracy: NN.NN%``.
+SGD, Nesterov momentum 0.9, lr 0.1 with one warm-up epoch then cosine decay over 14 epochs,
+weight decay 5e-4, batch 128, horizontal flips (--crop 2 adds random crops); 55,000 images to
+train, 5,000 held out for per-epoch validation, the best epoch's weights kept. Writes
+curves.png and confusion.png to runs/fashion/ (--out) and ends with ``test accuracy: NN.NN%``.
+
+Measured on 2 cores (2026-11-30): 92.64% test accuracy in 8.9 minutes, validation accuracy by
+epoch .888 .887 .908 .909 .910 .913 .909 .917 .926 .925 .924 .927 .930 .936. With random crops
+and lr 0.05 over 13 epochs: 91.95% in 8.3 minutes (the crops slowed fitting in so few epochs).
+The published "2 Conv + pooling + BN" entry is 93.4%: this recipe needs about twice the epochs
+to pass it, which the 10-minute budget does not allow at the current conv speed.
 """
 import argparse
 import os
@@ -53,12 +59,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
     ap.add_argument("--out", default="runs/fashion")
-    ap.add_argument("--epochs", type=int, default=13)
+    ap.add_argument("--epochs", type=int, default=14)
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--val", type=int, default=5000, help="training images held out for validation")
     ap.add_argument("--limit", type=int, default=0, help="use only this many training images (quick runs)")
-    ap.add_argument("--no-augment", action="store_true")
+    ap.add_argument("--crop", type=int, default=0, help="random-crop padding (0: no crop augmentation)")
+    ap.add_argument("--no-flip", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
@@ -85,7 +92,7 @@ def main(argv=None):
     net.summary((1, 28, 28))
     opt = cl.optim.SGD(net.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     sched = cl.optim.CosineLR(opt, total=args.epochs, warmup=1)
-    augment = None if args.no_augment else Compose([RandomCrop(2), RandomFlip()])
+    augment = Compose(([RandomCrop(args.crop)] if args.crop else []) + ([] if args.no_flip else [RandomFlip()]))
     hist = cl.fit(net, (xtr[tr], ytr[tr]), val=(xtr[va], ytr[va]), epochs=args.epochs, batch_size=args.batch_size,
                   optimizer=opt, schedule=sched, augment=augment, seed=args.seed, progress=not args.no_progress,
                   on_epoch_end=lambda e, h: print(f"epoch {e}: loss {h['loss'][-1]:.4f} train acc "

@@ -83,7 +83,9 @@ def line_chart(series, title, xlabel, size=(520, 300)):
             d.line(pts, fill=colors[k % 4], width=2)
         for p in pts:
             d.ellipse((p[0] - 3, p[1] - 3, p[0] + 3, p[1] + 3), fill=colors[k % 4])
-        d.text((W - R - 150, T + 6 + 14 * k), f"— {name}", fill=colors[k % 4], font=font(12))
+        ly = T + 13 + 14 * k
+        d.line((W - R - 150, ly, W - R - 132, ly), fill=colors[k % 4], width=2)    # legend swatch
+        d.text((W - R - 126, ly - 7), name, fill=colors[k % 4], font=font(12))
     return img
 
 

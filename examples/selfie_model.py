@@ -80,3 +80,30 @@ def best_crop(image, score_fn, scales=np.linspace(0.4, 1.0, 7), steps=7, batch=6
         for i in range(0, len(boxes), batch)])
     k = int(np.argmax(scores))
     return boxes[k], float(scores[k]), scores
+
+
+
+def image_command(doc, argv, kind, extra_args=()):
+    """The command line shared by selfie_crop.py and selfie_explain.py: IMAGE, --model, --out
+    (default: ``<kind>_<image name>.png`` next to the model), plus ``extra_args``, a list of
+    (flags, argparse kwargs). Returns (args, net, meta, PIL image, output path); exits with a
+    message naming the file if the image does not decode."""
+    import argparse
+    import os
+    import sys
+    from selfie_rate import open_image
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("image")
+    ap.add_argument("--model", default="runs/selfie/model.npz")
+    ap.add_argument("--out", default=None, help=f"PNG to write (default: {kind}_<name>.png next to the model)")
+    for flags, kwargs in extra_args:
+        ap.add_argument(*flags, **kwargs)
+    args = ap.parse_args(argv)
+    net, meta = load_model(args.model)
+    try:
+        img = open_image(args.image)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    stem = os.path.splitext(os.path.basename(args.image))[0]
+    out = args.out or os.path.join(os.path.dirname(args.model), f"{kind}_{stem}.png")
+    return args, net, meta, img, out

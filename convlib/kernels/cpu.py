@@ -395,7 +395,6 @@ def relu_backward(dout, out):
     return dx
 
 
-
 # ---------------------------------------------------------------- batch normalisation
 @njit(parallel=True, **JIT)
 def _bn_stats(x, mean, var):
