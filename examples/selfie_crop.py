@@ -17,12 +17,12 @@ from selfie_model import best_crop, image_command, p_good, prepare  # noqa: E402
 
 def main(argv=None):
     args, net, meta, img, out = image_command(__doc__, argv, "crop", [
-        (("--scales",), dict(type=int, default=9, help="crop sizes from 0.3 to 1.0 of the short side")),
+        (("--scales",), dict(type=int, default=9, help="crop sizes from 0.5 to 1.0 of the short side")),
         (("--steps",), dict(type=int, default=9, help="positions per axis for each size"))])
     if args.scales < 1 or args.steps < 1:
         sys.exit("error: --scales and --steps must be >= 1")
     score = lambda crops: p_good(net, prepare(crops, meta))
-    (left, top, side), best, scores = best_crop(img, score, np.linspace(0.3, 1.0, args.scales), args.steps)
+    (left, top, side), best, scores = best_crop(img, score, np.linspace(0.5, 1.0, args.scales), args.steps)
     whole = float(score([img])[0])
     print(f"searched {len(scores)} square crops; whole image P(good) = {whole:.3f}")
     print(f"best crop: left={left} top={top} side={side} P(good) = {best:.3f}")

@@ -62,6 +62,8 @@ def test_fit_is_reproducible_with_a_seed(rng):
     np.testing.assert_array_equal(nets[0][0].weight.data, nets[1][0].weight.data)
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
+                            "ignore:invalid value encountered:RuntimeWarning")     # the point of the test
 def test_fit_names_the_step_where_loss_explodes(rng):
     x, y = bars(64, rng)
     x *= 1e3
