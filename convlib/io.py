@@ -23,11 +23,11 @@ _HEADER = "__convlib__"
 
 
 def _layer_classes():
-    from . import layers
-    found = {name: getattr(layers, name) for name in dir(layers)}
+    """{class name: class} of every public layer (the names a model file may mention)."""
+    found = {name: getattr(_layers, name) for name in dir(_layers)}
     return {k: v for k, v in found.items()
             if isinstance(v, type) and issubclass(v, _layers.Layer) and not k.startswith("_")
-            and k not in ("Layer",)} | {"Sequential": Sequential}
+            and k != "Layer"} | {"Sequential": Sequential}
 
 
 def layer_from_json(spec):

@@ -294,13 +294,12 @@ def from_posts_csv(path, **label_options):
 
 
 def synthetic(folder, n, size, seed, progress=True, **label_options):
-    """Generated selfies labelled by the post's rule; info carries attributes and the ceiling."""
+    """Generated selfies labelled by the post's rule; info carries attributes, true quality and groups."""
     generate(folder, n=n, size=size, seed=seed, progress=progress)
     paths, labels, info = from_posts_csv(os.path.join(folder, "posts.csv"), **label_options)
     attrs = {r["image"]: r for r in read_csv(os.path.join(folder, "attributes.csv"), ATTRIBUTE_FIELDS)}
     info["attrs"] = [attrs[os.path.basename(p)] for p in paths]
     info["quality"] = np.array([float(a["quality"]) for a in info["attrs"]])
-    info["ceiling"] = label_ceiling(info["quality"], labels, info["groups"])
     return paths, labels, info
 
 

@@ -1,7 +1,6 @@
 """Model files: round trip, metadata, atomic writes, and every corrupt-file case."""
 import json
 import os
-import zipfile
 
 import numpy as np
 import pytest
