@@ -1,8 +1,9 @@
 """The one place that knows about devices and kernel sets.
 
-Layers call ``kernels_for(x).conv2d_forward(...)`` and never branch on the device.
-On the CPU the kernel set is Numba (``"cpu"``) unless ``use_kernels("reference")`` picks
-the plain NumPy one (benchmarks and debugging do that).
+Layers call ``kernels_for(x).conv2d_forward(...)`` and never branch on the device: an array on
+an NVIDIA GPU (a numba.cuda device array) gets the CUDA kernels (``kernels/cuda.py``), a NumPy
+array the CPU ones. On the CPU the kernel set is Numba (``"cpu"``) unless
+``use_kernels("reference")`` picks the plain NumPy one (benchmarks and debugging do that).
 """
 import os
 
@@ -22,13 +23,31 @@ def use_kernels(name):
     _active = _KERNELS[name]
 
 
+def is_cuda_array(x):
+    """True for a numba.cuda device array (the simulator's too); never imports numba.cuda."""
+    return bool(getattr(x, "__cuda_ndarray__", False))
+
+
+def is_array(x):
+    """True for the arrays layers accept: NumPy arrays and CUDA device arrays."""
+    return isinstance(x, np.ndarray) or is_cuda_array(x)
+
+
+def device_of(x):
+    """'cuda' for a device array, 'cpu' otherwise."""
+    return "cuda" if is_cuda_array(x) else "cpu"
+
+
 def kernels_for(x):
     """The kernel module that runs on the device where array ``x`` lives."""
+    if is_cuda_array(x):
+        from .kernels import cuda                                   # imported on first use only
+        return cuda
     return _active
 
 
 def cuda_available():
-    """True when numba.cuda can see an NVIDIA GPU (never raises)."""
+    """True when numba.cuda can see an NVIDIA GPU, or runs its simulator (never raises)."""
     try:
         from numba import cuda
         return bool(cuda.is_available())
@@ -36,28 +55,42 @@ def cuda_available():
         return False
 
 
-_NO_CUDA = ("no CUDA device is available: convlib runs on the GPU through numba-cuda "
-            "(`pip install numba-cuda`) on a machine with an NVIDIA GPU and driver; "
-            "use device='cpu' otherwise")
+_NO_CUDA = ("no CUDA device is available: convlib runs on NVIDIA GPUs through numba-cuda; "
+            "install it with `pip install -e \".[gpu]\"` on a machine with an NVIDIA GPU and driver "
+            "(NUMBA_ENABLE_CUDASIM=1 runs the CUDA kernels in numba's slow simulator, for tests), "
+            "or use device='cpu'")
 
 
 def check_device(device):
-    """Validate a device name; 'cuda' is accepted only where a GPU is usable."""
+    """Validate a device name: 'cpu', or 'cuda' where a GPU (or the simulator) is usable."""
     if device == "cpu":
         return device
     if device == "cuda":
         if not cuda_available():
             raise RuntimeError(_NO_CUDA)
-        raise NotImplementedError("CUDA kernels are not part of convlib yet; use device='cpu'")
+        return device
     raise ValueError(f"unknown device {device!r}; expected 'cpu' or 'cuda'")
 
 
 def to_device(x, device="cuda"):
-    """Copy a host array to ``device``."""
+    """A copy of array ``x`` on ``device`` ('cuda' or 'cpu'); ``x`` itself if it is there already."""
     check_device(device)
-    return np.asarray(x)
+    if device == "cpu":
+        return to_host(x)
+    if is_cuda_array(x):
+        return x
+    from numba import cuda
+    return cuda.to_device(np.ascontiguousarray(x))
 
 
 def to_host(x):
-    """Copy an array to a host NumPy array (a no-op for host arrays)."""
-    return np.asarray(x)
+    """A host NumPy array of ``x`` (copied from the GPU; host arrays are returned as they are)."""
+    return x.copy_to_host() if is_cuda_array(x) else np.asarray(x)
+
+
+def copy_into(dst, src):
+    """Copy host array ``src`` into array ``dst`` (host or device) in place, cast to dst's dtype."""
+    if is_cuda_array(dst):
+        dst.copy_to_device(np.ascontiguousarray(src, dtype=dst.dtype))
+    else:
+        dst[...] = src

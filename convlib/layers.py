@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from .backend import check_device, kernels_for
+from .backend import check_device, copy_into, device_of, is_array, kernels_for, to_device, to_host
 from .rng import get_rng
 
 
@@ -82,8 +82,8 @@ class Layer:
         return ([(n, p.data) for n, p in self.named_parameters(prefix)] + self.named_buffers(prefix))
 
     def state_dict(self):
-        """{name: array copy} of every parameter and buffer, keys and order as in ``torch.nn``."""
-        return {n: np.array(a, copy=True) for n, a in self.named_state()}
+        """{name: host array copy} of every parameter and buffer, keys and order as in ``torch.nn``."""
+        return {n: np.array(to_host(a), copy=True) for n, a in self.named_state()}
 
     def load_state_dict(self, state):
         """Copy arrays in by name; ValueError on a missing, unexpected or mis-shaped key."""
@@ -95,13 +95,13 @@ class Layer:
             raise ValueError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
         for name in sorted(want):
             have = params[name].data if name in params else buffers[name]
-            new = np.asarray(state[name])
+            new = to_host(state[name])
             if new.shape != have.shape:
                 raise ValueError(f"load_state_dict: {name!r} has shape {new.shape}, "
                                  f"the model expects {have.shape}")
             if not np.all(np.isfinite(new)):
                 raise ValueError(f"load_state_dict: {name!r} holds NaN or infinite values")
-            have[...] = new                                         # in place: optimizers keep their references
+            copy_into(have, new)                                    # in place: optimizers keep their references
         return self
 
     def train(self, mode=True):
@@ -113,28 +113,45 @@ class Layer:
         return self.train(False)
 
     def to(self, target):
-        """``to("cpu")`` / ``to("cuda")`` moves the layer; ``to(np.float64)`` casts its arrays."""
+        """``to("cpu")`` / ``to("cuda")`` moves the parameters, gradients and float buffers (the
+        batch counter stays on the host); ``to(np.float64)`` casts them where they are. Create
+        the optimizer after moving a net, as in torch: its state lives where the parameters do."""
         if isinstance(target, str) and target in ("cpu", "cuda"):
             check_device(target)
-            return self
-        try:
-            dtype = np.dtype(target)
-        except TypeError:
-            dtype = None
-        if dtype is None or dtype.kind != "f":
-            raise ValueError(f"{self!r}: unknown device or dtype {target!r}; to() takes 'cpu', "
-                             f"'cuda' or a float dtype")
-        self.dtype = dtype
+            move = lambda a: to_device(a, target)
+        else:
+            try:
+                dtype = np.dtype(target)
+            except TypeError:
+                dtype = None
+            if dtype is None or dtype.kind != "f":
+                raise ValueError(f"{self!r}: unknown device or dtype {target!r}; to() takes 'cpu', "
+                                 f"'cuda' or a float dtype")
+            self.dtype = dtype
+            move = lambda a: to_device(to_host(a).astype(dtype), device_of(a))
         for p in self.parameters():
-            p.data, p.grad = p.data.astype(dtype), p.grad.astype(dtype)
+            p.data, p.grad = move(p.data), move(p.grad)
         for n, b in self.named_buffers():
             if b.dtype.kind == "f":
-                setattr(self, n.rsplit(".", 1)[-1], b.astype(dtype))
+                setattr(self, n.rsplit(".", 1)[-1], move(b))
         return self
+
+    @property
+    def device(self):
+        """'cuda' or 'cpu': where the parameters live ('cpu' for a layer without any)."""
+        params = self.parameters()
+        return device_of(params[0].data) if params else "cpu"
 
     def zero_grad(self):
         for p in self.parameters():
-            p.grad[...] = 0
+            kernels_for(p.grad).zero_(p.grad)
+
+    def _add_grads(self, dw, db):
+        """weight.grad += dw and bias.grad += db (layers with those parameters), where they live."""
+        k = kernels_for(dw)
+        k.accumulate(self.weight.grad, dw)
+        if self.bias is not None:
+            k.accumulate(self.bias.grad, db)
 
     # ---- input checks: every layer validates before it computes
     def output_shape(self, shape):
@@ -142,12 +159,15 @@ class Layer:
         return tuple(shape)
 
     def _check(self, x):
-        if not isinstance(x, np.ndarray) or x.dtype.kind != "f":
+        if not is_array(x) or x.dtype.kind != "f":
             raise ValueError(f"{self!r}: expected a float ndarray, got "
                              f"{type(x).__name__} of {getattr(x, 'dtype', '?')}")
         if self._param_names and x.dtype != self.dtype:
             raise ValueError(f"{self!r}: expected {self.dtype} input (the dtype of its parameters), "
                              f"got {x.dtype}; cast the input or call .to({x.dtype.name!r})")
+        if self._param_names and device_of(x) != self.device:
+            raise ValueError(f"{self!r}: its parameters are on {self.device} but the input is on "
+                             f"{device_of(x)}; move it with cl.to_device(x, {self.device!r})")
         self.output_shape(x.shape)
 
     def _saved(self):
@@ -213,9 +233,7 @@ class Conv2d(Layer):
         """Adds dL/dweight and dL/dbias into the grads; returns dL/dx (None if not need_dx:
         a first layer's input gradient is rarely wanted and costs a third of its backward)."""
         dx, dw, db = kernels_for(dout).conv2d_backward(dout, self._saved(), need_dx)
-        self.weight.grad += dw
-        if self.bias is not None:
-            self.bias.grad += db
+        self._add_grads(dw, db)
         return dx
 
 
@@ -367,7 +385,7 @@ class Flatten(Layer):
     def forward(self, x):
         self._check(x)
         self._cache = x.shape
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(self.output_shape(x.shape))
 
     def backward(self, dout):
         return dout.reshape(self._saved())
@@ -411,9 +429,7 @@ class Linear(Layer):
     def backward(self, dout, need_dx=True):
         """Adds into the grads; returns dL/dx (None if not need_dx)."""
         dx, dw, db = kernels_for(dout).linear_backward(dout, self._saved(), need_dx)
-        self.weight.grad += dw
-        if self.bias is not None:
-            self.bias.grad += db
+        self._add_grads(dw, db)
         return dx
 
 
@@ -462,8 +478,7 @@ class _BatchNorm(Layer):
 
     def backward(self, dout):
         dx, dgamma, dbeta = kernels_for(dout).batchnorm_backward(dout, self._saved())
-        self.weight.grad += dgamma
-        self.bias.grad += dbeta
+        self._add_grads(dgamma, dbeta)
         return dx
 
 

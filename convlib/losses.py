@@ -1,33 +1,32 @@
 """Softmax and the softmax cross-entropy loss."""
-import numpy as np
-
-from .backend import kernels_for
+from .backend import is_array, kernels_for, to_host
 
 
 def _check_logits(logits, name):
-    if not isinstance(logits, np.ndarray) or logits.ndim != 2 or logits.dtype.kind != "f":
+    if not is_array(logits) or logits.ndim != 2 or logits.dtype.kind != "f":
         raise ValueError(f"{name}: expected float logits of shape (N, K), got "
                          f"{getattr(logits, 'shape', type(logits).__name__)} "
                          f"{getattr(logits, 'dtype', '')}")
-    if not np.all(np.isfinite(logits)):
+    if not kernels_for(logits).all_finite(logits):
         raise ValueError(f"{name}: logits hold NaN or infinite values")
 
 
 def softmax(logits):
-    """logits (N, K) -> probabilities (N, K), each row summing to 1."""
+    """logits (N, K) -> probabilities (N, K), each row summing to 1 (on the logits' device)."""
     _check_logits(logits, "softmax")
-    return np.exp(kernels_for(logits).log_softmax(logits))
+    return kernels_for(logits).softmax(logits)
 
 
 def softmax_cross_entropy(logits, y):
     """Mean cross-entropy of softmax(logits) against integer labels.
 
-    Args: logits float (N, K); y int (N,) with values in [0, K).
-    Returns: (loss as a Python float, dlogits (N, K) = (softmax - onehot) / N).
+    Args: logits float (N, K); y int (N,) with values in [0, K) (a host array; labels of
+        logits on the GPU are copied there).
+    Returns: (loss as a Python float, dlogits (N, K) = (softmax - onehot) / N, on the logits' device).
     Computed from log-sum-exp with the row max subtracted, so finite for any finite logits.
     """
     _check_logits(logits, "softmax_cross_entropy")
-    y = np.asarray(y)
+    y = to_host(y)
     N, K = logits.shape
     if y.shape != (N,) or y.dtype.kind not in "iu":
         raise ValueError(f"softmax_cross_entropy: expected integer labels of shape ({N},), "

@@ -4,11 +4,13 @@ One contract, stated once. An optimizer holds the Parameters, a learning rate ``
 ``weight_decay``; ``step()`` updates every ``p.data`` from its ``p.grad`` and ``zero_grad()``
 clears the gradients. A schedule changes ``optimizer.lr``: ``step()`` once per epoch (or per
 batch, your choice) sets ``lr = base_lr * factor(t)``, after an optional linear warm-up of
-``warmup`` steps. Update rules are torch's, so results can be compared.
+``warmup`` steps. Update rules are torch's, so results can be compared; the arithmetic is in
+the kernel sets (``sgd_step``, ``adam_step``), so an optimizer updates parameters on the device
+where they live, keeping its state (momentum, moments) there too.
 """
 import math
 
-import numpy as np
+from .backend import kernels_for
 
 
 def _check_hyper(name, **values):
@@ -31,7 +33,13 @@ class Optimizer:
 
     def zero_grad(self):
         for p in self.params:
-            p.grad[...] = 0
+            kernels_for(p.grad).zero_(p.grad)
+
+    def _buffer(self, state, name, p):
+        """The state array ``name`` of parameter p, zeros where p lives on first use."""
+        if name not in state:
+            state[name] = kernels_for(p.data).zeros_like(p.data)
+        return state[name]
 
     def step(self):
         self.t += 1
@@ -51,17 +59,8 @@ class SGD(Optimizer):
         self.momentum, self.nesterov = float(momentum), bool(nesterov)
 
     def _update(self, p, g, state):
-        if self.weight_decay:
-            g = g + self.weight_decay * p.data
-        if self.momentum:
-            buf = state.get("buf")
-            if buf is None:
-                buf = state["buf"] = g.copy()
-            else:
-                buf *= self.momentum
-                buf += g
-            g = g + self.momentum * buf if self.nesterov else buf
-        p.data -= p.data.dtype.type(self.lr) * g
+        buf = self._buffer(state, "buf", p) if self.momentum else None
+        kernels_for(p.data).sgd_step(p.data, g, buf, self.lr, self.momentum, self.weight_decay, self.nesterov)
 
 
 class Adam(Optimizer):
@@ -74,21 +73,9 @@ class Adam(Optimizer):
         self.betas, self.eps = (float(betas[0]), float(betas[1])), float(eps)
 
     def _update(self, p, g, state):
-        b1, b2 = self.betas
-        if self.weight_decay and self.decoupled:
-            p.data *= p.data.dtype.type(1 - self.lr * self.weight_decay)
-        elif self.weight_decay:
-            g = g + self.weight_decay * p.data
-        if not state:
-            state["m"], state["v"] = np.zeros_like(p.data), np.zeros_like(p.data)
-        m, v = state["m"], state["v"]
-        m *= b1
-        m += (1 - b1) * g
-        v *= b2
-        v += (1 - b2) * g * g
-        mhat_scale = self.lr / (1 - b1 ** self.t)
-        denom = np.sqrt(v / (1 - b2 ** self.t)) + self.eps
-        p.data -= (mhat_scale * m / denom).astype(p.data.dtype, copy=False)
+        m, v = self._buffer(state, "m", p), self._buffer(state, "v", p)
+        kernels_for(p.data).adam_step(p.data, g, m, v, self.lr, *self.betas, self.eps, self.weight_decay,
+                                      self.decoupled, self.t)
 
 
 class AdamW(Adam):

@@ -4,6 +4,7 @@ import time
 
 import numpy as np
 
+from .backend import to_device, to_host
 from .losses import softmax, softmax_cross_entropy
 from .optim import SGD
 from .progress import Progress
@@ -48,6 +49,8 @@ def fit(net, train, val=None, *, epochs=10, batch_size=32, optimizer=None, sched
         augment: ``augment(xb, rng) -> xb`` applied to each training batch of arrays.
         restore_best: with ``val``, load the weights of the best validation epoch at the end.
         on_epoch_end: ``callback(epoch, history)`` after each epoch.
+    Batches come from the host (augmented there) and are copied to ``net.device``; on a GPU a
+    step copies nothing back but the logits (for the accuracy) and the loss.
     Raises FloatingPointError naming the epoch and step when the logits or loss become NaN/inf.
     """
     if not isinstance(epochs, int) or epochs < 1:
@@ -66,7 +69,7 @@ def fit(net, train, val=None, *, epochs=10, batch_size=32, optimizer=None, sched
         val = _check_arrays(*val, "fit(val)")
     optimizer = optimizer or SGD(net.parameters(), lr=0.01, momentum=0.9)
     hist = History(loss=[], acc=[], val_loss=[], val_acc=[], lr=[], seconds=[])
-    best_state = None
+    best_state, device = None, net.device
     for epoch in range(1, epochs + 1):
         net.train()
         t0, tot_loss, tot_correct, seen = time.perf_counter(), 0.0, 0, 0
@@ -74,8 +77,9 @@ def fit(net, train, val=None, *, epochs=10, batch_size=32, optimizer=None, sched
             for step, (xb, yb) in enumerate(batches(), 1):
                 if augment is not None:
                     xb = augment(xb, rng)
-                logits = net(xb)
-                if not np.all(np.isfinite(logits)):
+                logits = net(to_device(xb, device))
+                host_logits = to_host(logits)                       # (N, K): the accuracy is counted here
+                if not np.all(np.isfinite(host_logits)):
                     raise FloatingPointError(
                         f"fit: the logits became NaN or infinite at epoch {epoch}, step {step} "
                         f"(lr={optimizer.lr:g}); lower the learning rate or check the inputs")
@@ -89,7 +93,7 @@ def fit(net, train, val=None, *, epochs=10, batch_size=32, optimizer=None, sched
                 n = len(yb)
                 seen += n
                 tot_loss += loss * n
-                tot_correct += int((logits.argmax(1) == yb).sum())
+                tot_correct += int((host_logits.argmax(1) == yb).sum())
                 bar.update(1, loss=tot_loss / seen, acc=tot_correct / seen)
             if seen == 0:
                 raise ValueError("fit: the training data yielded no batches")
@@ -116,10 +120,12 @@ def fit(net, train, val=None, *, epochs=10, batch_size=32, optimizer=None, sched
 
 
 def _batched_eval(net, x, batch_size):
-    was_training = net.training
+    """Host outputs of ``net`` in eval mode, batch by batch on the net's device."""
+    was_training, device = net.training, net.device
     net.eval()
     try:
-        return np.concatenate([net(x[s:s + batch_size]) for s in range(0, len(x), batch_size)])
+        return np.concatenate([to_host(net(to_device(x[s:s + batch_size], device)))
+                               for s in range(0, len(x), batch_size)])
     finally:
         net.train(was_training)
 

@@ -171,6 +171,7 @@ def main(argv=None):
     meta = dict(classes=["bad", "good"], size=args.size, fit=args.fit, mean=mean, std=std,
                 source=source, test_accuracy=test_acc, label_ceiling=ceiling, epochs=args.epochs)
     cl.save(net, os.path.join(args.out, "model.npz"), metadata=meta)
+    net.to("cpu")                                                    # the pictures below run on the host
 
     # ---- pictures
     p = p_good(net, xn[te])                                          # (T,) P(good) on held-out selfies

@@ -1,6 +1,19 @@
-import numpy as np
-import pytest
-from hypothesis import settings
+import os
+import shutil
+import sys
+
+# The CUDA tests (test_cuda.py) run on a real GPU where there is one, and in numba's CUDA
+# simulator otherwise. The simulator is chosen by an environment variable numba reads when it
+# is first imported, so it is set here, before any test imports convlib.
+if "NUMBA_ENABLE_CUDASIM" not in os.environ and not (
+        shutil.which("nvidia-smi") or os.path.exists("/proc/driver/nvidia/version")):
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+    sys.setswitchinterval(1e-4)       # the simulator's Python threads meet at barriers: hand over fast
+
+import numpy as np                    # noqa: E402
+import pytest                         # noqa: E402
+from hypothesis import settings       # noqa: E402
 
 settings.register_profile("convlib", max_examples=25, deadline=None, derandomize=True)
 settings.load_profile("convlib")

@@ -11,6 +11,7 @@ dcols = w2.T @ dout2, dx = col2im(dcols)). The loops that move data (im2col, col
 pooling) are ``@njit(parallel=True)`` with ``prange`` over independent outputs only:
 every iteration writes its own slice, so there are no races.
 """
+import ctypes
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -21,16 +22,19 @@ from numba import njit, prange
 from threadpoolctl import threadpool_limits
 
 from .reference import (  # NumPy already runs these at memory speed: no Numba twin needed
-    dropout_backward, dropout_forward, leaky_relu_backward, leaky_relu_forward,
-    linear_backward, linear_forward, log_softmax, out_size,
-    sigmoid_backward, sigmoid_forward, softmax_cross_entropy, tanh_backward, tanh_forward)
+    accumulate, adam_step, all_finite, dropout_backward, dropout_forward, leaky_relu_backward,
+    leaky_relu_forward, log_softmax, out_size, sgd_step,
+    sigmoid_backward, sigmoid_forward, softmax, softmax_cross_entropy, tanh_backward,
+    tanh_forward, zero_, zeros_like)
 
 __all__ = [
     "conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
     "avgpool2d_forward", "avgpool2d_backward", "linear_forward", "linear_backward",
     "relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward",
     "sigmoid_forward", "sigmoid_backward", "tanh_forward", "tanh_backward",
-    "dropout_forward", "dropout_backward", "batchnorm_forward", "batchnorm_backward", "log_softmax", "softmax_cross_entropy", "out_size"]
+    "dropout_forward", "dropout_backward", "batchnorm_forward", "batchnorm_backward", "log_softmax",
+    "softmax", "softmax_cross_entropy", "all_finite", "out_size", "zeros_like", "zero_", "accumulate",
+    "sgd_step", "adam_step"]
 
 JIT = dict(cache=True, nogil=True)
 
@@ -56,6 +60,22 @@ def _start_numba_pool():
         del os.environ["OMP_WAIT_POLICY"]
 
 
+def _keep_freed_memory():
+    """glibc hands freed blocks above its mmap threshold back to the OS and trims the heap top,
+    so each training step page-faults its activations (a few MB each) back in: 10-20% of a
+    Fashion-MNIST step (benchmarks/README.md). Keep blocks up to 32 MB in the heap and up to
+    256 MB of free heap, unless the user set glibc's MALLOC_* variables; a no-op off glibc."""
+    if any(k.startswith("MALLOC_") for k in os.environ):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 << 20)                                  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 256 << 20)                                 # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+_keep_freed_memory()
 THREADS = max(1, min(_start_numba_pool(), os.cpu_count() or 1))
 _pool = ThreadPoolExecutor(THREADS, thread_name_prefix="convlib") if THREADS > 1 else None
 threadpool_limits(1, user_api="blas")
@@ -67,10 +87,11 @@ def _blocks(n):
 
 
 def matmul(a, b, out=None):
-    """a (M, K) @ b (K, N) -> out (M, N), the N columns split across the thread pool."""
+    """a (M, K) @ b (K, N) -> out (M, N), the N columns split across the thread pool when the
+    product is big enough (2^21 multiply-adds, about 50 microseconds on one core) to pay for it."""
     if out is None:
         out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
-    if _pool is None or b.shape[1] < 2048:
+    if _pool is None or b.shape[1] < 64 or a.shape[0] * a.shape[1] * b.shape[1] < 2 ** 21:
         return np.matmul(a, b, out=out)
     jobs = [_pool.submit(np.matmul, a, b[:, i:j], out=out[:, i:j]) for i, j in _blocks(b.shape[1])]
     for job in jobs:
@@ -220,6 +241,22 @@ def conv2d_backward(dout, cache, need_dx=True):
     dx = np.empty(x.shape, dtype=dout.dtype)
     _col2im(dcols, KH, KW, sh, sw, ph, pw, OH, OW, dx)
     return dx, dw, (db if has_bias else None)
+
+
+# ---------------------------------------------------------------- fully connected
+def linear_forward(x, w, b):
+    """x (N, IN), w (OUT, IN), b (OUT,) or None -> out (N, OUT), cache; products on all cores."""
+    out = matmul(x, w.T)                                            # (N, OUT)
+    if b is not None:
+        out += b
+    return out, (x, w, b is not None)
+
+
+def linear_backward(dout, cache, need_dx=True):
+    """dout (N, OUT) -> dx (N, IN) or None, dw (OUT, IN), db (OUT,) or None."""
+    x, w, has_bias = cache
+    dx = matmul(dout, w) if need_dx else None                       # (N, IN)
+    return dx, matmul(dout.T, x), (dout.sum(axis=0) if has_bias else None)
 
 
 # ---------------------------------------------------------------- pooling

@@ -242,3 +242,58 @@ def softmax_cross_entropy(logits, y):
     dlogits = np.exp(logp)
     dlogits[np.arange(N), y] -= 1
     return float(loss), dlogits / N
+
+
+def softmax(logits):
+    """logits (N, K) -> probabilities (N, K), each row summing to 1."""
+    return np.exp(log_softmax(logits))
+
+
+def all_finite(x):
+    """True when no element of x is NaN or infinite."""
+    return bool(np.all(np.isfinite(x)))
+
+
+# ---------------------------------------------------------------- gradients and optimizer updates
+# Update rules are torch's. They live with the kernels so an optimizer runs wherever its
+# parameters live; all update the arrays in place.
+def zeros_like(a):
+    return np.zeros_like(a)
+
+
+def zero_(a):
+    """a[...] = 0 in place."""
+    a[...] = 0
+
+
+def accumulate(dst, src):
+    """dst += src in place (a layer adds its gradients into Parameter.grad)."""
+    dst += src
+
+
+def sgd_step(p, g, buf, lr, momentum, weight_decay, nesterov):
+    """p -= lr * update, with g' = g + weight_decay * p, buf = momentum * buf + g' (buf starts
+    at zero, so the first step's buf is g' as in torch) and update = g' + momentum * buf
+    (Nesterov) or buf; without momentum (buf None) update = g'."""
+    if weight_decay:
+        g = g + weight_decay * p
+    if buf is not None:
+        buf *= momentum
+        buf += g
+        g = g + momentum * buf if nesterov else buf
+    p -= p.dtype.type(lr) * g
+
+
+def adam_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, t):
+    """Adam step t (1, 2, ...) with bias correction; weight decay either added to the gradient
+    (Adam) or ``decoupled`` (AdamW: p *= 1 - lr * weight_decay)."""
+    if weight_decay and decoupled:
+        p *= p.dtype.type(1 - lr * weight_decay)
+    elif weight_decay:
+        g = g + weight_decay * p
+    m *= beta1
+    m += (1 - beta1) * g
+    v *= beta2
+    v += (1 - beta2) * g * g
+    denom = np.sqrt(v / (1 - beta2 ** t)) + eps
+    p -= (lr / (1 - beta1 ** t) * m / denom).astype(p.dtype, copy=False)

@@ -1,0 +1,86 @@
+"""Training throughput of the reference net on an NVIDIA GPU: convlib's numba.cuda kernels vs
+PyTorch CUDA (cuDNN) on the same GPU, timed side by side in alternating rounds, medians.
+
+    pip install -e ".[test,gpu]" torch     # torch with CUDA, for the comparison column
+    python -m pytest -q tests/test_cuda.py  # the CUDA kernels on the real GPU first
+    python benchmarks/bench_gpu.py [--batches 32 256] [--size 64]
+
+Each timed call is one training step (forward, loss, backward without the input gradient,
+SGD with momentum) on a batch already on the GPU, ending in a device synchronisation; convlib's
+step also copies the labels in and the loss out, as ``fit`` does. Without PyTorch CUDA the
+torch column is skipped.
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import alternate, cl, reference_net, table, torch_twin  # noqa: E402
+
+
+def convlib_step(net, x, y):
+    from numba import cuda
+    xd = cl.to_device(x)
+    opt = cl.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+
+    def train():
+        _, d = cl.softmax_cross_entropy(net(xd), y)
+        opt.zero_grad()
+        net.backward(d, input_grad=False)
+        opt.step()
+        cuda.synchronize()
+    return train
+
+
+def torch_step(tnet, x, y):
+    import torch
+    xt, yt = torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda()
+    tnet = tnet.cuda()
+    opt = torch.optim.SGD(tnet.parameters(), lr=0.01, momentum=0.9)
+    lossf = torch.nn.CrossEntropyLoss()
+
+    def train():
+        opt.zero_grad()
+        lossf(tnet(xt), yt).backward()
+        opt.step()
+        torch.cuda.synchronize()
+    return train
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batches", type=int, nargs="+", default=[32, 256])
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    cl.backend.check_device("cuda")
+    try:
+        import torch
+        has_torch = torch.cuda.is_available()
+    except ImportError:
+        has_torch = False
+    rows = []
+    for B in args.batches:
+        rng = np.random.default_rng(0)
+        x = rng.random((B, 3, args.size, args.size), dtype=np.float32)
+        y = rng.integers(0, 2, B)
+        net = reference_net(args.size)
+        fns = {"convlib": convlib_step(net.to("cuda"), x, y)}
+        if has_torch:
+            fns["torch"] = torch_step(torch_twin(reference_net(args.size)), x, y)
+        t = alternate(fns, rounds=args.rounds, reps=10, warmup=3)
+        row = [B, f"{B / t['convlib']:.0f}"]
+        if has_torch:
+            row += [f"{B / t['torch']:.0f}", f"{t['torch'] / t['convlib']:.2f}x"]
+        rows.append(row)
+    header = ["batch", "convlib img/s"] + (["torch img/s", "convlib / torch"] if has_torch else [])
+    from numba import cuda
+    print(f"reference net, {args.size}x{args.size}, training steps on {cuda.get_current_device().name}")
+    print(table(rows, header))
+    print(f"\nrerun: python benchmarks/bench_gpu.py --batches {' '.join(map(str, args.batches))} --size {args.size}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,749 @@
+"""CUDA kernels (numba.cuda): the same names, signatures and results as ``reference.py``, on
+device arrays. Nothing here copies an activation to the host: a training step stays on the GPU
+and only the loss (one float per row) comes back.
+
+Convolution is im2col + a matrix product, as on the CPU, with the product our own kernel:
+
+    cols = im2col(x)             # (C*KH*KW, N*OH*OW)  one thread per element
+    out2 = w2 @ cols             # (F, N*OH*OW)        _gemm: TILE x TILE shared-memory tiles
+    out  = out2 -> NCHW + bias   # (N, F, OH, OW)
+
+Every kernel walks its outputs with a grid-stride loop (``for i in range(cuda.grid(1), n,
+cuda.gridsize(1))``), so any launch size is correct; the backward passes gather (each thread
+sums what flows into its own input element) rather than scatter, so no kernel needs atomics.
+Per-channel sums (batch norm, bias gradients) use one block per channel and a shared-memory
+tree. Sums run in float64 where a reduction is long.
+
+Dropout draws its masks from a counter-based hash (splitmix64 of seed + index) seeded from
+``convlib.manual_seed``'s generator: reproducible, but not the CPU's masks.
+
+Under ``NUMBA_ENABLE_CUDASIM=1`` numba runs these kernels on the CPU, one Python thread per
+GPU thread; blocks are made small there (TPB, TILE) so the tests stay quick. The code is the same.
+"""
+import math
+
+import numpy as np
+from numba import config, cuda, float32, float64, uint64
+
+from .reference import out_size
+
+__all__ = [
+    "conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
+    "avgpool2d_forward", "avgpool2d_backward", "linear_forward", "linear_backward",
+    "relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward",
+    "sigmoid_forward", "sigmoid_backward", "tanh_forward", "tanh_backward",
+    "dropout_forward", "dropout_backward", "batchnorm_forward", "batchnorm_backward", "log_softmax",
+    "softmax", "softmax_cross_entropy", "all_finite", "out_size", "zeros_like", "zero_", "accumulate",
+    "sgd_step", "adam_step", "matmul"]
+
+SIM = bool(config.ENABLE_CUDASIM)
+TPB = 8 if SIM else 256                       # threads per block of 1-D kernels
+RB = 8 if SIM else 256                        # threads per block of per-channel reductions (power of 2)
+TILE = 4 if SIM else 16                       # matrix-product tile: TILE x TILE threads per block
+MAX_BLOCKS = 4 if SIM else 65535
+
+
+def _launch(n):
+    """[blocks, threads] for a grid-stride kernel over n items."""
+    return max(1, min(MAX_BLOCKS, -(-n // TPB))), TPB
+
+
+def _empty(shape, dtype):
+    return cuda.device_array(shape, dtype=dtype)
+
+
+def _flat(a):
+    return a.reshape(a.size)
+
+
+# ---------------------------------------------------------------- array helpers
+@cuda.jit
+def _fill(a, value):
+    for i in range(cuda.grid(1), a.size, cuda.gridsize(1)):
+        a[i] = value
+
+
+@cuda.jit
+def _add(dst, src):
+    for i in range(cuda.grid(1), dst.size, cuda.gridsize(1)):
+        dst[i] += src[i]
+
+
+def zeros_like(a):
+    out = _empty(a.shape, a.dtype)
+    zero_(out)
+    return out
+
+
+def zero_(a):
+    """a[...] = 0 in place."""
+    if a.size:
+        _fill[_launch(a.size)](_flat(a), 0)
+
+
+def accumulate(dst, src):
+    """dst += src in place."""
+    if dst.size:
+        _add[_launch(dst.size)](_flat(dst), _flat(src))
+
+
+@cuda.jit
+def _finite_flag(a, flag):
+    for i in range(cuda.grid(1), a.size, cuda.gridsize(1)):
+        if not math.isfinite(a[i]):
+            flag[0] = 0                                 # every writer writes the same value
+
+
+def all_finite(x):
+    """True when no element is NaN or infinite (one int comes back to the host)."""
+    flag = cuda.to_device(np.ones(1, np.int32))
+    if x.size:
+        _finite_flag[_launch(x.size)](_flat(x), flag)
+    return bool(flag.copy_to_host()[0])
+
+
+# ---------------------------------------------------------------- matrix product
+_GEMMS = {}
+
+
+def _gemm_kernel(dtype):
+    """The tiled product kernel for one dtype (shared-memory arrays need it at compile time)."""
+    if dtype not in _GEMMS:
+        nbtype = float32 if dtype == np.float32 else float64
+
+        @cuda.jit
+        def gemm(a, b, c, ta, tb):
+            """c (M, N) = op(a) @ op(b), op(a) = a.T if ta else a (same for b). Each block
+            computes a TILE x TILE tile of c, staging TILE-wide slabs of op(a) and op(b) in
+            shared memory; each thread one element of the tile."""
+            sa = cuda.shared.array((TILE, TILE), nbtype)
+            sb = cuda.shared.array((TILE, TILE), nbtype)
+            tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+            row = cuda.blockIdx.y * TILE + ty
+            col = cuda.blockIdx.x * TILE + tx
+            M, N = c.shape
+            K = a.shape[0] if ta else a.shape[1]
+            acc = nbtype(0)
+            for k0 in range(0, K, TILE):
+                ka, kb = k0 + tx, k0 + ty
+                if row < M and ka < K:
+                    sa[ty, tx] = a[ka, row] if ta else a[row, ka]
+                else:
+                    sa[ty, tx] = 0
+                if kb < K and col < N:
+                    sb[ty, tx] = b[col, kb] if tb else b[kb, col]
+                else:
+                    sb[ty, tx] = 0
+                cuda.syncthreads()
+                for k in range(TILE):
+                    acc += sa[ty, k] * sb[k, tx]
+                cuda.syncthreads()
+            if row < M and col < N:
+                c[row, col] = acc
+        _GEMMS[dtype] = gemm
+    return _GEMMS[dtype]
+
+
+def matmul(a, b, ta=False, tb=False, out=None):
+    """op(a) @ op(b) for 2-D device arrays; op transposes where ta / tb is set -> (M, N)."""
+    M = a.shape[1] if ta else a.shape[0]
+    K = a.shape[0] if ta else a.shape[1]
+    N = b.shape[0] if tb else b.shape[1]
+    if (b.shape[1] if tb else b.shape[0]) != K:
+        raise ValueError(f"matmul: inner sizes differ: {a.shape}{'.T' if ta else ''} @ "
+                         f"{b.shape}{'.T' if tb else ''}")
+    out = _empty((M, N), a.dtype) if out is None else out
+    grid = (-(-N // TILE), -(-M // TILE))
+    _gemm_kernel(np.dtype(a.dtype))[grid, (TILE, TILE)](a, b, out, ta, tb)
+    return out
+
+
+# ---------------------------------------------------------------- per-channel sums
+@cuda.jit(device=True)
+def _block_sum(shared, t, value):
+    """Sum ``value`` over the RB threads of a block (shared: float64 (RB,)); all threads get it."""
+    shared[t] = value
+    cuda.syncthreads()
+    step = RB // 2
+    while step > 0:
+        if t < step:
+            shared[t] += shared[t + step]
+        cuda.syncthreads()
+        step //= 2
+    total = shared[0]
+    cuda.syncthreads()                                  # shared[] is free again for the next sum
+    return total
+
+
+@cuda.jit
+def _channel_sums(a, b, mean, sum_a, sum_ab):
+    """For a, b (N, C, L), one block per channel c: sum_a[c] = sum of a[:, c] and
+    sum_ab[c] = sum of a[:, c] * (b[:, c] - mean[c])."""
+    N, C, L = a.shape
+    c, t = cuda.blockIdx.x, cuda.threadIdx.x
+    shared = cuda.shared.array(RB, float64)
+    s1, s2 = 0.0, 0.0
+    for k in range(t, N * L, RB):
+        n, i = k // L, k % L
+        va = a[n, c, i]
+        s1 += va
+        s2 += va * (b[n, c, i] - mean[c])
+    s1 = _block_sum(shared, t, s1)
+    s2 = _block_sum(shared, t, s2)
+    if t == 0:
+        sum_a[c], sum_ab[c] = s1, s2
+
+
+@cuda.jit
+def _mean_var(x, mean, var):
+    """x (N, C, L), one block per channel: mean[c] and the biased variance var[c] (two passes)."""
+    N, C, L = x.shape
+    c, t = cuda.blockIdx.x, cuda.threadIdx.x
+    shared = cuda.shared.array(RB, float64)
+    s = 0.0
+    for k in range(t, N * L, RB):
+        s += x[k // L, c, k % L]
+    mu = _block_sum(shared, t, s) / (N * L)
+    q = 0.0
+    for k in range(t, N * L, RB):
+        d = x[k // L, c, k % L] - mu
+        q += d * d
+    q = _block_sum(shared, t, q)
+    if t == 0:
+        mean[c], var[c] = mu, q / (N * L)
+
+
+def _sum_over_channels(d3):
+    """d3 (N, C, L) -> float64 (C,) sums over N and L (bias gradients)."""
+    C = d3.shape[1]
+    s, unused = _empty(C, np.float64), _empty(C, np.float64)
+    _channel_sums[C, RB](d3, d3, _constant(("zeros", C), np.zeros(C)), s, unused)
+    return s
+
+
+_CONSTANTS = {}
+
+
+def _constant(key, value):
+    """A small device array copied once and cached: a kernel argument that is never written."""
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = cuda.to_device(value)
+    return _CONSTANTS[key]
+
+
+@cuda.jit
+def _cast(src, dst):
+    for i in range(cuda.grid(1), dst.size, cuda.gridsize(1)):
+        dst[i] = src[i]
+
+
+def _as(a, dtype):
+    """Device array a cast to dtype (a itself when it has it)."""
+    if a.dtype == dtype:
+        return a
+    out = _empty(a.shape, dtype)
+    _cast[_launch(a.size)](a, out)
+    return out
+
+
+# ---------------------------------------------------------------- convolution
+@cuda.jit
+def _im2col(x, KH, KW, sh, sw, ph, pw, OH, OW, cols):
+    """x (N, C, H, W) -> cols (C*KH*KW, N*OH*OW); zero where the window hangs over the edge."""
+    N, C, H, W = x.shape
+    R, Q = cols.shape
+    for idx in range(cuda.grid(1), R * Q, cuda.gridsize(1)):
+        r, q = idx // Q, idx % Q
+        c, i, j = r // (KH * KW), (r // KW) % KH, r % KW
+        n, p = q // (OH * OW), q % (OH * OW)
+        h, w = (p // OW) * sh - ph + i, (p % OW) * sw - pw + j
+        cols[r, q] = x[n, c, h, w] if 0 <= h < H and 0 <= w < W else 0
+
+
+@cuda.jit
+def _col2im(dcols, KH, KW, sh, sw, ph, pw, OH, OW, dx):
+    """dcols (C*KH*KW, N*OH*OW) -> dx (N, C, H, W): each input element sums its windows."""
+    N, C, H, W = dx.shape
+    for idx in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
+        w, h, c, n = idx % W, (idx // W) % H, (idx // (H * W)) % C, idx // (C * H * W)
+        s = 0.0
+        for i in range(KH):
+            t = h + ph - i                              # = oh * sh for the window that reads h
+            if t >= 0 and t % sh == 0 and t // sh < OH:
+                for j in range(KW):
+                    u = w + pw - j
+                    if u >= 0 and u % sw == 0 and u // sw < OW:
+                        s += dcols[(c * KH + i) * KW + j, (n * OH + t // sh) * OW + u // sw]
+        dx[n, c, h, w] = s
+
+
+@cuda.jit
+def _to_nchw(out2, b, out):
+    """out2 (F, N*P) + b (F,) -> out (N, F, P)."""
+    N, F, P = out.shape
+    for idx in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        p, f, n = idx % P, (idx // P) % F, idx // (F * P)
+        out[n, f, p] = out2[f, n * P + p] + b[f]
+
+
+@cuda.jit
+def _from_nchw(dout, dout2):
+    """dout (N, F, P) -> dout2 (F, N*P)."""
+    N, F, P = dout.shape
+    for idx in range(cuda.grid(1), dout.size, cuda.gridsize(1)):
+        p, n, f = idx % P, (idx // P) % N, idx // (N * P)
+        dout2[f, n * P + p] = dout[n, f, p]
+
+
+def _cols(x, KH, KW, stride, padding, OH, OW):
+    N, C = x.shape[:2]
+    cols = _empty((C * KH * KW, N * OH * OW), x.dtype)             # (C*KH*KW, N*OH*OW)
+    _im2col[_launch(cols.size)](x, KH, KW, *stride, *padding, OH, OW, cols)
+    return cols
+
+
+def conv2d_forward(x, w, b, stride, padding):
+    """x (N, C, H, W), w (F, C, KH, KW), b (F,) or None -> out (N, F, OH, OW), cache."""
+    N, C, H, W = x.shape
+    F, _, KH, KW = w.shape
+    OH, OW = out_size(H, KH, stride[0], padding[0]), out_size(W, KW, stride[1], padding[1])
+    cols = _cols(x, KH, KW, stride, padding, OH, OW)                # (C*KH*KW, N*OH*OW)
+    out2 = matmul(w.reshape(F, C * KH * KW), cols)                  # (F, N*OH*OW)
+    out = _empty((N, F, OH * OW), x.dtype)                          # (N, F, OH*OW)
+    _to_nchw[_launch(out.size)](out2, b if b is not None else zeros_like(_empty(F, x.dtype)), out)
+    return out.reshape((N, F, OH, OW)), (x, w, b is not None, stride, padding)
+
+
+def conv2d_backward(dout, cache, need_dx=True):
+    """dout (N, F, OH, OW) -> dx (N, C, H, W) or None, dw (F, C, KH, KW), db (F,) or None."""
+    x, w, has_bias, stride, padding = cache
+    N, F, OH, OW = dout.shape
+    C, KH, KW = w.shape[1:]
+    d3 = dout.reshape((N, F, OH * OW))                              # (N, F, OH*OW)
+    dout2 = _empty((F, N * OH * OW), dout.dtype)                    # (F, N*OH*OW)
+    _from_nchw[_launch(dout2.size)](d3, dout2)
+    db = _as(_sum_over_channels(d3), dout.dtype) if has_bias else None
+    cols = _cols(x, KH, KW, stride, padding, OH, OW)                # (C*KH*KW, N*OH*OW)
+    dw = matmul(dout2, cols, tb=True).reshape(w.shape)              # (F, C, KH, KW)
+    if not need_dx:
+        return None, dw, db
+    dcols = matmul(w.reshape(F, C * KH * KW), dout2, ta=True, out=cols)  # reuses the columns
+    dx = _empty(x.shape, dout.dtype)
+    _col2im[_launch(dx.size)](dcols, KH, KW, *stride, *padding, OH, OW, dx)
+    return dx, dw, db
+
+
+# ---------------------------------------------------------------- pooling
+@cuda.jit
+def _maxpool_fwd(x, KH, KW, sh, sw, ph, pw, out, arg):
+    """out = first maximum of each window (padding is -inf); arg = its index i*KW + j."""
+    N, C, H, W = x.shape
+    OH, OW = out.shape[2], out.shape[3]
+    for idx in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        ow, oh, c, n = idx % OW, (idx // OW) % OH, (idx // (OW * OH)) % C, idx // (C * OH * OW)
+        best, k = -math.inf, -1
+        for i in range(KH):
+            h = oh * sh - ph + i
+            for j in range(KW):
+                w = ow * sw - pw + j
+                if 0 <= h < H and 0 <= w < W:
+                    v = x[n, c, h, w]
+                    if k < 0 or v > best or (v != v and best == best):  # first max; NaN wins
+                        best, k = v, i * KW + j
+        out[n, c, oh, ow], arg[n, c, oh, ow] = best, k
+
+
+@cuda.jit
+def _pool_bwd(dout, arg, KH, KW, sh, sw, ph, pw, dx):
+    """Each input element gathers from the windows that cover it: for max pooling (arg given)
+    the gradient of windows whose maximum it is, for average pooling (arg empty) dout / (KH*KW)."""
+    N, C, H, W = dx.shape
+    OH, OW = dout.shape[2], dout.shape[3]
+    for idx in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
+        w, h, c, n = idx % W, (idx // W) % H, (idx // (H * W)) % C, idx // (C * H * W)
+        s = 0.0
+        for i in range(KH):
+            t = h + ph - i
+            if t >= 0 and t % sh == 0 and t // sh < OH:
+                for j in range(KW):
+                    u = w + pw - j
+                    if u >= 0 and u % sw == 0 and u // sw < OW:
+                        if arg.size == 0:
+                            s += dout[n, c, t // sh, u // sw] / (KH * KW)
+                        elif arg[n, c, t // sh, u // sw] == i * KW + j:
+                            s += dout[n, c, t // sh, u // sw]
+        dx[n, c, h, w] = s
+
+
+@cuda.jit
+def _avgpool_fwd(x, KH, KW, sh, sw, ph, pw, out):
+    """out = mean of each window, zero padding included in the divisor KH*KW."""
+    N, C, H, W = x.shape
+    OH, OW = out.shape[2], out.shape[3]
+    for idx in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        ow, oh, c, n = idx % OW, (idx // OW) % OH, (idx // (OW * OH)) % C, idx // (C * OH * OW)
+        s = 0.0
+        for i in range(KH):
+            h = oh * sh - ph + i
+            for j in range(KW):
+                w = ow * sw - pw + j
+                if 0 <= h < H and 0 <= w < W:
+                    s += x[n, c, h, w]
+        out[n, c, oh, ow] = s / (KH * KW)
+
+
+def _pool_out(x, kernel, stride, padding):
+    N, C, H, W = x.shape
+    return _empty((N, C, out_size(H, kernel[0], stride[0], padding[0]),
+                   out_size(W, kernel[1], stride[1], padding[1])), x.dtype)
+
+
+def maxpool2d_forward(x, kernel, stride, padding):
+    """x (N, C, H, W) -> out (N, C, OH, OW), cache (x's shape, argmax index in each window)."""
+    out = _pool_out(x, kernel, stride, padding)
+    arg = _empty(out.shape, np.int32)
+    _maxpool_fwd[_launch(out.size)](x, *kernel, *stride, *padding, out, arg)
+    return out, (x.shape, arg, kernel, stride, padding)
+
+
+def maxpool2d_backward(dout, cache):
+    shape, arg, kernel, stride, padding = cache
+    dx = _empty(shape, dout.dtype)
+    _pool_bwd[_launch(dx.size)](dout, arg, *kernel, *stride, *padding, dx)
+    return dx
+
+
+def avgpool2d_forward(x, kernel, stride, padding):
+    out = _pool_out(x, kernel, stride, padding)
+    _avgpool_fwd[_launch(out.size)](x, *kernel, *stride, *padding, out)
+    return out, (x.shape, kernel, stride, padding)
+
+
+def avgpool2d_backward(dout, cache):
+    shape, kernel, stride, padding = cache
+    dx = _empty(shape, dout.dtype)
+    _pool_bwd[_launch(dx.size)](dout, _constant("no arg", np.zeros((0, 0, 0, 0), np.int32)),
+                                *kernel, *stride, *padding, dx)
+    return dx
+
+
+# ---------------------------------------------------------------- dense
+@cuda.jit
+def _add_rows(out, b):
+    """out (N, F) += b (F,) on every row."""
+    N, F = out.shape
+    for idx in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        out[idx // F, idx % F] += b[idx % F]
+
+
+def linear_forward(x, w, b):
+    """x (N, IN), w (OUT, IN), b (OUT,) or None -> out (N, OUT), cache."""
+    out = matmul(x, w, tb=True)                                     # (N, OUT)
+    if b is not None:
+        _add_rows[_launch(out.size)](out, b)
+    return out, (x, w, b is not None)
+
+
+def linear_backward(dout, cache, need_dx=True):
+    """dout (N, OUT) -> dx (N, IN) or None, dw (OUT, IN), db (OUT,) or None."""
+    x, w, has_bias = cache
+    N, F = dout.shape
+    db = _as(_sum_over_channels(dout.reshape((N, F, 1))), dout.dtype) if has_bias else None
+    return (matmul(dout, w) if need_dx else None), matmul(dout, x, ta=True), db
+
+
+# ---------------------------------------------------------------- pointwise
+@cuda.jit
+def _relu(x, out):
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        v = x[i]
+        out[i] = 0 if v <= 0 else v                     # NaN stays NaN
+
+
+@cuda.jit
+def _relu_bwd(dout, out, dx):
+    for i in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
+        dx[i] = dout[i] if out[i] > 0 else 0
+
+
+@cuda.jit
+def _leaky(x, slope, out):
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        out[i] = x[i] if x[i] > 0 else x[i] * slope
+
+
+@cuda.jit
+def _leaky_bwd(dout, x, slope, dx):
+    for i in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
+        dx[i] = dout[i] if x[i] > 0 else dout[i] * slope
+
+
+@cuda.jit
+def _sigmoid(x, out):
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        v = x[i]
+        if v >= 0:
+            out[i] = 1 / (1 + math.exp(-v))
+        else:
+            e = math.exp(v)
+            out[i] = e / (1 + e)
+
+
+@cuda.jit
+def _sigmoid_bwd(dout, out, dx):
+    for i in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
+        dx[i] = dout[i] * out[i] * (1 - out[i])
+
+
+@cuda.jit
+def _tanh(x, out):
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        out[i] = math.tanh(x[i])
+
+
+@cuda.jit
+def _tanh_bwd(dout, out, dx):
+    for i in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
+        dx[i] = dout[i] * (1 - out[i] * out[i])
+
+
+def _map(kernel, *arrays, args=()):
+    """out = kernel(*arrays, *args, out) over flat views, ``out`` shaped like the first array."""
+    out = _empty(arrays[0].shape, arrays[0].dtype)
+    if out.size:
+        kernel[_launch(out.size)](*[_flat(a) for a in arrays], *args, _flat(out))
+    return out
+
+
+def relu_forward(x):
+    out = _map(_relu, x)
+    return out, out
+
+
+def relu_backward(dout, out):
+    return _map(_relu_bwd, dout, out)
+
+
+def leaky_relu_forward(x, slope):
+    return _map(_leaky, x, args=(slope,)), (x, slope)
+
+
+def leaky_relu_backward(dout, cache):
+    x, slope = cache
+    return _map(_leaky_bwd, dout, x, args=(slope,))
+
+
+def sigmoid_forward(x):
+    out = _map(_sigmoid, x)
+    return out, out
+
+
+def sigmoid_backward(dout, out):
+    return _map(_sigmoid_bwd, dout, out)
+
+
+def tanh_forward(x):
+    out = _map(_tanh, x)
+    return out, out
+
+
+def tanh_backward(dout, out):
+    return _map(_tanh_bwd, dout, out)
+
+
+# ---------------------------------------------------------------- dropout
+_GOLDEN, _MIX1, _MIX2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+@cuda.jit(device=True)
+def _uniform(seed, i):
+    """A uniform float in [0, 1) from (seed, i): splitmix64's output function."""
+    z = seed + (uint64(i) + uint64(1)) * _GOLDEN
+    z = (z ^ (z >> uint64(30))) * _MIX1
+    z = (z ^ (z >> uint64(27))) * _MIX2
+    z = z ^ (z >> uint64(31))
+    return float64(z >> uint64(11)) * (1.0 / 9007199254740992.0)
+
+
+@cuda.jit
+def _dropout(x, p, scale, seed, out, mask):
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        m = scale if _uniform(seed, i) >= p else 0
+        mask[i] = m
+        out[i] = x[i] * m
+
+
+@cuda.jit
+def _mul(a, b, out):
+    for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        out[i] = a[i] * b[i]
+
+
+def dropout_forward(x, p, rng):
+    """Inverted dropout: keep with probability 1-p, scale by 1/(1-p); x (...) -> out, mask."""
+    out, mask = _empty(x.shape, x.dtype), _empty(x.shape, x.dtype)
+    seed = np.uint64(rng.integers(0, 2 ** 63))
+    if x.size:
+        _dropout[_launch(x.size)](_flat(x), p, 1 / (1 - p), seed, _flat(out), _flat(mask))
+    return out, mask
+
+
+def dropout_backward(dout, mask):
+    return _map(_mul, dout, mask)
+
+
+# ---------------------------------------------------------------- batch normalisation
+@cuda.jit
+def _bn_finish(mean, var, running_mean, running_var, momentum, unbias, eps, training, inv_std):
+    """Per channel: in training update the running statistics from the batch's (mean, var);
+    in eval copy the running ones into (mean, var). Then inv_std = 1 / sqrt(var + eps)."""
+    for c in range(cuda.grid(1), mean.size, cuda.gridsize(1)):
+        if training:
+            running_mean[c] = (1 - momentum) * running_mean[c] + momentum * mean[c]
+            running_var[c] = (1 - momentum) * running_var[c] + momentum * var[c] * unbias
+        else:
+            mean[c], var[c] = running_mean[c], running_var[c]
+        inv_std[c] = 1 / math.sqrt(var[c] + eps)
+
+
+@cuda.jit
+def _bn_apply(x, mean, inv_std, gamma, beta, out):
+    """out = (x - mean[c]) * inv_std[c] * gamma[c] + beta[c] for x (N, C, L)."""
+    N, C, L = x.shape
+    for idx in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        i, c, n = idx % L, (idx // L) % C, idx // (C * L)
+        out[n, c, i] = (x[n, c, i] - mean[c]) * inv_std[c] * gamma[c] + beta[c]
+
+
+@cuda.jit
+def _bn_dx(dout, x, mean, inv_std, gamma, dbeta, dxhat_sum, training, dx):
+    """dx = gamma * inv_std * (dout - (dbeta + xhat * dgamma) / m) in training (dgamma =
+    dxhat_sum * inv_std), gamma * inv_std * dout in eval; x, dout (N, C, L), m = N * L."""
+    N, C, L = x.shape
+    for idx in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        i, c, n = idx % L, (idx // L) % C, idx // (C * L)
+        k = gamma[c] * inv_std[c]
+        if training:
+            xhat = (x[n, c, i] - mean[c]) * inv_std[c]
+            dx[n, c, i] = k * (dout[n, c, i] - (dbeta[c] + xhat * dxhat_sum[c] * inv_std[c]) / (N * L))
+        else:
+            dx[n, c, i] = k * dout[n, c, i]
+
+
+def batchnorm_forward(x, gamma, beta, running_mean, running_var, momentum, eps, training):
+    """x (N, C) or (N, C, H, W) -> out like x, cache; the running statistics (device arrays)
+    are updated in place in training, as in reference.py."""
+    N, C = x.shape[:2]
+    x3 = x.reshape((N, C, x.size // (N * C)))                        # (N, C, L)
+    mean, var, inv_std = _empty(C, np.float64), _empty(C, np.float64), _empty(C, np.float64)
+    if training:
+        _mean_var[C, RB](x3, mean, var)
+    m = x3.shape[0] * x3.shape[2]
+    _bn_finish[_launch(C)](mean, var, running_mean, running_var, momentum, m / max(m - 1, 1), eps,
+                           training, inv_std)
+    out = _empty(x3.shape, x.dtype)
+    _bn_apply[_launch(out.size)](x3, mean, inv_std, gamma, beta, out)
+    return out.reshape(x.shape), (x3, mean, inv_std, gamma, training)
+
+
+def batchnorm_backward(dout, cache):
+    """dout like x -> dx like x, dgamma (C,), dbeta (C,)."""
+    x3, mean, inv_std, gamma, training = cache
+    d3 = dout.reshape(x3.shape)
+    C = x3.shape[1]
+    dbeta, dxhat_sum = _empty(C, np.float64), _empty(C, np.float64)
+    _channel_sums[C, RB](d3, x3, mean, dbeta, dxhat_sum)            # sum dout, sum dout * (x - mean)
+    dgamma = _empty(C, dout.dtype)
+    _mul[_launch(C)](dxhat_sum, inv_std, dgamma)
+    dx = _empty(x3.shape, dout.dtype)
+    _bn_dx[_launch(dx.size)](d3, x3, mean, inv_std, gamma, dbeta, dxhat_sum, training, dx)
+    return dx.reshape(dout.shape), dgamma, _as(dbeta, dout.dtype)
+
+
+# ---------------------------------------------------------------- softmax and loss
+@cuda.jit
+def _log_softmax(logits, y, exp, out, losses):
+    """Per row: out = log_softmax(logits) (its exp if ``exp``); with labels y (not empty),
+    out = (softmax - onehot(y)) / N and losses[n] = -log p[y[n]]."""
+    N, K = logits.shape
+    for n in range(cuda.grid(1), N, cuda.gridsize(1)):
+        mx = logits[n, 0]
+        for k in range(1, K):
+            mx = max(mx, logits[n, k])
+        s = 0.0
+        for k in range(K):
+            s += math.exp(logits[n, k] - mx)
+        lse = math.log(s)
+        for k in range(K):
+            lp = logits[n, k] - mx - lse
+            if y.size:
+                out[n, k] = (math.exp(lp) - (1 if k == y[n] else 0)) / N
+                if k == y[n]:
+                    losses[n] = -lp
+            else:
+                out[n, k] = math.exp(lp) if exp else lp
+
+
+def _rows(logits, y, exp):
+    out = _empty(logits.shape, logits.dtype)
+    losses = _empty(logits.shape[0], np.float64)
+    if logits.shape[0]:
+        _log_softmax[_launch(logits.shape[0])](logits, y, exp, out, losses)
+    return out, losses
+
+
+def log_softmax(logits):
+    """logits (N, K) -> log-probabilities (N, K), via log-sum-exp with the row max subtracted."""
+    return _rows(logits, _constant("no labels", np.zeros(0, np.int64)), False)[0]
+
+
+def softmax(logits):
+    """logits (N, K) -> probabilities (N, K)."""
+    return _rows(logits, _constant("no labels", np.zeros(0, np.int64)), True)[0]
+
+
+def softmax_cross_entropy(logits, y):
+    """logits (N, K) on the device, y int (N,) on the host -> (mean loss, dlogits (N, K) on the device)."""
+    yd = cuda.to_device(np.ascontiguousarray(y, dtype=np.int64))
+    dlogits, losses = _rows(logits, yd, False)
+    return float(losses.copy_to_host().mean()), dlogits
+
+
+# ---------------------------------------------------------------- optimizer updates
+@cuda.jit
+def _sgd(p, g, buf, lr, momentum, weight_decay, nesterov):
+    for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
+        gi = g[i]
+        if weight_decay != 0:
+            gi += weight_decay * p[i]
+        if buf.size:
+            b = momentum * buf[i] + gi
+            buf[i] = b
+            gi = gi + momentum * b if nesterov else b
+        p[i] -= lr * gi
+
+
+@cuda.jit
+def _adam(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, c1, c2):
+    for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
+        gi = g[i]
+        if decoupled:
+            p[i] *= 1 - lr * weight_decay
+        elif weight_decay != 0:
+            gi += weight_decay * p[i]
+        m[i] = beta1 * m[i] + (1 - beta1) * gi
+        v[i] = beta2 * v[i] + (1 - beta2) * gi * gi
+        p[i] -= lr / c1 * m[i] / (math.sqrt(v[i] / c2) + eps)
+
+
+def sgd_step(p, g, buf, lr, momentum, weight_decay, nesterov):
+    """torch's SGD in place on device arrays; see reference.sgd_step."""
+    t = p.dtype.type
+    b = _flat(buf) if buf is not None else _empty(0, p.dtype)
+    _sgd[_launch(p.size)](_flat(p), _flat(g), b, t(lr), t(momentum), t(weight_decay), nesterov)
+
+
+def adam_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, t):
+    """Adam / AdamW step t in place on device arrays; see reference.adam_step."""
+    _adam[_launch(p.size)](_flat(p), _flat(g), _flat(m), _flat(v), lr, beta1, beta2, eps, weight_decay,
+                           decoupled, 1 - beta1 ** t, 1 - beta2 ** t)
