@@ -3,6 +3,7 @@ every layer, GFLOP/s of each conv (and its share of the machine's matmul peak), 
 share of the step, so the next bottleneck is visible.
 
     python benchmarks/bench_layers.py [--batch 32] [--size 64] [--reps 15]
+    python benchmarks/bench_layers.py --net fashion --batch 128     # the Fashion-MNIST example's net
 """
 import argparse
 import os
@@ -20,12 +21,18 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--net", choices=["reference", "fashion"], default="reference")
     args = ap.parse_args()
     B, S = args.batch, args.size
-    net = reference_net(S)
+    if args.net == "fashion":
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
+        from fashion_mnist import build_net
+        net, S, C, classes = build_net(), 28, 1, 10
+    else:
+        net, C, classes = reference_net(S), 3, 2
     rng = np.random.default_rng(0)
-    x = rng.random((B, 3, S, S), dtype=np.float32)
-    y = rng.integers(0, 2, B)
+    x = rng.random((B, C, S, S), dtype=np.float32)
+    y = rng.integers(0, classes, B)
     opt = cl.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     fwd = {i: [] for i in range(len(net))}
     bwd = {i: [] for i in range(len(net))}
@@ -66,10 +73,10 @@ def main():
                      f"{100 * (f + b) / total:.1f}%"])
     for k, v in other.items():
         rows.append([k, f"{1e3 * med(v):.2f}", "", "", f"{100 * med(v) / total:.1f}%"])
-    print(f"reference net, batch {B}, {S}x{S}: one training step {1e3 * total:.1f} ms "
+    print(f"{args.net} net, batch {B}, {S}x{S}: one training step {1e3 * total:.1f} ms "
           f"({B / total:.0f} img/s); matmul peak {peak:.0f} GFLOP/s")
     print(table(rows, ["layer", "fwd ms", "bwd ms", "conv GFLOP/s fwd / bwd", "share"]))
-    print(f"\nrerun: python benchmarks/bench_layers.py --batch {B} --size {S}")
+    print(f"\nrerun: python benchmarks/bench_layers.py --net {args.net} --batch {B} --size {S}")
 
 
 if __name__ == "__main__":

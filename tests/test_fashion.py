@@ -40,3 +40,15 @@ def test_fashion_example_missing_data_says_how_to_get_it(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         fashion_mnist.main(["--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
     assert "apt-get install dataset-fashion-mnist" in str(e.value)
+
+
+def test_flip_averaging_makes_predictions_mirror_invariant(rng):
+    net = fashion_mnist.build_net()
+    net.eval()
+    x = rng.standard_normal((4, 1, 28, 28)).astype(np.float32)
+    mirrored = np.ascontiguousarray(x[:, :, :, ::-1])               # left-right
+    p = fashion_mnist.predict(net, x)
+    np.testing.assert_allclose(fashion_mnist.predict(net, mirrored), p, rtol=1e-5, atol=1e-6)
+    plain = fashion_mnist.predict(net, x, flip=False)
+    assert not np.allclose(fashion_mnist.predict(net, mirrored, flip=False), plain, atol=1e-4)
+    np.testing.assert_allclose(p.sum(1), 1, rtol=1e-5)
