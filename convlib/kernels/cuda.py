@@ -217,7 +217,7 @@ def _sum_over_channels(d3):
     """d3 (N, C, L) -> float64 (C,) sums over N and L (bias gradients)."""
     C = d3.shape[1]
     s, unused = _empty(C, np.float64), _empty(C, np.float64)
-    _channel_sums[C, RB](d3, d3, _constant(("zeros", C), np.zeros(C)), s, unused)
+    _channel_sums[C, RB](d3, d3, _constant(("zeros", C, "<f8"), np.zeros(C)), s, unused)
     return s
 
 
@@ -310,7 +310,8 @@ def conv2d_forward(x, w, b, stride, padding):
     cols = _cols(x, KH, KW, stride, padding, OH, OW)                # (C*KH*KW, N*OH*OW)
     out2 = matmul(w.reshape(F, C * KH * KW), cols)                  # (F, N*OH*OW)
     out = _empty((N, F, OH * OW), x.dtype)                          # (N, F, OH*OW)
-    _to_nchw[_launch(out.size)](out2, b if b is not None else zeros_like(_empty(F, x.dtype)), out)
+    bias = b if b is not None else _constant(("zeros", F, x.dtype.str), np.zeros(F, x.dtype))
+    _to_nchw[_launch(out.size)](out2, bias, out)
     return out.reshape((N, F, OH, OW)), (x, w, b is not None, stride, padding)
 
 
