@@ -37,6 +37,7 @@ def record(path):
                 tuple(numba.typeof(getattr(a, "_ary", a)) for a in args))
         return launch(self, *args)
     simk.FakeCUDAKernel.__call__ = recording_call
+    sys.path.insert(0, os.path.dirname(HERE))                        # convlib, installed or not
     if pytest.main(["-q", "-p", "no:cacheprovider", os.path.join(HERE, "test_cuda.py")]):
         sys.exit("the CUDA tests failed in the simulator: fix them first")
     with open(path, "wb") as f:

@@ -102,7 +102,6 @@ def test_pointwise_match_reference(rng, name, args):
     close(getattr(K, name + "_backward")(dev(dout), cache), getattr(R, name + "_backward")(dout, rcache))
 
 
-@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the simulator's uint64 hash
 def test_dropout_masks_are_seeded_scaled_and_used_by_backward(rng):
     x = np.ones((40, 50), np.float32)
     out, mask = K.dropout_forward(dev(x), 0.3, np.random.default_rng(7))

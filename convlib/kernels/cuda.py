@@ -14,7 +14,7 @@ sums what flows into its own input element) rather than scatter, so no kernel ne
 Per-channel sums (batch norm, bias gradients) use one block per channel and a shared-memory
 tree. Sums run in float64 where a reduction is long.
 
-Dropout draws its masks from a counter-based hash (splitmix64 of seed + index) seeded from
+Dropout draws its masks from a counter-based hash (lowbias32 of seed and index) seeded from
 ``convlib.manual_seed``'s generator: reproducible, but not the CPU's masks.
 
 Under ``NUMBA_ENABLE_CUDASIM=1`` numba runs these kernels on the CPU, one Python thread per
@@ -553,17 +553,25 @@ def tanh_backward(dout, out):
 
 
 # ---------------------------------------------------------------- dropout
-_GOLDEN, _MIX1, _MIX2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_M1, _M2, _MASK = np.uint64(0x7FEB352D), np.uint64(0x846CA68B), np.uint64(0xFFFFFFFF)
+
+
+@cuda.jit(device=True)
+def _mix32(x):
+    """lowbias32, a 32-bit integer hash (Wellons' hash-prospector), on uint64 values below 2^32:
+    no product overflows, on the GPU or in the simulator (whose NumPy integers would warn)."""
+    x ^= x >> uint64(16)
+    x = (x * _M1) & _MASK
+    x ^= x >> uint64(15)
+    x = (x * _M2) & _MASK
+    x ^= x >> uint64(16)
+    return x
 
 
 @cuda.jit(device=True)
 def _uniform(seed, i):
-    """A uniform float in [0, 1) from (seed, i): splitmix64's output function."""
-    z = seed + (uint64(i) + uint64(1)) * _GOLDEN
-    z = (z ^ (z >> uint64(30))) * _MIX1
-    z = (z ^ (z >> uint64(27))) * _MIX2
-    z = z ^ (z >> uint64(31))
-    return float64(z >> uint64(11)) * (1.0 / 9007199254740992.0)
+    """A uniform float in [0, 1) from a 32-bit seed and an element index i."""
+    return float64(_mix32(_mix32(uint64(i) & _MASK) ^ seed)) * (1.0 / 4294967296.0)
 
 
 @cuda.jit
@@ -583,7 +591,7 @@ def _mul(a, b, out):
 def dropout_forward(x, p, rng):
     """Inverted dropout: keep with probability 1-p, scale by 1/(1-p); x (...) -> out, mask."""
     out, mask = _empty(x.shape, x.dtype), _empty(x.shape, x.dtype)
-    seed = np.uint64(rng.integers(0, 2 ** 63))
+    seed = np.uint64(rng.integers(0, 2 ** 32))
     if x.size:
         _dropout[_launch(x.size)](_flat(x), p, 1 / (1 - p), seed, _flat(out), _flat(mask))
     return out, mask
