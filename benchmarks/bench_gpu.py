@@ -17,36 +17,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import alternate, cl, reference_net, table, torch_twin  # noqa: E402
-
-
-def convlib_step(net, x, y):
-    from numba import cuda
-    xd = cl.to_device(x)
-    opt = cl.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-
-    def train():
-        _, d = cl.softmax_cross_entropy(net(xd), y)
-        opt.zero_grad()
-        net.backward(d, input_grad=False)
-        opt.step()
-        cuda.synchronize()
-    return train
-
-
-def torch_step(tnet, x, y):
-    import torch
-    xt, yt = torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda()
-    tnet = tnet.cuda()
-    opt = torch.optim.SGD(tnet.parameters(), lr=0.01, momentum=0.9)
-    lossf = torch.nn.CrossEntropyLoss()
-
-    def train():
-        opt.zero_grad()
-        lossf(tnet(xt), yt).backward()
-        opt.step()
-        torch.cuda.synchronize()
-    return train
+from common import alternate, cl, convlib_steps, reference_net, table, torch_steps, torch_twin  # noqa: E402
 
 
 def main():
@@ -66,10 +37,9 @@ def main():
         rng = np.random.default_rng(0)
         x = rng.random((B, 3, args.size, args.size), dtype=np.float32)
         y = rng.integers(0, 2, B)
-        net = reference_net(args.size)
-        fns = {"convlib": convlib_step(net.to("cuda"), x, y)}
+        fns = {"convlib": convlib_steps(reference_net(args.size), x, y, "cuda")[0]}
         if has_torch:
-            fns["torch"] = torch_step(torch_twin(reference_net(args.size)), x, y)
+            fns["torch"] = torch_steps(torch_twin(reference_net(args.size)), x, y, "cuda")[0]
         t = alternate(fns, rounds=args.rounds, reps=10, warmup=3)
         row = [B, f"{B / t['convlib']:.0f}"]
         if has_torch:
@@ -77,7 +47,9 @@ def main():
         rows.append(row)
     header = ["batch", "convlib img/s"] + (["torch img/s", "convlib / torch"] if has_torch else [])
     from numba import cuda
-    print(f"reference net, {args.size}x{args.size}, training steps on {cuda.get_current_device().name}")
+    gpu = cuda.get_current_device().name if hasattr(cuda, "get_current_device") else "numba's simulator"
+    gpu = gpu.decode() if isinstance(gpu, bytes) else gpu
+    print(f"reference net, {args.size}x{args.size}, training steps on {gpu}")
     print(table(rows, header))
     print(f"\nrerun: python benchmarks/bench_gpu.py --batches {' '.join(map(str, args.batches))} --size {args.size}")
 

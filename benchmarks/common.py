@@ -41,8 +41,13 @@ def torch_twin(net):
     return tnet
 
 
-def convlib_steps(net, x, y):
+def convlib_steps(net, x, y, device="cpu"):
+    """(train, infer) closures for ``net`` on ``device``; x is copied there once, each call ends
+    in a device synchronisation (labels are copied in and the loss out, as fit() does)."""
+    net.to(device)
+    x = cl.to_device(x, device)
     opt = cl.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    sync = _sync(device, "convlib")
 
     def train():
         logits = net(x)
@@ -50,27 +55,44 @@ def convlib_steps(net, x, y):
         opt.zero_grad()
         net.backward(d, input_grad=False)                            # as fit() does; torch skips it too
         opt.step()
+        sync()
 
     def infer():
         net(x)
+        sync()
     return train, infer
 
 
-def torch_steps(tnet, x, y):
+def torch_steps(tnet, x, y, device="cpu"):
     import torch
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    tnet = tnet.to(device)
+    xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
     opt = torch.optim.SGD(tnet.parameters(), lr=0.01, momentum=0.9)
     lossf = torch.nn.CrossEntropyLoss()
+    sync = _sync(device, "torch")
 
     def train():
         opt.zero_grad()
         lossf(tnet(xt), yt).backward()
         opt.step()
+        sync()
 
     def infer():
         with torch.no_grad():
             tnet(xt)
+        sync()
     return train, infer
+
+
+def _sync(device, library):
+    """Wait for the GPU's queued work (a no-op on the CPU), so a timing covers all of it."""
+    if device != "cuda":
+        return lambda: None
+    if library == "torch":
+        import torch
+        return torch.cuda.synchronize
+    from numba import cuda
+    return cuda.synchronize
 
 
 def median_time(fn, reps):
