@@ -336,22 +336,28 @@ def conv2d_backward(dout, cache, need_dx=True):
 
 # ---------------------------------------------------------------- pooling
 @cuda.jit
-def _maxpool_fwd(x, KH, KW, sh, sw, ph, pw, out, arg):
-    """out = first maximum of each window (padding is -inf); arg = its index i*KW + j."""
+def _pool_fwd(x, KH, KW, sh, sw, ph, pw, out, arg):
+    """One thread per output window. Max pooling (arg given): out = the first maximum (padding
+    is -inf), arg = its index i*KW + j; average pooling (arg empty): out = the window's sum over
+    KH*KW, zero padding included in the divisor."""
     N, C, H, W = x.shape
     OH, OW = out.shape[2], out.shape[3]
     for idx in range(cuda.grid(1), out.size, cuda.gridsize(1)):
         ow, oh, c, n = idx % OW, (idx // OW) % OH, (idx // (OW * OH)) % C, idx // (C * OH * OW)
-        best, k = -math.inf, -1
+        best, k, s = -math.inf, -1, 0.0
         for i in range(KH):
             h = oh * sh - ph + i
             for j in range(KW):
                 w = ow * sw - pw + j
                 if 0 <= h < H and 0 <= w < W:
                     v = x[n, c, h, w]
+                    s += v
                     if k < 0 or v > best or (v != v and best == best):  # first max; NaN wins
                         best, k = v, i * KW + j
-        out[n, c, oh, ow], arg[n, c, oh, ow] = best, k
+        if arg.size == 0:
+            out[n, c, oh, ow] = s / (KH * KW)
+        else:
+            out[n, c, oh, ow], arg[n, c, oh, ow] = best, k
 
 
 @cuda.jit
@@ -376,23 +382,6 @@ def _pool_bwd(dout, arg, KH, KW, sh, sw, ph, pw, dx):
         dx[n, c, h, w] = s
 
 
-@cuda.jit
-def _avgpool_fwd(x, KH, KW, sh, sw, ph, pw, out):
-    """out = mean of each window, zero padding included in the divisor KH*KW."""
-    N, C, H, W = x.shape
-    OH, OW = out.shape[2], out.shape[3]
-    for idx in range(cuda.grid(1), out.size, cuda.gridsize(1)):
-        ow, oh, c, n = idx % OW, (idx // OW) % OH, (idx // (OW * OH)) % C, idx // (C * OH * OW)
-        s = 0.0
-        for i in range(KH):
-            h = oh * sh - ph + i
-            for j in range(KW):
-                w = ow * sw - pw + j
-                if 0 <= h < H and 0 <= w < W:
-                    s += x[n, c, h, w]
-        out[n, c, oh, ow] = s / (KH * KW)
-
-
 def _pool_out(x, kernel, stride, padding):
     N, C, H, W = x.shape
     return _empty((N, C, out_size(H, kernel[0], stride[0], padding[0]),
@@ -403,7 +392,7 @@ def maxpool2d_forward(x, kernel, stride, padding):
     """x (N, C, H, W) -> out (N, C, OH, OW), cache (x's shape, argmax index in each window)."""
     out = _pool_out(x, kernel, stride, padding)
     arg = _empty(out.shape, np.int32)
-    _maxpool_fwd[_launch(out.size)](x, *kernel, *stride, *padding, out, arg)
+    _pool_fwd[_launch(out.size)](x, *kernel, *stride, *padding, out, arg)
     return out, (x.shape, arg, kernel, stride, padding)
 
 
@@ -416,16 +405,20 @@ def maxpool2d_backward(dout, cache):
 
 def avgpool2d_forward(x, kernel, stride, padding):
     out = _pool_out(x, kernel, stride, padding)
-    _avgpool_fwd[_launch(out.size)](x, *kernel, *stride, *padding, out)
+    _pool_fwd[_launch(out.size)](x, *kernel, *stride, *padding, out, _no_arg())
     return out, (x.shape, kernel, stride, padding)
 
 
 def avgpool2d_backward(dout, cache):
     shape, kernel, stride, padding = cache
     dx = _empty(shape, dout.dtype)
-    _pool_bwd[_launch(dx.size)](dout, _constant("no arg", np.zeros((0, 0, 0, 0), np.int32)),
-                                *kernel, *stride, *padding, dx)
+    _pool_bwd[_launch(dx.size)](dout, _no_arg(), *kernel, *stride, *padding, dx)
     return dx
+
+
+def _no_arg():
+    """The empty argmax array that tells the pooling kernels to average."""
+    return _constant("no arg", np.zeros((0, 0, 0, 0), np.int32))
 
 
 # ---------------------------------------------------------------- dense
