@@ -1,26 +1,24 @@
 """Numba CPU kernels: the same names, signatures and results as ``reference.py``.
 
-Convolution is im2col + one big matrix product (NumPy's BLAS):
+Convolution is im2col + a matrix product (BLAS), one image at a time:
 
-    cols  = im2col(x)            # (C*KH*KW, N*OH*OW)  one column per output pixel
-    out2  = w2 @ cols            # (F, N*OH*OW)        w2 = w reshaped to (F, C*KH*KW)
-    out   = out2 -> NCHW + bias  # (N, F, OH, OW)
+    cols   = im2col(x[n])         # (C*KH*KW + 1, OH*OW)  one column per output pixel, last row ones
+    out[n] = wb @ cols            # (F, OH*OW)            wb = [w reshaped to (F, C*KH*KW) | b]
 
-and its backward is the same three steps transposed (dw = dout2 @ cols.T,
-dcols = w2.T @ dout2, dx = col2im(dcols)). The loops that move data (im2col, col2im,
-pooling) are ``@njit(parallel=True)`` with ``prange`` over independent outputs only:
-every iteration writes its own slice, so there are no races.
+so the product writes NCHW directly and adds the bias through the row of ones. One image's
+columns (under 1 MB for the nets here) stay in the core's L2 cache from im2col to the product;
+the whole batch's column matrix would be 9x the input and go through main memory twice.
+Backward is the same per image, transposed: dwb += dout[n] @ cols.T (its last column is the
+bias gradient), dcols = w2.T @ dout[n], dx[n] = col2im(dcols).
+
+Every kernel is a plain single-threaded ``@njit(nogil=True)`` loop over a range ``[lo, hi)``
+of images (or channels, or elements); ``threads.parallel_for`` gives each thread one share.
+See ``convlib/threads.py`` for why there is no OpenMP here.
 """
-import ctypes
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
-import numba
 import numpy as np
-from numba import njit, prange
-from threadpoolctl import threadpool_limits
+from numba import njit
 
+from ..threads import parallel_for, workspace
 from .reference import (  # NumPy already runs these at memory speed: no Numba twin needed
     accumulate, adam_step, all_finite, dropout_backward, dropout_forward, leaky_relu_backward,
     leaky_relu_forward, log_softmax, out_size, sgd_step,
@@ -39,208 +37,115 @@ __all__ = [
 JIT = dict(cache=True, nogil=True)
 
 
-# ---------------------------------------------------------------- threads and matrix products
-# Thread policy (measured in benchmarks/README.md). Two pools would fight for the same cores:
-# idle OpenBLAS workers and idle OpenMP workers (Numba's prange) both spin for a while after
-# their work, stealing the cores from whatever runs next. So:
-#  - BLAS runs one thread per call; convlib splits each big product into column blocks that
-#    run at once on a small pool of Python threads (NumPy releases the GIL inside BLAS);
-#  - Numba's OpenMP workers wait passively (OMP_WAIT_POLICY=PASSIVE, set only while Numba
-#    starts its pool, below, unless the user chose a policy);
-#  - both use THREADS threads, one per core, and never run at the same time.
-def _start_numba_pool():
-    """Start Numba's thread pool now with passive waiting, then restore the environment so other
-    OpenMP runtimes in the process (PyTorch's, say) keep their defaults. Returns its size."""
-    if "OMP_WAIT_POLICY" in os.environ:
-        return numba.get_num_threads()
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    try:
-        return numba.get_num_threads()                              # launches the pool
-    finally:
-        del os.environ["OMP_WAIT_POLICY"]
+# ---------------------------------------------------------------- matrix products
+def _product_rows(lo, hi, a, b, out):
+    np.matmul(a[lo:hi], b, out=out[lo:hi])
 
 
-def _keep_freed_memory():
-    """glibc hands freed blocks above its mmap threshold back to the OS and trims the heap top,
-    so each training step page-faults its activations (a few MB each) back in: 10-20% of a
-    Fashion-MNIST step (benchmarks/README.md). Keep blocks up to 32 MB in the heap and up to
-    256 MB of free heap, unless the user set glibc's MALLOC_* variables; a no-op off glibc."""
-    if any(k.startswith("MALLOC_") for k in os.environ):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 32 << 20)                                  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 256 << 20)                                 # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
-_keep_freed_memory()
-THREADS = max(1, min(_start_numba_pool(), os.cpu_count() or 1))
-_pool = ThreadPoolExecutor(THREADS, thread_name_prefix="convlib") if THREADS > 1 else None
-threadpool_limits(1, user_api="blas")
-
-
-def _blocks(n):
-    step = -(-n // THREADS)
-    return [(i, min(n, i + step)) for i in range(0, n, step)]
-
-
-def matmul(a, b, out=None):
-    """a (M, K) @ b (K, N) -> out (M, N), the N columns split across the thread pool when the
-    product is big enough (2^21 multiply-adds, about 50 microseconds on one core) to pay for it."""
-    if out is None:
-        out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
-    if _pool is None or b.shape[1] < 64 or a.shape[0] * a.shape[1] * b.shape[1] < 2 ** 21:
-        return np.matmul(a, b, out=out)
-    jobs = [_pool.submit(np.matmul, a, b[:, i:j], out=out[:, i:j]) for i, j in _blocks(b.shape[1])]
-    for job in jobs:
-        job.result()
-    return out
-
-
-def matmul_nt(a, b):
-    """a (M, K) @ b (N, K).T -> (M, N), the K reduction split across the pool and summed."""
-    if _pool is None or a.shape[1] < 2048:
-        return a @ b.T
-    jobs = [_pool.submit(lambda i, j: a[:, i:j] @ b[:, i:j].T, i, j) for i, j in _blocks(a.shape[1])]
-    out = jobs[0].result()
-    for job in jobs[1:]:
-        out += job.result()
+def matmul(a, b):
+    """a (M, K) @ b (K, N) -> (M, N), the rows of the product split over the threads."""
+    out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
+    parallel_for(_product_rows, a.shape[0], a, b, out, work=a.shape[0] * a.shape[1] * b.shape[1] // 32)
     return out
 
 
 # ---------------------------------------------------------------- convolution
-@njit(inline="always")
-def _valid(o_count, s, p, k, size):
-    """Outputs o in [lo, hi) whose input index o*s - p + k lies inside [0, size)."""
-    lo = max(0, -(-(p - k) // s))
-    hi = min(o_count, (size - 1 + p - k) // s + 1)
-    return lo, max(lo, hi)
-
-
-@njit(parallel=True, **JIT)
+@njit(**JIT)
 def _im2col(x, KH, KW, sh, sw, ph, pw, OH, OW, cols):
-    """x (N, C, H, W) -> cols (C*KH*KW, N*OH*OW); zero where the window hangs over the edge."""
-    N, C, H, W = x.shape
-    for r in prange(C * KH * KW):                     # one row of cols per (c, i, j)
+    """x (C, H, W) -> cols (C*KH*KW + 1, OH*OW): row (c*KH + i)*KW + j holds, for each output
+    pixel (oh, ow), x[c, oh*sh - ph + i, ow*sw - pw + j] (zero off the image); the last row is
+    ones, the bias's input."""
+    C, H, W = x.shape
+    for r in range(C * KH * KW):                      # one row of cols per (c, i, j)
         c, i, j = r // (KH * KW), (r // KW) % KH, r % KW
-        olo, ohi = _valid(OH, sh, ph, i, H)
-        wlo, whi = _valid(OW, sw, pw, j, W)
-        w0 = wlo * sw - pw + j                        # first input column read
-        for n in range(N):
-            base = n * OH * OW
-            cols[r, base:base + olo * OW] = 0         # rows above and below the image
-            cols[r, base + ohi * OW:base + OH * OW] = 0
-            for oh in range(olo, ohi):
-                row = base + oh * OW
-                cols[r, row:row + wlo] = 0            # left and right margins
-                cols[r, row + whi:row + OW] = 0
-                cols[r, row + wlo:row + whi] = x[n, c, oh * sh - ph + i, w0:w0 + (whi - wlo - 1) * sw + 1:sw]
+        for oh in range(OH):
+            h, row = oh * sh - ph + i, oh * OW
+            if h < 0 or h >= H:                       # the window row lies above or below the image
+                for ow in range(OW):
+                    cols[r, row + ow] = 0
+            else:
+                for ow in range(OW):
+                    w = ow * sw - pw + j
+                    cols[r, row + ow] = x[c, h, w] if 0 <= w < W else 0
+    for p in range(OH * OW):
+        cols[C * KH * KW, p] = 1
 
 
-@njit(parallel=True, **JIT)
+@njit(**JIT)
 def _col2im(dcols, KH, KW, sh, sw, ph, pw, OH, OW, dx):
-    """dcols (C*KH*KW, N*OH*OW) -> dx (N, C, H, W), summing where windows overlap."""
-    N, C, H, W = dx.shape
-    for nc in prange(N * C):                          # each (n, c) plane is written by one thread
-        n, c = nc // C, nc % C
-        for h in range(H):
-            for w in range(W):
-                dx[n, c, h, w] = 0
-        for i in range(KH):
-            olo, ohi = _valid(OH, sh, ph, i, H)
-            for j in range(KW):
-                wlo, whi = _valid(OW, sw, pw, j, W)
-                r = (c * KH + i) * KW + j
-                for oh in range(olo, ohi):
-                    h = oh * sh - ph + i
-                    row = (n * OH + oh) * OW
-                    for ow in range(wlo, whi):
-                        dx[n, c, h, ow * sw - pw + j] += dcols[r, row + ow]
+    """dcols (C*KH*KW, OH*OW) -> dx (C, H, W), summing where windows overlap: _im2col transposed."""
+    C, H, W = dx.shape
+    dx[:, :, :] = 0
+    for r in range(C * KH * KW):
+        c, i, j = r // (KH * KW), (r // KW) % KH, r % KW
+        for oh in range(OH):
+            h, row = oh * sh - ph + i, oh * OW
+            if 0 <= h < H:
+                for ow in range(OW):
+                    w = ow * sw - pw + j
+                    if 0 <= w < W:
+                        dx[c, h, w] += dcols[r, row + ow]
 
 
-@njit(parallel=True, **JIT)
-def _to_nchw(out2, b, N, out):
-    """out2 (F, N*P) + b (F,) -> out (N, F, P)."""
-    F, P = out.shape[1], out.shape[2]
-    for nf in prange(N * F):
-        n, f = nf // F, nf % F
-        out[n, f, :] = out2[f, n * P:(n + 1) * P] + b[f]
+def _conv_images(lo, hi, x, wb, geometry, out):
+    """out[n] = wb @ im2col(x[n]) for the images n in [lo, hi)."""
+    KH, KW, sh, sw, ph, pw, OH, OW = geometry
+    cols = workspace("cols", (wb.shape[1], OH * OW), x.dtype)      # (C*KH*KW + 1, OH*OW)
+    for n in range(lo, hi):
+        _im2col(x[n], KH, KW, sh, sw, ph, pw, OH, OW, cols)
+        np.matmul(wb, cols, out=out[n])                             # (F, OH*OW)
 
 
-@njit(parallel=True, **JIT)
-def _from_nchw(dout, dout2, db):
-    """dout (N, F, P) -> dout2 (F, N*P), and db (F,) = the sum over N and P."""
-    N, F, P = dout.shape
-    for f in prange(F):
-        s = 0.0
-        for n in range(N):
-            for p in range(P):
-                v = dout[n, f, p]
-                dout2[f, n * P + p] = v
-                s += v
-        db[f] = s
-
-
-_local = threading.local()
-
-
-def workspace(name, shape, dtype):
-    """A scratch array reused from call to call (one per name, dtype and thread), grown when a
-    bigger one is asked for. The column matrices of every conv share it, as in Caffe: they are
-    the largest arrays of a step and live only inside one kernel call."""
-    key = (name, np.dtype(dtype).str)
-    size = int(np.prod(shape))
-    buf = getattr(_local, "buffers", {}).get(key)
-    if buf is None or buf.size < size:
-        buf = np.empty(size, dtype=dtype)
-        _local.__dict__.setdefault("buffers", {})[key] = buf
-    return buf[:size].reshape(shape)
-
-
-def _cols(x, KH, KW, stride, padding, OH, OW):
-    """im2col of x into the shared workspace -> (C*KH*KW, N*OH*OW)."""
-    (sh, sw), (ph, pw) = stride, padding
-    N, C = x.shape[:2]
-    cols = workspace("cols", (C * KH * KW, N * OH * OW), x.dtype)
-    _im2col(x, KH, KW, sh, sw, ph, pw, OH, OW, cols)
-    return cols
+def _conv_grad_images(lo, hi, x, w2t, dout, geometry, dx):
+    """For the images n in [lo, hi): returns the sum of im2col(x[n]) @ dout[n].T (C*KH*KW + 1, F),
+    and writes dx[n] = col2im(w2t @ dout[n]) unless dx is None."""
+    KH, KW, sh, sw, ph, pw, OH, OW = geometry
+    K, F = w2t.shape
+    cols = workspace("cols", (K + 1, OH * OW), x.dtype)            # (C*KH*KW + 1, OH*OW)
+    dcols = workspace("dcols", (K, OH * OW), x.dtype) if dx is not None else None
+    dwb_t = np.zeros((K + 1, F), dtype=x.dtype)                     # (C*KH*KW + 1, F)
+    part = np.empty_like(dwb_t)
+    for n in range(lo, hi):
+        _im2col(x[n], KH, KW, sh, sw, ph, pw, OH, OW, cols)
+        np.matmul(cols, dout[n].T, out=part)                        # 25-35% faster than dout[n] @ cols.T
+        dwb_t += part
+        if dx is not None:
+            np.matmul(w2t, dout[n], out=dcols)                      # (C*KH*KW, OH*OW)
+            _col2im(dcols, KH, KW, sh, sw, ph, pw, OH, OW, dx[n])
+    return dwb_t
 
 
 def conv2d_forward(x, w, b, stride, padding):
     """x (N, C, H, W), w (F, C, KH, KW), b (F,) or None -> out (N, F, OH, OW), cache.
 
-    The cache keeps x, not its 9x larger column matrix: backward rebuilds the columns (an
-    im2col costs about a tenth of the step) so a training step's memory stays near PyTorch's.
+    The cache keeps x, not the column matrices: backward rebuilds each image's columns (cheap,
+    in cache), so a training step's memory stays near PyTorch's.
     """
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
     OH, OW = out_size(H, KH, stride[0], padding[0]), out_size(W, KW, stride[1], padding[1])
+    K = C * KH * KW
     x = np.ascontiguousarray(x)
-    cols = _cols(x, KH, KW, stride, padding, OH, OW)                # (C*KH*KW, N*OH*OW)
-    out2 = matmul(w.reshape(F, -1), cols, workspace("out2", (F, N * OH * OW), x.dtype))  # (F, N*OH*OW)
+    wb = np.empty((F, K + 1), dtype=x.dtype)                        # (F, C*KH*KW + 1) = [w | b]
+    wb[:, :K] = w.reshape(F, K)
+    wb[:, K] = b if b is not None else 0
+    geometry = (KH, KW, *stride, *padding, OH, OW)
     out = np.empty((N, F, OH * OW), dtype=x.dtype)                  # (N, F, OH*OW)
-    _to_nchw(out2, b if b is not None else np.zeros(F, x.dtype), N, out)
-    return out.reshape(N, F, OH, OW), (x, w, b is not None, stride, padding)
+    parallel_for(_conv_images, N, x, wb, geometry, out)
+    return out.reshape(N, F, OH, OW), (x, w.shape, wb, b is not None, geometry)
 
 
 def conv2d_backward(dout, cache, need_dx=True):
     """dout (N, F, OH, OW) -> dx (N, C, H, W) or None, dw (F, C, KH, KW), db (F,) or None."""
-    x, w, has_bias, (sh, sw), (ph, pw) = cache
+    x, wshape, wb, has_bias, geometry = cache
     N, F, OH, OW = dout.shape
-    KH, KW = w.shape[2:]
-    dout2 = workspace("out2", (F, N * OH * OW), dout.dtype)         # (F, N*OH*OW)
-    db = np.empty(F, dtype=dout.dtype)
-    _from_nchw(np.ascontiguousarray(dout).reshape(N, F, OH * OW), dout2, db)
-    cols = _cols(x, KH, KW, (sh, sw), (ph, pw), OH, OW)             # (C*KH*KW, N*OH*OW)
-    dw = matmul_nt(dout2, cols).reshape(w.shape)                    # (F, C, KH, KW)
-    if not need_dx:
-        return None, dw, (db if has_bias else None)
-    dcols = matmul(np.ascontiguousarray(w.reshape(F, -1).T), dout2, cols)  # reuses the columns' memory
-    dx = np.empty(x.shape, dtype=dout.dtype)
-    _col2im(dcols, KH, KW, sh, sw, ph, pw, OH, OW, dx)
-    return dx, dw, (db if has_bias else None)
+    K = wb.shape[1] - 1
+    dout3 = np.ascontiguousarray(dout).reshape(N, F, OH * OW)       # (N, F, OH*OW)
+    w2t = np.ascontiguousarray(wb[:, :K].T)                         # (C*KH*KW, F)
+    dx = np.empty(x.shape, dtype=dout.dtype) if need_dx else None
+    dwb_t = sum(parallel_for(_conv_grad_images, N, x, w2t, dout3, geometry, dx))  # (C*KH*KW + 1, F)
+    dw = np.ascontiguousarray(dwb_t[:K].T).reshape(wshape)          # (F, C, KH, KW)
+    return dx, dw, (dwb_t[K].copy() if has_bias else None)
 
 
 # ---------------------------------------------------------------- fully connected
@@ -260,74 +165,84 @@ def linear_backward(dout, cache, need_dx=True):
 
 
 # ---------------------------------------------------------------- pooling
-@njit(parallel=True, **JIT)
-def _maxpool_fwd(x, KH, KW, sh, sw, ph, pw, out, arg):
+# Kernels run over the images [lo, hi) of an NCHW batch. A max-pool keeps, per output, the
+# index i*KW + j of its window's first maximum; a NaN counts as the maximum (it propagates, as
+# in the reference and torch), and the first NaN wins.
+@njit(inline="always")
+def _beats(v, best):
+    """Does v replace the running maximum best? Larger, or the first NaN. Written without
+    branches (| and &, not or and and), so LLVM turns the updates below into selects: 10x faster."""
+    return (v > best) | ((v != v) & (best == best))
+
+
+@njit(**JIT)
+def _maxpool_fwd(lo, hi, x, KH, KW, sh, sw, ph, pw, out, arg):
     """out[n, c, oh, ow] = first maximum of its window; arg = its index i*KW + j in the window."""
-    N, C, H, W = x.shape
+    C, H, W = x.shape[1:]
     OH, OW = out.shape[2], out.shape[3]
-    for nc in prange(N * C):
-        n, c = nc // C, nc % C
-        for oh in range(OH):
-            h0 = oh * sh - ph
-            ilo, ihi = max(0, -h0), min(KH, H - h0)   # window rows inside the image
-            for ow in range(OW):
-                w0 = ow * sw - pw
-                jlo, jhi = max(0, -w0), min(KW, W - w0)
-                best, k = x[n, c, h0 + ilo, w0 + jlo], ilo * KW + jlo
-                for i in range(ilo, ihi):
-                    for j in range(jlo, jhi):
-                        v = x[n, c, h0 + i, w0 + j]
-                        if v > best:
-                            best, k = v, i * KW + j
-                out[n, c, oh, ow] = best
-                arg[n, c, oh, ow] = k
+    for n in range(lo, hi):
+        for c in range(C):
+            for oh in range(OH):
+                h0 = oh * sh - ph
+                ilo, ihi = max(0, -h0), min(KH, H - h0)   # window rows inside the image
+                for ow in range(OW):
+                    w0 = ow * sw - pw
+                    jlo, jhi = max(0, -w0), min(KW, W - w0)
+                    best, k = x[n, c, h0 + ilo, w0 + jlo], ilo * KW + jlo
+                    for i in range(ilo, ihi):
+                        for j in range(jlo, jhi):
+                            v = x[n, c, h0 + i, w0 + j]
+                            t = _beats(v, best)
+                            best, k = (v, i * KW + j) if t else (best, k)
+                    out[n, c, oh, ow] = best
+                    arg[n, c, oh, ow] = k
 
 
-@njit(parallel=True, **JIT)
-def _maxpool_bwd(dout, arg, KW, sh, sw, ph, pw, dx):
-    N, C, OH, OW = dout.shape
-    for nc in prange(N * C):
-        n, c = nc // C, nc % C
-        dx[n, c] = 0
-        for oh in range(OH):
-            for ow in range(OW):
-                k = arg[n, c, oh, ow]
-                dx[n, c, oh * sh - ph + k // KW, ow * sw - pw + k % KW] += dout[n, c, oh, ow]
+@njit(**JIT)
+def _maxpool_bwd(lo, hi, dout, arg, KW, sh, sw, ph, pw, dx):
+    """dx[window position of the max] += dout, for the images [lo, hi)."""
+    C, OH, OW = dout.shape[1:]
+    for n in range(lo, hi):
+        dx[n] = 0
+        for c in range(C):
+            for oh in range(OH):
+                for ow in range(OW):
+                    k = arg[n, c, oh, ow]
+                    dx[n, c, oh * sh - ph + k // KW, ow * sw - pw + k % KW] += dout[n, c, oh, ow]
 
 
-@njit(parallel=True, **JIT)
-def _maxpool2x2_fwd(x, out, arg):
+@njit(**JIT)
+def _maxpool2x2_fwd(lo, hi, x, out, arg):
     """The common case, kernel 2, stride 2, no padding, unrolled: 15x faster than the general loop."""
-    N, C = x.shape[0], x.shape[1]
+    C = x.shape[1]
     OH, OW = out.shape[2], out.shape[3]
-    for nc in prange(N * C):
-        n, c = nc // C, nc % C
-        for oh in range(OH):
-            for ow in range(OW):
-                best, k = x[n, c, 2 * oh, 2 * ow], 0
-                v = x[n, c, 2 * oh, 2 * ow + 1]
-                if v > best:
-                    best, k = v, 1
-                v = x[n, c, 2 * oh + 1, 2 * ow]
-                if v > best:
-                    best, k = v, 2
-                v = x[n, c, 2 * oh + 1, 2 * ow + 1]
-                if v > best:
-                    best, k = v, 3
-                out[n, c, oh, ow] = best
-                arg[n, c, oh, ow] = k
+    for n in range(lo, hi):
+        for c in range(C):
+            for oh in range(OH):
+                for ow in range(OW):
+                    best, k = x[n, c, 2 * oh, 2 * ow], 0
+                    for q in range(1, 4):                 # the window's other three, row by row
+                        v = x[n, c, 2 * oh + q // 2, 2 * ow + q % 2]
+                        t = _beats(v, best)
+                        best, k = (v, q) if t else (best, k)
+                    out[n, c, oh, ow] = best
+                    arg[n, c, oh, ow] = k
 
 
-@njit(parallel=True, **JIT)
-def _maxpool2x2_bwd(dout, arg, dx):
-    N, C, OH, OW = dout.shape
-    for nc in prange(N * C):
-        n, c = nc // C, nc % C
-        dx[n, c] = 0
-        for oh in range(OH):
-            for ow in range(OW):
-                k = arg[n, c, oh, ow]
-                dx[n, c, 2 * oh + k // 2, 2 * ow + k % 2] = dout[n, c, oh, ow]
+@njit(**JIT)
+def _maxpool2x2_bwd(lo, hi, dout, arg, dx):
+    C, OH, OW = dout.shape[1:]
+    for n in range(lo, hi):
+        dx[n] = 0
+        for c in range(C):
+            for oh in range(OH):
+                for ow in range(OW):
+                    k = arg[n, c, oh, ow]
+                    dx[n, c, 2 * oh + k // 2, 2 * ow + k % 2] = dout[n, c, oh, ow]
+
+
+def _is_2x2(kernel, stride, padding):
+    return kernel == stride == (2, 2) and padding == (0, 0)
 
 
 def maxpool2d_forward(x, kernel, stride, padding):
@@ -335,64 +250,69 @@ def maxpool2d_forward(x, kernel, stride, padding):
     (KH, KW), (sh, sw), (ph, pw) = kernel, stride, padding
     N, C, H, W = x.shape
     OH, OW = out_size(H, KH, sh, ph), out_size(W, KW, sw, pw)
+    x = np.ascontiguousarray(x)
     out = np.empty((N, C, OH, OW), dtype=x.dtype)
     arg = np.empty((N, C, OH, OW), dtype=np.int32)                  # index of the max inside its window
-    if kernel == stride == (2, 2) and padding == (0, 0):
-        _maxpool2x2_fwd(np.ascontiguousarray(x), out, arg)
+    if _is_2x2(kernel, stride, padding):
+        parallel_for(_maxpool2x2_fwd, N, x, out, arg, work=x.size)
     else:
-        _maxpool_fwd(np.ascontiguousarray(x), KH, KW, sh, sw, ph, pw, out, arg)
+        parallel_for(_maxpool_fwd, N, x, KH, KW, sh, sw, ph, pw, out, arg, work=x.size)
     return out, (x.shape, arg, kernel, stride, padding)
 
 
 def maxpool2d_backward(dout, cache):
     """dout (N, C, OH, OW) -> dx (N, C, H, W)."""
-    xshape, arg, (KH, KW), (sh, sw), (ph, pw) = cache
+    xshape, arg, kernel, (sh, sw), (ph, pw) = cache
+    dout = np.ascontiguousarray(dout)
     dx = np.empty(xshape, dtype=dout.dtype)
-    if (KH, KW) == (sh, sw) == (2, 2) and (ph, pw) == (0, 0):
-        _maxpool2x2_bwd(np.ascontiguousarray(dout), arg, dx)
+    if _is_2x2(kernel, (sh, sw), (ph, pw)):
+        parallel_for(_maxpool2x2_bwd, xshape[0], dout, arg, dx, work=dx.size)
     else:
-        _maxpool_bwd(np.ascontiguousarray(dout), arg, KW, sh, sw, ph, pw, dx)
+        parallel_for(_maxpool_bwd, xshape[0], dout, arg, kernel[1], sh, sw, ph, pw, dx, work=dx.size)
     return dx
 
 
-@njit(parallel=True, **JIT)
-def _avgpool(x, KH, KW, sh, sw, ph, pw, out, forward):
-    """forward: x (N,C,H,W) -> out (N,C,OH,OW). backward: x is dout, out is dx (roles swap)."""
-    if forward:
-        N, C, H, W = x.shape
-        OH, OW = out.shape[2], out.shape[3]
-    else:
-        N, C, H, W = out.shape
-        OH, OW = x.shape[2], x.shape[3]
+@njit(**JIT)
+def _avgpool_fwd(lo, hi, x, KH, KW, sh, sw, ph, pw, out):
+    """out (N, C, OH, OW) = window sums of x / (KH*KW), for the images [lo, hi)."""
+    C, H, W = x.shape[1:]
+    OH, OW = out.shape[2], out.shape[3]
     scale = 1.0 / (KH * KW)
-    for nc in prange(N * C):
-        n, c = nc // C, nc % C
-        if not forward:
-            out[n, c] = 0
-        for oh in range(OH):
-            for ow in range(OW):
-                s = 0.0
-                g = x[n, c, oh, ow] * scale if not forward else 0.0
-                for i in range(KH):
-                    h = oh * sh - ph + i
-                    if 0 <= h < H:
-                        for j in range(KW):
-                            w = ow * sw - pw + j
-                            if 0 <= w < W:
-                                if forward:
-                                    s += x[n, c, h, w]
-                                else:
-                                    out[n, c, h, w] += g
-                if forward:
+    for n in range(lo, hi):
+        for c in range(C):
+            for oh in range(OH):
+                for ow in range(OW):
+                    s = 0.0
+                    for i in range(max(0, ph - oh * sh), min(KH, H + ph - oh * sh)):
+                        for j in range(max(0, pw - ow * sw), min(KW, W + pw - ow * sw)):
+                            s += x[n, c, oh * sh - ph + i, ow * sw - pw + j]
                     out[n, c, oh, ow] = s * scale
+
+
+@njit(**JIT)
+def _avgpool_bwd(lo, hi, dout, KH, KW, sh, sw, ph, pw, dx):
+    """dx (N, C, H, W): each window's dout / (KH*KW) added to its inputs, for the images [lo, hi)."""
+    C, H, W = dx.shape[1:]
+    OH, OW = dout.shape[2], dout.shape[3]
+    scale = 1.0 / (KH * KW)
+    for n in range(lo, hi):
+        dx[n] = 0
+        for c in range(C):
+            for oh in range(OH):
+                for ow in range(OW):
+                    g = dout[n, c, oh, ow] * scale
+                    for i in range(max(0, ph - oh * sh), min(KH, H + ph - oh * sh)):
+                        for j in range(max(0, pw - ow * sw), min(KW, W + pw - ow * sw)):
+                            dx[n, c, oh * sh - ph + i, ow * sw - pw + j] += g
 
 
 def avgpool2d_forward(x, kernel, stride, padding):
     """x (N, C, H, W) -> out (N, C, OH, OW); zero padding counts in the divisor KH*KW."""
     (KH, KW), (sh, sw), (ph, pw) = kernel, stride, padding
     N, C, H, W = x.shape
+    x = np.ascontiguousarray(x)
     out = np.empty((N, C, out_size(H, KH, sh, ph), out_size(W, KW, sw, pw)), dtype=x.dtype)
-    _avgpool(np.ascontiguousarray(x), KH, KW, sh, sw, ph, pw, out, True)
+    parallel_for(_avgpool_fwd, N, x, KH, KW, sh, sw, ph, pw, out, work=x.size)
     return out, (x.shape, kernel, stride, padding)
 
 
@@ -400,44 +320,49 @@ def avgpool2d_backward(dout, cache):
     """dout (N, C, OH, OW) -> dx (N, C, H, W)."""
     xshape, (KH, KW), (sh, sw), (ph, pw) = cache
     dx = np.empty(xshape, dtype=dout.dtype)
-    _avgpool(np.ascontiguousarray(dout), KH, KW, sh, sw, ph, pw, dx, False)
+    parallel_for(_avgpool_bwd, xshape[0], np.ascontiguousarray(dout), KH, KW, sh, sw, ph, pw, dx,
+                 work=dx.size)
     return dx
 
 
 # ---------------------------------------------------------------- ReLU (the most frequent layer)
-@njit(parallel=True, **JIT)
-def _relu(x, out):
-    for i in prange(x.size):
+@njit(**JIT)
+def _relu(lo, hi, x, out):
+    """out[i] = max(x[i], 0) over the flat range [lo, hi); NaN stays NaN, as in np.maximum."""
+    for i in range(lo, hi):
         v = x[i]
-        out[i] = 0 if v <= 0 else v                   # NaN stays NaN, as in np.maximum
+        out[i] = 0 if v <= 0 else v
 
 
-@njit(parallel=True, **JIT)
-def _relu_bwd(dout, out, dx):
-    for i in prange(dout.size):
+@njit(**JIT)
+def _relu_bwd(lo, hi, dout, out, dx):
+    for i in range(lo, hi):
         dx[i] = dout[i] if out[i] > 0 else 0
 
 
 def relu_forward(x):
     """x (...) -> max(x, 0), cache (the output)."""
     out = np.empty_like(x)
-    _relu(np.ascontiguousarray(x).reshape(-1), out.reshape(-1))
+    parallel_for(_relu, x.size, np.ascontiguousarray(x).reshape(-1), out.reshape(-1), work=x.size)
     return out, out
 
 
 def relu_backward(dout, out):
     """The gradient passes where the output is positive."""
     dx = np.empty_like(out)
-    _relu_bwd(np.ascontiguousarray(dout).reshape(-1), out.reshape(-1), dx.reshape(-1))
+    parallel_for(_relu_bwd, out.size, np.ascontiguousarray(dout).reshape(-1), out.reshape(-1),
+                 dx.reshape(-1), work=out.size)
     return dx
 
 
 # ---------------------------------------------------------------- batch normalisation
-@njit(parallel=True, **JIT)
-def _bn_stats(x, mean, var):
-    """x (N, C, L) -> per-channel mean and biased variance (two passes, float64 sums)."""
+# x is viewed as (N, C, L) (L = H*W, or 1 for BatchNorm1d). Statistics run over channels
+# [lo, hi), elementwise passes over images [lo, hi).
+@njit(**JIT)
+def _bn_stats(lo, hi, x, mean, var):
+    """Per-channel mean and biased variance of x (N, C, L) (two passes, float64 sums)."""
     N, C, L = x.shape
-    for c in prange(C):
+    for c in range(lo, hi):
         s = 0.0
         for n in range(N):
             for i in range(L):
@@ -451,21 +376,21 @@ def _bn_stats(x, mean, var):
         mean[c], var[c] = mu, q / (N * L)
 
 
-@njit(parallel=True, **JIT)
-def _bn_apply(x, scale, shift, out):
+@njit(**JIT)
+def _bn_apply(lo, hi, x, scale, shift, out):
     """out = x * scale[c] + shift[c] for x (N, C, L)."""
-    N, C, L = x.shape
-    for nc in prange(N * C):
-        n, c = nc // C, nc % C
-        for i in range(L):
-            out[n, c, i] = x[n, c, i] * scale[c] + shift[c]
+    C, L = x.shape[1:]
+    for n in range(lo, hi):
+        for c in range(C):
+            for i in range(L):
+                out[n, c, i] = x[n, c, i] * scale[c] + shift[c]
 
 
-@njit(parallel=True, **JIT)
-def _bn_sums(dout, x, mean, inv_std, dbeta, dgamma):
+@njit(**JIT)
+def _bn_sums(lo, hi, dout, x, mean, inv_std, dbeta, dgamma):
     """dbeta[c] = sum dout, dgamma[c] = sum dout * xhat over (N, L)."""
     N, C, L = x.shape
-    for c in prange(C):
+    for c in range(lo, hi):
         sb, sg = 0.0, 0.0
         for n in range(N):
             for i in range(L):
@@ -475,17 +400,17 @@ def _bn_sums(dout, x, mean, inv_std, dbeta, dgamma):
         dbeta[c], dgamma[c] = sb, sg
 
 
-@njit(parallel=True, **JIT)
-def _bn_dx(dout, x, mean, inv_std, gamma, dbeta, dgamma, dx):
+@njit(**JIT)
+def _bn_dx(lo, hi, dout, x, mean, inv_std, gamma, dbeta, dgamma, dx):
     """dx = gamma * inv_std * (dout - (dbeta + xhat * dgamma) / m), m = N * L."""
     N, C, L = x.shape
     m = N * L
-    for nc in prange(N * C):
-        n, c = nc // C, nc % C
-        k = gamma[c] * inv_std[c]
-        for i in range(L):
-            xhat = (x[n, c, i] - mean[c]) * inv_std[c]
-            dx[n, c, i] = k * (dout[n, c, i] - (dbeta[c] + xhat * dgamma[c]) / m)
+    for n in range(lo, hi):
+        for c in range(C):
+            k = gamma[c] * inv_std[c]
+            for i in range(L):
+                xhat = (x[n, c, i] - mean[c]) * inv_std[c]
+                dx[n, c, i] = k * (dout[n, c, i] - (dbeta[c] + xhat * dgamma[c]) / m)
 
 
 def batchnorm_forward(x, gamma, beta, running_mean, running_var, momentum, eps, training):
@@ -494,7 +419,7 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, momentum, eps, 
     x3 = np.ascontiguousarray(x).reshape(N, C, -1)                  # (N, C, H*W)
     if training:
         mean, var = np.empty(C), np.empty(C)
-        _bn_stats(x3, mean, var)
+        parallel_for(_bn_stats, C, x3, mean, var, work=x.size)
         m = x3.shape[0] * x3.shape[2]
         running_mean *= 1 - momentum
         running_mean += momentum * mean
@@ -506,7 +431,7 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, momentum, eps, 
     scale = (gamma * inv_std).astype(x.dtype)
     shift = (beta - mean * gamma * inv_std).astype(x.dtype)
     out = np.empty_like(x3)
-    _bn_apply(x3, scale, shift, out)
+    parallel_for(_bn_apply, N, x3, scale, shift, out, work=x.size)
     return out.reshape(x.shape), (x3, mean, inv_std, gamma, training)
 
 
@@ -514,12 +439,14 @@ def batchnorm_backward(dout, cache):
     """dout like x -> dx like x, dgamma (C,), dbeta (C,)."""
     x3, mean, inv_std, gamma, training = cache
     d3 = np.ascontiguousarray(dout).reshape(x3.shape)
-    C = x3.shape[1]
+    N, C = x3.shape[:2]
     dbeta, dgamma = np.empty(C), np.empty(C)
-    _bn_sums(d3, x3, mean, inv_std, dbeta, dgamma)
+    parallel_for(_bn_sums, C, d3, x3, mean, inv_std, dbeta, dgamma, work=d3.size)
     dx = np.empty_like(d3)
     if training:
-        _bn_dx(d3, x3, mean, inv_std, gamma.astype(np.float64), dbeta, dgamma, dx)
+        parallel_for(_bn_dx, N, d3, x3, mean, inv_std, gamma.astype(np.float64), dbeta, dgamma, dx,
+                     work=d3.size)
     else:                                                           # statistics are constants
-        _bn_apply(d3, (gamma * inv_std).astype(dout.dtype), np.zeros(C, dout.dtype), dx)
+        parallel_for(_bn_apply, N, d3, (gamma * inv_std).astype(dout.dtype), np.zeros(C, dout.dtype), dx,
+                     work=d3.size)
     return dx.reshape(dout.shape), dgamma.astype(dout.dtype), dbeta.astype(dout.dtype)

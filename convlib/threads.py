@@ -1,0 +1,150 @@
+"""Thread and memory policy of the CPU kernels, in one place, applied at their first use.
+
+How convlib uses the cores (measured in benchmarks/README.md):
+
+- One small pool of Python threads, ``get_num_threads()`` of them (default: the cores this
+  process may run on; ``set_num_threads(n)`` or ``CONVLIB_NUM_THREADS`` change it). A layer
+  splits its batch into one contiguous share per thread (``parallel_for``); each share runs
+  plain single-threaded Numba kernels (``nogil``) and BLAS products, which release the GIL.
+- While a share runs, BLAS (NumPy's OpenBLAS or MKL) is single-threaded, so each thread's
+  products stay on its own core; the previous thread count is restored after the layer, so
+  NumPy code elsewhere in the process keeps its own setting.
+- No OpenMP: convlib never starts Numba's parallel (OpenMP/TBB) thread pool. Its speed then
+  does not depend on which library loaded libgomp first (PyTorch does), and it never leaves
+  spinning workers behind that would slow PyTorch or NumPy in the same process.
+- glibc keeps freed blocks (``mallopt``), so a training step does not page-fault its
+  activations back in each time; skipped where the user set any ``MALLOC_*`` variable.
+"""
+import contextlib
+import ctypes
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+__all__ = ["get_num_threads", "set_num_threads", "parallel_for", "workspace"]
+
+_lock = threading.Lock()
+_state = {"threads": None, "pool": None, "malloc": False, "blas": None, "blas_users": 0, "blas_saved": []}
+
+
+def _default_threads():
+    env = os.environ.get("CONVLIB_NUM_THREADS")
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            raise ValueError(f"CONVLIB_NUM_THREADS must be a positive integer, got {env!r}") from None
+        if n < 1:
+            raise ValueError(f"CONVLIB_NUM_THREADS must be a positive integer, got {env!r}")
+        return n
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:                                          # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def get_num_threads():
+    """How many threads convlib's CPU kernels use."""
+    if _state["threads"] is None:
+        _state["threads"] = _default_threads()
+    return _state["threads"]
+
+
+def set_num_threads(n):
+    """Use ``n`` threads (>= 1) in convlib's CPU kernels from now on."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"set_num_threads: n must be a positive int, got {n!r}")
+    with _lock:
+        old, _state["threads"], _state["pool"] = _state["pool"], n, None
+    if old is not None:
+        old.shutdown(wait=False)
+
+
+def _keep_freed_memory():
+    """glibc hands freed blocks above its mmap threshold back to the OS and trims the heap top,
+    so each training step page-faults its activations (a few MB each) back in. Keep blocks up
+    to 32 MB in the heap and up to 256 MB of free heap, unless the user set glibc's MALLOC_*
+    variables; a no-op off glibc. Process-wide, like any malloc setting."""
+    if _state["malloc"]:
+        return
+    _state["malloc"] = True
+    if any(k.startswith("MALLOC_") for k in os.environ):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 << 20)                                  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 256 << 20)                                 # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def _blas_libraries():
+    """threadpoolctl's controllers of the BLAS libraries loaded now (found once, ~1 ms)."""
+    if _state["blas"] is None:
+        from threadpoolctl import ThreadpoolController
+        _state["blas"] = ThreadpoolController().select(user_api="blas").lib_controllers
+    return _state["blas"]
+
+
+@contextlib.contextmanager
+def _single_threaded_blas():
+    """BLAS at one thread inside the block (for every caller at once); the previous counts after."""
+    with _lock:
+        if _state["blas_users"] == 0:
+            libs = _blas_libraries()
+            _state["blas_saved"] = [(lib, lib.get_num_threads()) for lib in libs]
+            for lib in libs:
+                lib.set_num_threads(1)
+        _state["blas_users"] += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _state["blas_users"] -= 1
+            if _state["blas_users"] == 0:
+                for lib, n in _state["blas_saved"]:
+                    lib.set_num_threads(n)
+
+
+def _pool():
+    with _lock:
+        if _state["pool"] is None and get_num_threads() > 1:
+            _state["pool"] = ThreadPoolExecutor(get_num_threads() - 1, thread_name_prefix="convlib")
+        return _state["pool"]
+
+
+def parallel_for(fn, n, *args, work=None):
+    """Run ``fn(lo, hi, *args)`` over contiguous shares of ``range(n)``, one per thread, and
+    return the list of its results in order. The caller's thread takes the first share.
+    ``work`` (elements touched, if given) below 2**15 runs everything in the caller's thread:
+    handing a share to another thread costs tens of microseconds."""
+    _keep_freed_memory()
+    threads = min(get_num_threads(), n)
+    if threads <= 1 or (work is not None and work < 2 ** 15):
+        with _single_threaded_blas():
+            return [fn(0, n, *args)]
+    step = -(-n // threads)
+    shares = [(lo, min(n, lo + step)) for lo in range(0, n, step)]
+    pool = _pool()
+    with _single_threaded_blas():
+        jobs = [pool.submit(fn, lo, hi, *args) for lo, hi in shares[1:]]
+        first = fn(*shares[0], *args)
+        return [first] + [job.result() for job in jobs]
+
+
+_local = threading.local()
+
+
+def workspace(name, shape, dtype):
+    """A scratch array reused from call to call (one per name, dtype and thread), grown when a
+    bigger one is asked for. Column matrices live here: one image's at a time per thread, so
+    they stay in the core's L2 cache between being written and being multiplied."""
+    key = (name, np.dtype(dtype).str)
+    size = int(np.prod(shape))
+    buffers = _local.__dict__.setdefault("buffers", {})
+    buf = buffers.get(key)
+    if buf is None or buf.size < size:
+        buf = buffers[key] = np.empty(size, dtype=dtype)
+    return buf[:size].reshape(shape)
