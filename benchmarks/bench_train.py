@@ -1,10 +1,19 @@
-"""Training and inference speed of the reference net: convlib (Numba) vs convlib's NumPy
-reference kernels vs PyTorch CPU, timed side by side in alternating rounds, medians; plus
-peak memory of a training step and start-up times.
+"""Training and inference speed of the reference net, convlib vs PyTorch CPU, measured three
+ways so that neither library's process settings can flatter the other:
 
-    python benchmarks/bench_train.py [--batch 32] [--size 64] [--threads 2] [--skip-reference]
+  separate       each library alone in its own fresh process (the default headline figure);
+                 processes alternate convlib, torch, convlib, ... and each prints its medians
+  torch-first    one fresh process that imports torch, then convlib; both nets alternate
+  convlib-first  the same with convlib imported first
 
-PyTorch is optional (pip install torch==2.13.0); without it those columns are skipped.
+plus the peak memory of a training step and the start-up time (cached and cold kernels).
+
+    python benchmarks/bench_train.py [--batch 32] [--size 64] [--threads 2] [--rounds 5]
+    python benchmarks/bench_train.py --protocols separate          # only the headline
+
+PyTorch is optional (pip install torch==2.13.0); without it only convlib's columns print.
+The torch-alone process builds its weights with convlib's constructors (NumPy only: no convlib
+kernel runs there, and importing convlib changes no thread or memory setting).
 """
 import argparse
 import json
@@ -14,27 +23,53 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import alternate, cl, convlib_steps, median_time, reference_net, table, torch_steps, torch_twin  # noqa: E402
-
 HERE = os.path.dirname(os.path.abspath(__file__))
+PROTOCOLS = ("separate", "torch-first", "convlib-first")
 
 
-def _child(kind, batch, size, threads):
-    """Run in a fresh process: start-up time to the end of the first training step, and the
-    peak resident memory a training step adds: Linux's high-water mark (VmHWM, reset through
-    /proc/self/clear_refs after the net and data exist) minus the resident size at that point."""
-    t0 = time.perf_counter()
-    if kind == "torch":
+# ---------------------------------------------------------------- what runs in a child process
+def _child(args):
+    """One fresh process: import in the asked order, time the asked libraries, print JSON."""
+    libs = args.child.split(",")                                    # e.g. "torch,convlib"
+    if libs[0] == "torch":
         import torch
-        torch.set_num_threads(threads)
-    net = reference_net(size)
+        torch.set_num_threads(args.threads)
+    sys.path.insert(0, HERE)
+    import numpy as np
+    from common import alternate, cl, convlib_steps, reference_net, torch_steps, torch_twin
+    if "torch" in libs:
+        import torch
+        torch.set_num_threads(args.threads)
+    cl.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
-    x = rng.random((batch, 3, size, size), dtype=np.float32)
-    y = rng.integers(0, 2, batch)
-    train, _ = torch_steps(torch_twin(net), x, y) if kind == "torch" else convlib_steps(net, x, y)
+    B, S = args.batch, args.size
+    x = rng.random((B, 3, S, S), dtype=np.float32)
+    y = rng.integers(0, 2, B)
+    steps = {}
+    for lib in libs:
+        net = reference_net(S)
+        steps[lib] = torch_steps(torch_twin(net), x, y) if lib == "torch" else convlib_steps(net, x, y)
+    train = alternate({k: v[0] for k, v in steps.items()}, rounds=args.rounds, reps=args.reps)
+    infer = alternate({k: v[1] for k, v in steps.items()}, rounds=args.rounds, reps=args.reps)
+    print(json.dumps({"train_s": train, "infer_s": infer}))
+
+
+def _child_memory(args):
+    """Fresh process, one library: start-up to the end of the first training step, and the peak
+    resident memory a training step adds (Linux's VmHWM, reset through /proc/self/clear_refs
+    once the net and data exist, minus the resident size then)."""
+    t0 = time.perf_counter()
+    if args.child_memory == "torch":
+        import torch
+        torch.set_num_threads(args.threads)
+    sys.path.insert(0, HERE)
+    import numpy as np
+    from common import convlib_steps, reference_net, torch_steps, torch_twin
+    net = reference_net(args.size)
+    rng = np.random.default_rng(0)
+    x = rng.random((args.batch, 3, args.size, args.size), dtype=np.float32)
+    y = rng.integers(0, 2, args.batch)
+    train, _ = torch_steps(torch_twin(net), x, y) if args.child_memory == "torch" else convlib_steps(net, x, y)
     train()
     first = time.perf_counter() - t0
     with open("/proc/self/clear_refs", "w") as f:
@@ -50,77 +85,101 @@ def _status_kb(key):
         return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
 
 
-def child(kind, batch, size, threads, env=None):
+# ---------------------------------------------------------------- the parent
+def run_child(args, flag, value, env=None):
+    cmd = [sys.executable, __file__, flag, value, "--batch", str(args.batch), "--size", str(args.size),
+           "--threads", str(args.threads), "--rounds", str(args.child_rounds), "--reps", str(args.reps)]
     t = time.perf_counter()
-    # A fixed mmap threshold makes glibc return every large block to the OS when it is freed, so
-    # the resident size follows the live arrays of both libraries and the high-water mark is the
-    # step's true peak (with the default dynamic threshold, freed blocks stay resident).
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", **(env or {})}
-    out = subprocess.run([sys.executable, __file__, "--child", kind, "--batch", str(batch), "--size", str(size),
-                          "--threads", str(threads)], capture_output=True, text=True, env=env)
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     if out.returncode:
-        raise RuntimeError(out.stderr)
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr}")
     res = json.loads(out.stdout.strip().splitlines()[-1])
     res["process_s"] = time.perf_counter() - t
     return res
 
 
+def _median_range(values):
+    import numpy as np
+    return float(np.median(values)), float(min(values)), float(max(values))
+
+
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--skip-reference", action="store_true")
+    ap.add_argument("--rounds", type=int, default=5, help="fresh processes per library and protocol")
+    ap.add_argument("--child-rounds", type=int, default=3, help="alternating rounds inside a process")
+    ap.add_argument("--reps", type=int, default=5, help="steps per round (their median is taken)")
+    ap.add_argument("--protocols", default=",".join(PROTOCOLS))
     ap.add_argument("--child")
+    ap.add_argument("--child-memory")
     args = ap.parse_args()
     if args.child:
-        return _child(args.child, args.batch, args.size, args.threads)
+        return _child(args)
+    if args.child_memory:
+        return _child_memory(args)
     try:
-        import torch
-        torch.set_num_threads(args.threads)
+        import torch  # noqa: F401  (only asks whether it is installed; timing happens in children)
+        have_torch = True
     except ImportError:
-        torch = None
+        have_torch = False
         print("PyTorch is not installed: its columns are skipped (pip install torch==2.13.0)")
-    B, S = args.batch, args.size
-    rng = np.random.default_rng(0)
-    x = rng.random((B, 3, S, S), dtype=np.float32)
-    y = rng.integers(0, 2, B)
-    net = reference_net(S)
-    train, infer = convlib_steps(net, x, y)
-    contenders_t, contenders_i = {"convlib": train}, {"convlib": infer}
-    if torch is not None:
-        tt, ti = torch_steps(torch_twin(reference_net(S)), x, y)
-        contenders_t["pytorch"], contenders_i["pytorch"] = tt, ti
-    res_t = alternate(contenders_t, rounds=args.rounds)
-    res_i = alternate(contenders_i, rounds=args.rounds)
-    if not args.skip_reference:
-        cl.use_kernels("reference")
-        ref_net = reference_net(S)
-        rt, ri = convlib_steps(ref_net, x, y)
-        rt()
-        res_t["numpy reference"] = median_time(rt, 3)
-        res_i["numpy reference"] = median_time(ri, 3)
-        cl.use_kernels("cpu")
-    mem = {"convlib": child("convlib", B, S, args.threads)}
-    if torch is not None:
-        mem["pytorch"] = child("torch", B, S, args.threads)
-    with tempfile.TemporaryDirectory() as cache:
-        cold = child("convlib", B, S, args.threads, env={"NUMBA_CACHE_DIR": cache})
+    protocols = [p for p in args.protocols.split(",") if p]
+    for p in protocols:
+        if p not in PROTOCOLS:
+            ap.error(f"unknown protocol {p!r}; choose from {', '.join(PROTOCOLS)}")
+    if not have_torch:
+        protocols = ["separate"]
+    libs = ["convlib", "torch"] if have_torch else ["convlib"]
+    # warm the kernel cache once, so that no timed process compiles
+    run_child(args, "--child", "convlib")
+    results = {p: {"train": {k: [] for k in libs}, "infer": {k: [] for k in libs}} for p in protocols}
+    for r in range(args.rounds):
+        for p in protocols:
+            if p == "separate":
+                runs = [run_child(args, "--child", lib) for lib in libs]
+            else:
+                order = "torch,convlib" if p == "torch-first" else "convlib,torch"
+                runs = [run_child(args, "--child", order)]
+            for res in runs:
+                for kind in ("train", "infer"):
+                    for lib, s in res[kind + "_s"].items():
+                        results[p][kind][lib].append(args.batch / s)
+        print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+    sys.path.insert(0, HERE)
+    from common import table
     rows = []
-    for k in res_t:
-        ratio = lambda r: f"{r['pytorch'] / r[k]:.2f}x" if "pytorch" in r else "-"
-        m = mem.get(k)
-        rows.append([k, f"{B / res_t[k]:.0f}", ratio(res_t), f"{B / res_i[k]:.0f}", ratio(res_i),
-                     f"{m['step_mem_mb']:.0f}" if m else "-"])
-    print(f"reference net, batch {B}, {S}x{S}, float32, {args.threads} threads, medians of {args.rounds} "
-          f"alternating rounds")
-    print(table(rows, ["", "train img/s", "vs torch", "infer img/s", "vs torch", "step peak MB"]))
-    print(f"\nstart-up to the end of the first training step (fresh process): convlib "
+    for p in protocols:
+        for lib in libs:
+            row = [p, lib]
+            for kind in ("train", "infer"):
+                med, lo, hi = _median_range(results[p][kind][lib])
+                row.append(f"{med:.0f} ({lo:.0f}-{hi:.0f})")
+                if have_torch:
+                    ratios = [c / t for c, t in zip(results[p][kind][lib], results[p][kind]["torch"])]
+                    rmed, rlo, rhi = _median_range(ratios)
+                    row.append(f"{rmed:.2f}x ({rlo:.2f}-{rhi:.2f})" if lib == "convlib" else "1.00x")
+            rows.append(row)
+    header = ["protocol", "library", "train img/s (range)"] + (["vs torch"] if have_torch else []) + \
+             ["infer img/s (range)"] + (["vs torch"] if have_torch else [])
+    print(f"reference net, batch {args.batch}, {args.size}x{args.size}, float32, {args.threads} threads; "
+          f"medians over {args.rounds} fresh processes per protocol (each: median of {args.child_rounds} "
+          f"alternating rounds of {args.reps} steps); ratios paired round by round")
+    print(table(rows, header))
+    mem = {lib: run_child(args, "--child-memory", lib, env={"MALLOC_MMAP_THRESHOLD_": "65536"}) for lib in libs}
+    # A fixed mmap threshold makes glibc return every large block to the OS when it is freed, so
+    # the resident size follows the live arrays of both libraries and the high-water mark is the
+    # step's true peak (convlib's own malloc setting is skipped when MALLOC_* is set).
+    with tempfile.TemporaryDirectory() as cache:
+        cold = run_child(args, "--child-memory", "convlib", env={"NUMBA_CACHE_DIR": cache})
+    print("\nstep peak memory (fresh process): " + ", ".join(f"{k} {v['step_mem_mb']:.0f} MB" for k, v in mem.items()))
+    print(f"start-up to the end of the first training step (fresh process): convlib "
           f"{mem['convlib']['first_step_s']:.2f} s with cached kernels, {cold['first_step_s']:.1f} s cold "
           f"(compiling); whole process {mem['convlib']['process_s']:.2f} s / {cold['process_s']:.1f} s"
-          + (f"; pytorch {mem['pytorch']['first_step_s']:.2f} s" if "pytorch" in mem else ""))
-    print(f"\nrerun: python benchmarks/bench_train.py --batch {B} --size {S} --threads {args.threads}")
+          + (f"; pytorch {mem['torch']['first_step_s']:.2f} s" if "torch" in mem else ""))
+    print(f"\nrerun: python benchmarks/bench_train.py --batch {args.batch} --size {args.size} "
+          f"--threads {args.threads} --rounds {args.rounds} --protocols {','.join(protocols)}")
 
 
 if __name__ == "__main__":

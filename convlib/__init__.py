@@ -15,6 +15,7 @@ from .layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatt
 from .losses import softmax, softmax_cross_entropy
 from .model import Sequential
 from .rng import manual_seed
+from .threads import get_num_threads, set_num_threads
 from .train import History, evaluate, fit, iterate_batches, predict_proba
 
 __version__ = "0.1.0"
@@ -22,6 +23,6 @@ __version__ = "0.1.0"
 __all__ = [
     "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Dropout", "Flatten", "History", "Layer", "LeakyReLU", "Linear",
     "MaxPool2d", "Parameter", "ReLU", "Sequential", "Sigmoid", "Tanh",
-    "cuda_available", "data", "evaluate", "fit", "gradcheck", "iterate_batches", "load",
-    "manual_seed", "optim", "predict_proba", "save", "softmax", "softmax_cross_entropy",
+    "cuda_available", "data", "evaluate", "fit", "get_num_threads", "gradcheck", "iterate_batches", "load",
+    "manual_seed", "optim", "predict_proba", "save", "set_num_threads", "softmax", "softmax_cross_entropy",
     "to_device", "to_host", "use_kernels"]

@@ -56,17 +56,18 @@ def _im2col(x, KH, KW, sh, sw, ph, pw, OH, OW, cols):
     pixel (oh, ow), x[c, oh*sh - ph + i, ow*sw - pw + j] (zero off the image); the last row is
     ones, the bias's input."""
     C, H, W = x.shape
+    zero = x.dtype.type(0)                            # typed: a plain 0 would make each value a float64
     for r in range(C * KH * KW):                      # one row of cols per (c, i, j)
         c, i, j = r // (KH * KW), (r // KW) % KH, r % KW
         for oh in range(OH):
             h, row = oh * sh - ph + i, oh * OW
             if h < 0 or h >= H:                       # the window row lies above or below the image
                 for ow in range(OW):
-                    cols[r, row + ow] = 0
+                    cols[r, row + ow] = zero
             else:
                 for ow in range(OW):
                     w = ow * sw - pw + j
-                    cols[r, row + ow] = x[c, h, w] if 0 <= w < W else 0
+                    cols[r, row + ow] = x[c, h, w] if 0 <= w < W else zero
     for p in range(OH * OW):
         cols[C * KH * KW, p] = 1
 
@@ -294,7 +295,7 @@ def _avgpool_bwd(lo, hi, dout, KH, KW, sh, sw, ph, pw, dx):
     """dx (N, C, H, W): each window's dout / (KH*KW) added to its inputs, for the images [lo, hi)."""
     C, H, W = dx.shape[1:]
     OH, OW = dout.shape[2], dout.shape[3]
-    scale = 1.0 / (KH * KW)
+    scale = dx.dtype.type(1.0 / (KH * KW))
     for n in range(lo, hi):
         dx[n] = 0
         for c in range(C):
@@ -329,15 +330,19 @@ def avgpool2d_backward(dout, cache):
 @njit(**JIT)
 def _relu(lo, hi, x, out):
     """out[i] = max(x[i], 0) over the flat range [lo, hi); NaN stays NaN, as in np.maximum."""
-    for i in range(lo, hi):
+    x, out = x[lo:hi], out[lo:hi]   # indices from range(n) are >= 0: plain vector loads, whereas
+    zero = x.dtype.type(0)          # range(lo, hi) would need wraparound checks (gathers, 10x slower)
+    for i in range(x.size):
         v = x[i]
-        out[i] = 0 if v <= 0 else v
+        out[i] = zero if v <= 0 else v
 
 
 @njit(**JIT)
 def _relu_bwd(lo, hi, dout, out, dx):
-    for i in range(lo, hi):
-        dx[i] = dout[i] if out[i] > 0 else 0
+    dout, out, dx = dout[lo:hi], out[lo:hi], dx[lo:hi]
+    zero = dout.dtype.type(0)
+    for i in range(dx.size):
+        dx[i] = dout[i] if out[i] > 0 else zero
 
 
 def relu_forward(x):
