@@ -13,7 +13,36 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import cl, peak_matmul_gflops, reference_net, table  # noqa: E402
+from common import build, cl, peak_matmul_gflops, table, torch_twin  # noqa: E402
+
+
+def torch_layer_times(net, x, y, reps):
+    """PyTorch's forward and backward milliseconds per layer of the same net (weights copied),
+    each module run on its own detached input so its backward can be timed alone; the first
+    layer's input needs no gradient, as in convlib's fit()."""
+    import torch
+    tnet = torch_twin(net).train()
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    fwd, bwd = [[] for _ in tnet], [[] for _ in tnet]
+    for _ in range(reps + 3):
+        acts, a = [], xt
+        for i, m in enumerate(tnet):
+            inp = a.detach().requires_grad_(i > 0)
+            t = time.perf_counter()
+            out = m(inp)
+            fwd[i].append(time.perf_counter() - t)
+            acts.append((inp, out))
+            a = out
+        logits = a.detach().requires_grad_()
+        torch.nn.functional.cross_entropy(logits, yt).backward()
+        g = logits.grad
+        for i in reversed(range(len(tnet))):
+            inp, out = acts[i]
+            t = time.perf_counter()
+            out.backward(g)
+            bwd[i].append(time.perf_counter() - t)
+            g = inp.grad
+    return [float(np.median(v[3:])) for v in fwd], [float(np.median(v[3:])) for v in bwd]
 
 
 def main():
@@ -24,14 +53,9 @@ def main():
     ap.add_argument("--net", choices=["reference", "fashion"], default="reference")
     args = ap.parse_args()
     B, S = args.batch, args.size
-    if args.net == "fashion":
-        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
-        from fashion_mnist import build_net
-        net, S, C, classes = build_net(), 28, 1, 10
-    else:
-        net, C, classes = reference_net(S), 3, 2
+    net, shape, classes = build(args.net, S)
     rng = np.random.default_rng(0)
-    x = rng.random((B, C, S, S), dtype=np.float32)
+    x = rng.random((B, *shape), dtype=np.float32)
     y = rng.integers(0, classes, B)
     opt = cl.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     fwd = {i: [] for i in range(len(net))}
@@ -59,6 +83,11 @@ def main():
     med = lambda v: float(np.median(v[3:]))
     total = sum(med(fwd[i]) + med(bwd[i]) for i in fwd) + sum(med(v) for v in other.values())
     peak = peak_matmul_gflops()
+    try:
+        tf, tb = torch_layer_times(net, x, y, args.reps)
+    except ImportError:
+        tf = tb = None
+        print("PyTorch is not installed: its columns are skipped (pip install torch==2.13.0)")
     rows = []
     for i, layer in enumerate(net):
         f, b = med(fwd[i]), med(bwd[i])
@@ -67,15 +96,20 @@ def main():
             N, C, H, W = shapes[i]
             oh, ow = layer.output_shape(shapes[i])[2:]
             flops = 2 * N * layer.out_channels * oh * ow * C * layer.kernel_size[0] * layer.kernel_size[1]
-            gf = f"{flops / f / 1e9:.0f} / {2 * flops / b / 1e9:.0f}"
-            gf += f" ({100 * 3 * flops / (f + b) / 1e9 / peak:.0f}% peak)"
-        rows.append([f"{i}: {type(layer).__name__}", f"{1e3 * f:.2f}", f"{1e3 * b:.2f}", gf,
-                     f"{100 * (f + b) / total:.1f}%"])
+            bflops = flops if i == 0 else 2 * flops                 # no input gradient for the first layer
+            gf = f"{flops / f / 1e9:.0f} / {bflops / b / 1e9:.0f}"
+            gf += f" ({100 * (flops + bflops) / (f + b) / 1e9 / peak:.0f}% peak)"
+        rows.append([f"{i}: {type(layer).__name__}", f"{1e3 * f:.2f}", f"{1e3 * b:.2f}"]
+                    + ([f"{1e3 * tf[i]:.2f}", f"{1e3 * tb[i]:.2f}"] if tf else []) + [gf, f"{100 * (f + b) / total:.1f}%"])
     for k, v in other.items():
-        rows.append([k, f"{1e3 * med(v):.2f}", "", "", f"{100 * med(v) / total:.1f}%"])
-    print(f"{args.net} net, batch {B}, {S}x{S}: one training step {1e3 * total:.1f} ms "
+        rows.append([k, f"{1e3 * med(v):.2f}", ""] + (["", ""] if tf else []) + ["", f"{100 * med(v) / total:.1f}%"])
+    print(f"{args.net} net, batch {B}, {'x'.join(map(str, shape[1:]))}: one training step {1e3 * total:.1f} ms "
           f"({B / total:.0f} img/s); matmul peak {peak:.0f} GFLOP/s")
-    print(table(rows, ["layer", "fwd ms", "bwd ms", "conv GFLOP/s fwd / bwd", "share"]))
+    print(table(rows, ["layer", "fwd ms", "bwd ms"] + (["torch fwd", "torch bwd"] if tf else [])
+                + ["conv GFLOP/s fwd / bwd", "share"]))
+    if tf:
+        print(f"PyTorch, the same layers one by one (same process, its own autograd per module): "
+              f"{1e3 * (sum(tf) + sum(tb)):.1f} ms without loss and optimizer")
     print(f"\nrerun: python benchmarks/bench_layers.py --net {args.net} --batch {B} --size {S}")
 
 

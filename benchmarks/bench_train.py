@@ -10,6 +10,7 @@ plus the peak memory of a training step and the start-up time (cached and cold k
 
     python benchmarks/bench_train.py [--batch 32] [--size 64] [--threads 2] [--rounds 5]
     python benchmarks/bench_train.py --protocols separate          # only the headline
+    python benchmarks/bench_train.py --net fashion --batch 128     # the Fashion-MNIST example's net
 
 PyTorch is optional (pip install torch==2.13.0); without it only convlib's columns print.
 The torch-alone process builds its weights with convlib's constructors (NumPy only: no convlib
@@ -36,18 +37,18 @@ def _child(args):
         torch.set_num_threads(args.threads)
     sys.path.insert(0, HERE)
     import numpy as np
-    from common import alternate, cl, convlib_steps, reference_net, torch_steps, torch_twin
+    from common import alternate, build, cl, convlib_steps, torch_steps, torch_twin
     if "torch" in libs:
         import torch
         torch.set_num_threads(args.threads)
     cl.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
-    B, S = args.batch, args.size
-    x = rng.random((B, 3, S, S), dtype=np.float32)
-    y = rng.integers(0, 2, B)
+    _, shape, classes = build(args.net, args.size)
+    x = rng.random((args.batch, *shape), dtype=np.float32)
+    y = rng.integers(0, classes, args.batch)
     steps = {}
     for lib in libs:
-        net = reference_net(S)
+        net = build(args.net, args.size)[0]
         steps[lib] = torch_steps(torch_twin(net), x, y) if lib == "torch" else convlib_steps(net, x, y)
     train = alternate({k: v[0] for k, v in steps.items()}, rounds=args.rounds, reps=args.reps)
     infer = alternate({k: v[1] for k, v in steps.items()}, rounds=args.rounds, reps=args.reps)
@@ -64,11 +65,11 @@ def _child_memory(args):
         torch.set_num_threads(args.threads)
     sys.path.insert(0, HERE)
     import numpy as np
-    from common import convlib_steps, reference_net, torch_steps, torch_twin
-    net = reference_net(args.size)
+    from common import build, convlib_steps, torch_steps, torch_twin
+    net, shape, classes = build(args.net, args.size)
     rng = np.random.default_rng(0)
-    x = rng.random((args.batch, 3, args.size, args.size), dtype=np.float32)
-    y = rng.integers(0, 2, args.batch)
+    x = rng.random((args.batch, *shape), dtype=np.float32)
+    y = rng.integers(0, classes, args.batch)
     train, _ = torch_steps(torch_twin(net), x, y) if args.child_memory == "torch" else convlib_steps(net, x, y)
     train()
     first = time.perf_counter() - t0
@@ -87,7 +88,7 @@ def _status_kb(key):
 
 # ---------------------------------------------------------------- the parent
 def run_child(args, flag, value, env=None):
-    cmd = [sys.executable, __file__, flag, value, "--batch", str(args.batch), "--size", str(args.size),
+    cmd = [sys.executable, __file__, flag, value, "--net", args.net, "--batch", str(args.batch), "--size", str(args.size),
            "--threads", str(args.threads), "--rounds", str(args.child_rounds), "--reps", str(args.reps)]
     t = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
@@ -105,6 +106,8 @@ def _median_range(values):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--net", choices=["reference", "fashion"], default="reference",
+                    help="fashion: the Fashion-MNIST example's net (1x28x28; use --batch 128)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
@@ -163,7 +166,8 @@ def main():
             rows.append(row)
     header = ["protocol", "library", "train img/s (range)"] + (["vs torch"] if have_torch else []) + \
              ["infer img/s (range)"] + (["vs torch"] if have_torch else [])
-    print(f"reference net, batch {args.batch}, {args.size}x{args.size}, float32, {args.threads} threads; "
+    where = f"{args.size}x{args.size}" if args.net == "reference" else "28x28"
+    print(f"{args.net} net, batch {args.batch}, {where}, float32, {args.threads} threads; "
           f"medians over {args.rounds} fresh processes per protocol (each: median of {args.child_rounds} "
           f"alternating rounds of {args.reps} steps); ratios paired round by round")
     print(table(rows, header))
@@ -178,7 +182,7 @@ def main():
           f"{mem['convlib']['first_step_s']:.2f} s with cached kernels, {cold['first_step_s']:.1f} s cold "
           f"(compiling); whole process {mem['convlib']['process_s']:.2f} s / {cold['process_s']:.1f} s"
           + (f"; pytorch {mem['torch']['first_step_s']:.2f} s" if "torch" in mem else ""))
-    print(f"\nrerun: python benchmarks/bench_train.py --batch {args.batch} --size {args.size} "
+    print(f"\nrerun: python benchmarks/bench_train.py --net {args.net} --batch {args.batch} --size {args.size} "
           f"--threads {args.threads} --rounds {args.rounds} --protocols {','.join(protocols)}")
 
 

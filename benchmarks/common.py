@@ -20,6 +20,17 @@ def reference_net(size=64, seed=0):
     return cl.Sequential(*layers, cl.Flatten(), cl.Linear(64 * side * side, 64), cl.ReLU(), cl.Linear(64, 2))
 
 
+def build(name, size=64):
+    """(net, input shape (C, H, W), classes) of a benchmarked net: "reference" or "fashion" (the
+    Fashion-MNIST example's own net, taken from examples/fashion_mnist.py)."""
+    if name == "fashion":
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
+        from fashion_mnist import build_net
+        cl.manual_seed(0)
+        return build_net(), (1, 28, 28), 10
+    return reference_net(size), (3, size, size), 2
+
+
 def torch_twin(net):
     """The same net in torch.nn with convlib's weights copied in (no conversion needed)."""
     import torch
@@ -34,6 +45,10 @@ def torch_twin(net):
             mods.append(nn.Linear(layer.in_features, layer.out_features))
         elif name == "MaxPool2d":
             mods.append(nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding))
+        elif name in ("BatchNorm2d", "BatchNorm1d"):
+            mods.append(getattr(nn, name)(layer.num_features, layer.eps, layer.momentum))
+        elif name == "Dropout":
+            mods.append(nn.Dropout(layer.p))
         else:
             mods.append({"ReLU": nn.ReLU, "Flatten": nn.Flatten}[name]())
     tnet = nn.Sequential(*mods)

@@ -1,0 +1,129 @@
+"""The thread policy (convlib/threads.py) and the threaded paths of the CPU kernels: shares cover
+the batch exactly once, partial sums from every thread are added, BLAS's thread count is
+restored, no OpenMP pool is ever started; kernels agree with the reference above the sizes
+where they split work over threads, with uneven shares."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info
+
+import convlib as cl
+from convlib import threads
+from convlib.kernels import cpu, reference as ref
+
+
+@pytest.fixture
+def three_threads():
+    before = cl.get_num_threads()
+    cl.set_num_threads(3)                 # more threads than this machine's cores: uneven shares
+    yield
+    cl.set_num_threads(before)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2", None])
+def test_set_num_threads_rejects_non_positive_ints(bad):
+    with pytest.raises(ValueError, match="positive int"):
+        cl.set_num_threads(bad)
+
+
+def test_parallel_for_covers_the_range_once_in_order(three_threads):
+    for n in (1, 2, 3, 7, 10):
+        shares = threads.parallel_for(lambda lo, hi: (lo, hi), n)
+        assert shares[0][0] == 0 and shares[-1][1] == n
+        assert all(a[1] == b[0] for a, b in zip(shares, shares[1:]))   # contiguous, no overlap
+        assert len(shares) == min(3, n)
+
+
+def test_parallel_for_runs_small_work_inline(three_threads):
+    import threading
+    names = threads.parallel_for(lambda lo, hi: threading.current_thread().name, 8, work=100)
+    assert names == [threading.current_thread().name]
+
+
+def test_parallel_for_raises_what_a_share_raised(three_threads):
+    def fn(lo, hi):
+        if lo > 0:
+            raise KeyError("share failed")
+        return lo
+    with pytest.raises(KeyError, match="share failed"):
+        threads.parallel_for(fn, 9)
+
+
+def _blas_threads():
+    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
+def test_blas_is_single_threaded_inside_and_restored_after(three_threads):
+    before = _blas_threads()
+    inside = threads.parallel_for(lambda lo, hi: _blas_threads(), 6)
+    assert all(counts == [1] * len(before) for counts in inside)
+    x = np.random.default_rng(0).standard_normal((4, 2, 6, 6)).astype(np.float32)
+    cpu.conv2d_forward(x, np.ones((3, 2, 3, 3), np.float32), None, (1, 1), (1, 1))
+    assert _blas_threads() == before
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("stride,padding", [((1, 1), (1, 1)), ((2, 1), (0, 2)), ((1, 2), (3, 1))])
+def test_conv_threaded_matches_reference(dtype, stride, padding, three_threads):
+    """7 images over 3 threads (3 + 3 + 1): every share's weight-gradient part must be added."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((7, 3, 11, 9)).astype(dtype)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(dtype)
+    b = rng.standard_normal(4).astype(dtype)
+    out_r, cache_r = ref.conv2d_forward(x, w, b, stride, padding)
+    out_c, cache_c = cpu.conv2d_forward(x, w, b, stride, padding)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(out_c, out_r, **tol)
+    dout = rng.standard_normal(out_r.shape).astype(dtype)
+    for got, want in zip(cpu.conv2d_backward(dout, cache_c), ref.conv2d_backward(dout, cache_r)):
+        np.testing.assert_allclose(got, want, **tol)
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [((2, 2), (2, 2), (0, 0)), ((3, 2), (1, 2), (1, 1))])
+def test_pools_and_relu_threaded_match_reference(kernel, stride, padding, three_threads):
+    """Inputs big enough (> 2**15 elements) that pooling and ReLU split over the threads."""
+    rng = np.random.default_rng(6)
+    x = rng.integers(-3, 3, (7, 5, 36, 34)).astype(np.float64)     # many ties
+    x[0, 0, 0, 1] = x[6, 4, 35, 33] = np.nan                        # in the first and the last share
+    for kind in ("maxpool2d", "avgpool2d"):
+        out_r, cache_r = getattr(ref, kind + "_forward")(x, kernel, stride, padding)
+        out_c, cache_c = getattr(cpu, kind + "_forward")(x, kernel, stride, padding)
+        np.testing.assert_allclose(out_c, out_r, rtol=1e-12, atol=1e-12)   # NaN where the reference has NaN
+        dout = rng.standard_normal(out_r.shape)
+        np.testing.assert_allclose(getattr(cpu, kind + "_backward")(dout, cache_c),
+                                   getattr(ref, kind + "_backward")(dout, cache_r), rtol=1e-12, atol=1e-12)
+    out_r, c_r = ref.relu_forward(x)
+    out_c, c_c = cpu.relu_forward(x)
+    np.testing.assert_array_equal(out_c, out_r)
+    d = rng.standard_normal(x.shape)
+    np.testing.assert_array_equal(cpu.relu_backward(d, c_c), ref.relu_backward(d, c_r))
+
+
+@pytest.mark.parametrize("mod", [ref, cpu], ids=["reference", "cpu"])
+@pytest.mark.parametrize("kernel,stride", [((2, 2), (2, 2)), ((2, 2), (1, 1))], ids=["2x2 fast path", "general"])
+@pytest.mark.parametrize("where", [(0, 1), (1, 0), (0, 0)])
+def test_maxpool_propagates_nan_and_sends_its_gradient_there(mod, kernel, stride, where):
+    x = np.array([[[[1.0, 0.3], [0.5, 0.2]]]])
+    x[0, 0][where] = np.nan
+    out, cache = mod.maxpool2d_forward(x, kernel, stride, (0, 0))
+    assert np.isnan(out[0, 0, 0, 0])
+    dx = mod.maxpool2d_backward(np.ones_like(out), cache)
+    want = np.zeros_like(x)
+    want[0, 0][where] = 1
+    np.testing.assert_array_equal(dx, want)
+
+
+def test_training_never_starts_an_openmp_pool():
+    """convlib's speed must not depend on who loaded libgomp first: it never starts Numba's
+    parallel (OpenMP) pool, not even in training."""
+    code = ("import numpy as np, convlib as cl, numba.np.ufunc.parallel as p\n"
+            "net = cl.Sequential(cl.Conv2d(1, 4, 3, padding=1), cl.ReLU(), cl.MaxPool2d(2), cl.Flatten(),"
+            " cl.Linear(4 * 8 * 8, 2))\n"
+            "x = np.random.rand(40, 1, 16, 16).astype(np.float32); y = np.arange(40) % 2\n"
+            "cl.fit(net, (x, y), epochs=1, batch_size=20, progress=False)\n"
+            "print(p._is_initialized)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False"
