@@ -10,7 +10,7 @@
 from . import data, gradcheck, optim
 from .backend import cuda_available, to_device, to_host, use_kernels
 from .io import load, save
-from .layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, Layer, LeakyReLU, Linear, MaxPool2d,
+from .layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, Layer, LeakyReLU, Linear, MaxPool2d,
                      Parameter, ReLU, Sigmoid, Tanh)
 from .losses import softmax, softmax_cross_entropy
 from .model import Sequential
@@ -21,7 +21,7 @@ from .train import History, evaluate, fit, iterate_batches, predict_proba
 __version__ = "0.1.0"
 
 __all__ = [
-    "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Dropout", "Flatten", "History", "Layer", "LeakyReLU", "Linear",
+    "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Dropout", "Flatten", "History", "Layer", "LeakyReLU", "Linear",
     "MaxPool2d", "Parameter", "ReLU", "Sequential", "Sigmoid", "Tanh",
     "cuda_available", "data", "evaluate", "fit", "get_num_threads", "gradcheck", "iterate_batches", "load",
     "manual_seed", "optim", "predict_proba", "save", "set_num_threads", "softmax", "softmax_cross_entropy",

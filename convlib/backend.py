@@ -2,17 +2,17 @@
 
 Layers call ``kernels_for(x).conv2d_forward(...)`` and never branch on the device: an array on
 an NVIDIA GPU (a numba.cuda device array) gets the CUDA kernels (``kernels/cuda.py``), a NumPy
-array the CPU ones. On the CPU the kernel set is Numba (``"cpu"``) unless
+array the CPU ones, each bound to the kernel contract (``kernels/__init__.py``). On the CPU the kernel set is Numba (``"cpu"``) unless
 ``use_kernels("reference")`` picks the plain NumPy one (benchmarks and debugging do that).
 """
 import os
 
 import numpy as np
 
-from .kernels import cpu, reference
+from .kernels import KernelSet, cpu, reference
 
-_KERNELS = {"cpu": cpu, "reference": reference}
-_active = _KERNELS[os.environ.get("CONVLIB_KERNELS", "cpu")]
+_KERNELS = {"cpu": KernelSet("cpu", cpu, fallback=reference), "reference": KernelSet("reference", reference)}
+_cuda = None
 
 
 def use_kernels(name):
@@ -21,6 +21,9 @@ def use_kernels(name):
     if name not in _KERNELS:
         raise ValueError(f"unknown kernel set {name!r}; expected one of {sorted(_KERNELS)}")
     _active = _KERNELS[name]
+
+
+use_kernels(os.environ.get("CONVLIB_KERNELS", "cpu"))
 
 
 def is_cuda_array(x):
@@ -39,10 +42,13 @@ def device_of(x):
 
 
 def kernels_for(x):
-    """The kernel module that runs on the device where array ``x`` lives."""
+    """The ``KernelSet`` that runs on the device where array ``x`` lives."""
+    global _cuda
     if is_cuda_array(x):
-        from .kernels import cuda                                   # imported on first use only
-        return cuda
+        if _cuda is None:
+            from .kernels import cuda                               # imported on first use only
+            _cuda = KernelSet("cuda", cuda)
+        return _cuda
     return _active
 
 

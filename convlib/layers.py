@@ -1,11 +1,15 @@
 """Layers: each one's forward and hand-written backward side by side.
 
 The contract every layer keeps (``Layer``): ``forward(x)`` stores what its backward needs,
-``backward(dout)`` adds into each ``Parameter.grad`` and returns dL/dx; ``__call__`` is
+``backward(dout, need_dx=True)`` adds into each ``Parameter.grad`` and returns dL/dx (a layer
+may return None when ``need_dx`` is False and it saves work by skipping it); ``__call__`` is
 ``forward``; ``parameters()``, ``named_parameters()``, ``state_dict()``, ``load_state_dict()``,
 ``train()``, ``eval()``, ``to(device_or_dtype)``. Names, argument order, defaults and array
 layouts follow ``torch.nn`` so that weights move between the two without conversion.
-The arithmetic lives in the kernel sets (``convlib/kernels``), chosen by ``backend``.
+
+The arithmetic lives in the kernels (``convlib/kernels``): each layer calls the ops of the
+kernel contract by name, ``k = kernels_for(x); k.conv2d_forward(...)``, and its docstring names
+the functions of ``kernels/reference.py`` that hold its maths.
 """
 import math
 
@@ -192,6 +196,7 @@ class Conv2d(Layer):
         input (N, C, H, W) -> output (N, F, OH, OW), OH = (H + 2*PH - KH) // SH + 1 (same for W).
     Attributes:
         weight (F, C, KH, KW) and bias (F,), initialised U(-1/sqrt(C*KH*KW), +) as in torch.
+    Maths: ``reference.conv2d_forward`` / ``conv2d_backward``.
 
     >>> conv = Conv2d(3, 16, 3, padding=1)
     >>> conv(np.zeros((2, 3, 32, 32), np.float32)).shape
@@ -270,58 +275,106 @@ class _Pool2d(Layer):
 
     def forward(self, x):
         self._check(x)
-        out, self._cache = getattr(kernels_for(x), self._kernel + "_forward")(
-            x, self.kernel_size, self.stride, self.padding)
+        out, self._cache = self._forward(kernels_for(x), x, self.kernel_size, self.stride, self.padding)
         return out
 
-    def backward(self, dout):
-        return getattr(kernels_for(dout), self._kernel + "_backward")(dout, self._saved())
+    def backward(self, dout, need_dx=True):
+        return self._backward(kernels_for(dout), dout, self._saved())
 
 
 class MaxPool2d(_Pool2d):
-    """Max over KH x KW windows; padding counts as -inf; ties send the gradient to the first maximum.
+    """Max over KH x KW windows; padding counts as -inf; ties send the gradient to the first
+    maximum; a NaN in a window is its maximum (NaN propagates).
 
     Args: kernel_size (int or pair), stride (default kernel_size), padding (default 0, at most
     kernel_size/2). Shape: (N, C, H, W) -> (N, C, OH, OW), OH = (H + 2*PH - KH) // SH + 1.
+    Maths: ``reference.maxpool2d_forward`` / ``maxpool2d_backward``.
 
     >>> MaxPool2d(2)(np.zeros((1, 3, 8, 6), np.float32)).shape
     (1, 3, 4, 3)
     """
-    _kernel = "maxpool2d"
+
+    def _forward(self, k, x, *window):
+        return k.maxpool2d_forward(x, *window)
+
+    def _backward(self, k, dout, cache):
+        return k.maxpool2d_backward(dout, cache)
 
 
 class AvgPool2d(_Pool2d):
     """Mean over KH x KW windows; zero padding counts in the divisor (torch's count_include_pad).
 
-    Args and Shape as MaxPool2d.
+    Args and Shape as MaxPool2d. Maths: ``reference.avgpool2d_forward`` / ``avgpool2d_backward``.
     """
-    _kernel = "avgpool2d"
+
+    def _forward(self, k, x, *window):
+        return k.avgpool2d_forward(x, *window)
+
+    def _backward(self, k, dout, cache):
+        return k.avgpool2d_backward(dout, cache)
+
+
+class AdaptiveAvgPool2d(Layer):
+    """Global average pooling: the mean of each channel's plane, torch's ``AdaptiveAvgPool2d(1)``
+    (only output_size 1, or (1, 1), is supported).
+
+    Shape: (N, C, H, W) -> (N, C, 1, 1). Maths: ``reference.global_avgpool2d_forward`` / ``_backward``.
+
+    >>> AdaptiveAvgPool2d(1)(np.ones((2, 3, 5, 4), np.float32)).shape
+    (2, 3, 1, 1)
+    """
+
+    def __init__(self, output_size=1):
+        if output_size not in (1, (1, 1), [1, 1]):
+            raise ValueError(f"AdaptiveAvgPool2d: only output_size 1 (global average pooling) is "
+                             f"supported, got {output_size!r}")
+        self.output_size = 1
+
+    def config(self):
+        return dict(output_size=self.output_size)
+
+    def output_shape(self, shape):
+        if len(shape) != 4:
+            raise ValueError(f"{self!r}: expected input of shape (N, C, H, W), got {tuple(shape)}")
+        return tuple(shape[:2]) + (1, 1)
+
+    def forward(self, x):
+        self._check(x)
+        out, self._cache = kernels_for(x).global_avgpool2d_forward(x)
+        return out
+
+    def backward(self, dout, need_dx=True):
+        return kernels_for(dout).global_avgpool2d_backward(dout, self._saved())
 
 
 # ---------------------------------------------------------------- pointwise
 class _Pointwise(Layer):
-    """An elementwise activation: any shape in, the same shape out."""
+    """An elementwise activation: any shape in, the same shape out. Subclasses name their two
+    ops in ``_forward(k, x)`` and ``_backward(k, dout, cache)``."""
 
     def forward(self, x):
         self._check(x)
-        out, self._cache = getattr(kernels_for(x), self._kernel + "_forward")(x, *self._args())
+        out, self._cache = self._forward(kernels_for(x), x)
         return out
 
-    def backward(self, dout):
-        return getattr(kernels_for(dout), self._kernel + "_backward")(dout, self._saved())
-
-    def _args(self):
-        return ()
+    def backward(self, dout, need_dx=True):
+        return self._backward(kernels_for(dout), dout, self._saved())
 
 
 class ReLU(_Pointwise):
-    """max(x, 0). The gradient at exactly 0 is 0 (as in torch)."""
-    _kernel = "relu"
+    """max(x, 0). The gradient at exactly 0 is 0 (as in torch).
+    Maths: ``reference.relu_forward`` / ``relu_backward``."""
+
+    def _forward(self, k, x):
+        return k.relu_forward(x)
+
+    def _backward(self, k, dout, cache):
+        return k.relu_backward(dout, cache)
 
 
 class LeakyReLU(_Pointwise):
-    """x for x > 0, negative_slope * x otherwise."""
-    _kernel = "leaky_relu"
+    """x for x > 0, negative_slope * x otherwise.
+    Maths: ``reference.leaky_relu_forward`` / ``leaky_relu_backward``."""
 
     def __init__(self, negative_slope=0.01):
         if not (isinstance(negative_slope, (int, float)) and math.isfinite(negative_slope)):
@@ -331,24 +384,38 @@ class LeakyReLU(_Pointwise):
     def config(self):
         return dict(negative_slope=self.negative_slope)
 
-    def _args(self):
-        return (self.negative_slope,)
+    def _forward(self, k, x):
+        return k.leaky_relu_forward(x, self.negative_slope)
+
+    def _backward(self, k, dout, cache):
+        return k.leaky_relu_backward(dout, cache)
 
 
 class Sigmoid(_Pointwise):
-    """1 / (1 + exp(-x)), computed without overflow for large |x|."""
-    _kernel = "sigmoid"
+    """1 / (1 + exp(-x)), computed without overflow for large |x|.
+    Maths: ``reference.sigmoid_forward`` / ``sigmoid_backward``."""
+
+    def _forward(self, k, x):
+        return k.sigmoid_forward(x)
+
+    def _backward(self, k, dout, cache):
+        return k.sigmoid_backward(dout, cache)
 
 
 class Tanh(_Pointwise):
-    """tanh(x)."""
-    _kernel = "tanh"
+    """tanh(x). Maths: ``reference.tanh_forward`` / ``tanh_backward``."""
+
+    def _forward(self, k, x):
+        return k.tanh_forward(x)
+
+    def _backward(self, k, dout, cache):
+        return k.tanh_backward(dout, cache)
 
 
 class Dropout(_Pointwise):
     """Inverted dropout: in training, zero each element with probability p and scale the rest by
-    1/(1-p); in eval mode, the identity. Masks come from ``convlib.manual_seed``'s generator."""
-    _kernel = "dropout"
+    1/(1-p); in eval mode (or p = 0), the identity. Masks come from ``convlib.manual_seed``'s
+    generator. Maths: ``reference.dropout_forward`` / ``dropout_backward``."""
 
     def __init__(self, p=0.5):
         if not (isinstance(p, (int, float)) and 0 <= p < 1):
@@ -358,19 +425,15 @@ class Dropout(_Pointwise):
     def config(self):
         return dict(p=self.p)
 
-    def forward(self, x):
-        if self.training and self.p > 0:
-            return super().forward(x)
-        self._check(x)
-        self._cache = "identity"
-        return x
+    def _forward(self, k, x):
+        if not (self.training and self.p > 0):
+            return x, (None,)                                       # no mask: the identity
+        out, mask = k.dropout_forward(x, self.p, get_rng())
+        return out, (mask,)
 
-    def backward(self, dout):
-        mask = self._saved()
-        return dout if isinstance(mask, str) else kernels_for(dout).dropout_backward(dout, mask)
-
-    def _args(self):
-        return (self.p, get_rng())
+    def _backward(self, k, dout, cache):
+        (mask,) = cache
+        return dout if mask is None else k.dropout_backward(dout, mask)
 
 
 # ---------------------------------------------------------------- reshaping and dense
@@ -387,7 +450,7 @@ class Flatten(Layer):
         self._cache = x.shape
         return x.reshape(self.output_shape(x.shape))
 
-    def backward(self, dout):
+    def backward(self, dout, need_dx=True):
         return dout.reshape(self._saved())
 
 
@@ -397,6 +460,7 @@ class Linear(Layer):
     Args: in_features, out_features (int), bias (bool, default True).
     Shape: (N, in_features) -> (N, out_features).
     Attributes: weight (out_features, in_features), bias (out_features,), U(-1/sqrt(in), +).
+    Maths: ``reference.linear_forward`` / ``linear_backward``.
 
     >>> Linear(4, 2)(np.zeros((3, 4), np.float32)).shape
     (3, 2)
@@ -476,7 +540,7 @@ class _BatchNorm(Layer):
             self.num_batches_tracked += 1
         return out
 
-    def backward(self, dout):
+    def backward(self, dout, need_dx=True):
         dx, dgamma, dbeta = kernels_for(dout).batchnorm_backward(dout, self._saved())
         self._add_grads(dgamma, dbeta)
         return dx
@@ -489,6 +553,7 @@ class BatchNorm2d(_BatchNorm):
     Shape: (N, C, H, W) -> same. Attributes: weight (C,) = 1, bias (C,) = 0; buffers
     running_mean (C,) = 0, running_var (C,) = 1, num_batches_tracked (). Training mode uses the
     batch statistics and updates the running ones; eval mode uses the running ones.
+    Maths: ``reference.batchnorm_forward`` / ``batchnorm_backward``.
     """
     _ndim = 4
 

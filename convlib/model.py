@@ -1,7 +1,7 @@
 """Sequential: a chain of layers with forward, backward, shape checks and a summary."""
 import numpy as np
 
-from .layers import Conv2d, Layer, Linear
+from .layers import Layer
 
 
 class Sequential(Layer):
@@ -11,6 +11,7 @@ class Sequential(Layer):
     A bad input raises ``ValueError`` naming the layer (index and settings), the expected
     and the received shape.
 
+    >>> from convlib import Linear, ReLU
     >>> net = Sequential(Linear(4, 8), ReLU(), Linear(8, 2))
     >>> net(np.zeros((5, 4), np.float32)).shape
     (5, 2)
@@ -42,8 +43,8 @@ class Sequential(Layer):
         for i in order:
             layer = self.layers[i]
             try:
-                if i == 0 and not input_grad and isinstance(layer, (Conv2d, Linear)):
-                    arg = layer.backward(arg, need_dx=False)
+                if method == "backward":                            # the first layer's dx only if asked
+                    arg = layer.backward(arg, need_dx=input_grad or i > 0)
                 else:
                     arg = getattr(layer, method)(arg)
             except ValueError as e:
@@ -54,13 +55,14 @@ class Sequential(Layer):
         """x (N, ...) -> output of the last layer."""
         return self._each("forward", x)
 
-    def backward(self, dout, input_grad=True):
+    def backward(self, dout, input_grad=True, need_dx=None):
         """dL/d(output) -> dL/dx; adds into every Parameter.grad on the way.
 
-        ``input_grad=False`` skips the input gradient where the first layer can (``fit`` does
-        this: nobody needs d loss / d image during training) and returns None then.
+        ``input_grad=False`` (or ``need_dx=False``, the layer contract's name) skips the input
+        gradient where the first layer can (``fit`` does this: nobody needs d loss / d image
+        during training) and may return None then.
         """
-        return self._each("backward", dout, input_grad)
+        return self._each("backward", dout, input_grad if need_dx is None else need_dx)
 
     def output_shape(self, shape):
         return self._each("output_shape", tuple(shape))

@@ -18,6 +18,7 @@ How convlib uses the cores (measured in benchmarks/README.md):
 import contextlib
 import ctypes
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -26,7 +27,8 @@ import numpy as np
 __all__ = ["get_num_threads", "set_num_threads", "parallel_for", "workspace"]
 
 _lock = threading.Lock()
-_state = {"threads": None, "pool": None, "malloc": False, "blas": None, "blas_users": 0, "blas_saved": []}
+_state = {"threads": None, "pool": None, "malloc": False, "blas": None, "blas_modules": 0, "blas_users": 0,
+          "blas_saved": []}
 
 
 def _default_threads():
@@ -81,10 +83,13 @@ def _keep_freed_memory():
 
 
 def _blas_libraries():
-    """threadpoolctl's controllers of the BLAS libraries loaded now (found once, ~1 ms)."""
-    if _state["blas"] is None:
+    """threadpoolctl's controllers of the BLAS libraries loaded now. Finding them takes about a
+    millisecond, so they are looked for again only when Python has imported modules since the
+    last look (a new BLAS, SciPy's say, comes with an import)."""
+    if _state["blas"] is None or _state["blas_modules"] != len(sys.modules):
         from threadpoolctl import ThreadpoolController
         _state["blas"] = ThreadpoolController().select(user_api="blas").lib_controllers
+        _state["blas_modules"] = len(sys.modules)
     return _state["blas"]
 
 

@@ -19,20 +19,15 @@ import numpy as np
 from numba import njit
 
 from ..threads import parallel_for, workspace
-from .reference import (  # NumPy already runs these at memory speed: no Numba twin needed
-    accumulate, adam_step, all_finite, dropout_backward, dropout_forward, leaky_relu_backward,
-    leaky_relu_forward, log_softmax, out_size, sgd_step,
-    sigmoid_backward, sigmoid_forward, softmax, softmax_cross_entropy, tanh_backward,
-    tanh_forward, zero_, zeros_like)
+from .reference import out_size
 
+# The ops of the kernel contract (kernels/__init__.py) this backend speeds up; the others
+# (dropout, sigmoid, tanh, leaky ReLU, the loss, optimizer updates) are the reference's, whose
+# NumPy code already runs at memory speed.
 __all__ = [
     "conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
     "avgpool2d_forward", "avgpool2d_backward", "linear_forward", "linear_backward",
-    "relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward",
-    "sigmoid_forward", "sigmoid_backward", "tanh_forward", "tanh_backward",
-    "dropout_forward", "dropout_backward", "batchnorm_forward", "batchnorm_backward", "log_softmax",
-    "softmax", "softmax_cross_entropy", "all_finite", "out_size", "zeros_like", "zero_", "accumulate",
-    "sgd_step", "adam_step"]
+    "relu_forward", "relu_backward", "batchnorm_forward", "batchnorm_backward"]
 
 JIT = dict(cache=True, nogil=True)
 

@@ -1,5 +1,5 @@
-"""CUDA kernels (numba.cuda): the same names, signatures and results as ``reference.py``, on
-device arrays. Nothing here copies an activation to the host: a training step stays on the GPU
+"""CUDA kernels (numba.cuda): the ops of the kernel contract (``kernels/__init__.py``) with the
+same signatures and results as ``reference.py``, on device arrays. Nothing here copies an activation to the host: a training step stays on the GPU
 and only the loss (one float per row) comes back.
 
 Convolution is im2col + a matrix product, as on the CPU, with the product our own kernel:
@@ -33,8 +33,8 @@ __all__ = [
     "relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward",
     "sigmoid_forward", "sigmoid_backward", "tanh_forward", "tanh_backward",
     "dropout_forward", "dropout_backward", "batchnorm_forward", "batchnorm_backward", "log_softmax",
-    "softmax", "softmax_cross_entropy", "all_finite", "out_size", "zeros_like", "zero_", "accumulate",
-    "sgd_step", "adam_step", "matmul"]
+    "softmax", "softmax_cross_entropy", "all_finite", "zeros_like", "zero_", "accumulate",
+    "sgd_step", "adam_step"]
 
 SIM = bool(config.ENABLE_CUDASIM)
 TPB = 8 if SIM else 256                       # threads per block of 1-D kernels

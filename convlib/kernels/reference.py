@@ -1,7 +1,8 @@
 """Plain NumPy kernels: the readable specification and the test oracle.
 
-Every function here has a twin of the same name and signature in ``cpu.py`` (Numba).
-Forward functions return ``(out, cache)``; backward functions take ``(dout, cache)``.
+This module implements every op of the kernel contract (``kernels/__init__.py``); ``cpu.py``
+(Numba) and ``cuda.py`` (numba.cuda) implement the same names and signatures where they are
+faster. Forward functions return ``(out, cache)``; backward functions take ``(dout, cache)``.
 Shapes use N (batch), C (in channels), H, W (input height, width), F (filters),
 KH, KW (kernel), OH, OW (output):
 
@@ -116,6 +117,17 @@ def avgpool2d_backward(dout, cache):
         for j in range(KW):
             dxp[:, :, i:i + sh * OH:sh, j:j + sw * OW:sw] += g
     return np.ascontiguousarray(dxp[:, :, ph:ph + H, pw:pw + W])
+
+
+def global_avgpool2d_forward(x):
+    """x (N, C, H, W) -> out (N, C, 1, 1): the mean of each channel's plane."""
+    return x.mean(axis=(2, 3), keepdims=True).astype(x.dtype, copy=False), x.shape
+
+
+def global_avgpool2d_backward(dout, xshape):
+    """dout (N, C, 1, 1) -> dx (N, C, H, W): each input shares its plane's gradient equally."""
+    H, W = xshape[2:]
+    return np.broadcast_to(dout / (H * W), xshape).astype(dout.dtype)
 
 
 # ---------------------------------------------------------------- dense and pointwise
