@@ -227,14 +227,19 @@ def _maxpool2x2_fwd(lo, hi, x, out, arg):
 
 @njit(**JIT)
 def _maxpool2x2_bwd(lo, hi, dout, arg, dx):
+    """Windows do not overlap: each writes its four inputs, dout at its max and zero elsewhere
+    (a last odd row or column of dx, outside every window, is zeroed first)."""
     C, OH, OW = dout.shape[1:]
+    zero = dx.dtype.type(0)
     for n in range(lo, hi):
-        dx[n] = 0
+        if dx.shape[2] % 2 or dx.shape[3] % 2:
+            dx[n] = 0
         for c in range(C):
             for oh in range(OH):
                 for ow in range(OW):
-                    k = arg[n, c, oh, ow]
-                    dx[n, c, 2 * oh + k // 2, 2 * ow + k % 2] = dout[n, c, oh, ow]
+                    g, k = dout[n, c, oh, ow], arg[n, c, oh, ow]
+                    for q in range(4):
+                        dx[n, c, 2 * oh + q // 2, 2 * ow + q % 2] = g if q == k else zero
 
 
 def _is_2x2(kernel, stride, padding):

@@ -57,6 +57,19 @@ def _flat(a):
 
 
 # ---------------------------------------------------------------- array helpers
+@cuda.jit(device=True)
+def _window_of(h, p, i, s, O):
+    """The output index o whose window holds input h at offset i (h = o*s - p + i), or -1."""
+    t = h + p - i
+    return t // s if t >= 0 and t % s == 0 and t // s < O else -1
+
+
+@cuda.jit(device=True)
+def _unravel(idx, C, H, W):
+    """Flat index of an (N, C, H, W) array -> (n, c, h, w)."""
+    return idx // (C * H * W), (idx // (H * W)) % C, (idx // W) % H, idx % W
+
+
 @cuda.jit
 def _fill(a, value):
     for i in range(cuda.grid(1), a.size, cuda.gridsize(1)):
@@ -265,15 +278,15 @@ def _col2im(dcols, KH, KW, sh, sw, ph, pw, OH, OW, dx):
     """dcols (C*KH*KW, N*OH*OW) -> dx (N, C, H, W): each input element sums its windows."""
     N, C, H, W = dx.shape
     for idx in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
-        w, h, c, n = idx % W, (idx // W) % H, (idx // (H * W)) % C, idx // (C * H * W)
+        n, c, h, w = _unravel(idx, C, H, W)
         s = 0.0
         for i in range(KH):
-            t = h + ph - i                              # = oh * sh for the window that reads h
-            if t >= 0 and t % sh == 0 and t // sh < OH:
+            oh = _window_of(h, ph, i, sh, OH)
+            if oh >= 0:
                 for j in range(KW):
-                    u = w + pw - j
-                    if u >= 0 and u % sw == 0 and u // sw < OW:
-                        s += dcols[(c * KH + i) * KW + j, (n * OH + t // sh) * OW + u // sw]
+                    ow = _window_of(w, pw, j, sw, OW)
+                    if ow >= 0:
+                        s += dcols[(c * KH + i) * KW + j, (n * OH + oh) * OW + ow]
         dx[n, c, h, w] = s
 
 
@@ -336,50 +349,66 @@ def conv2d_backward(dout, cache, need_dx=True):
 
 # ---------------------------------------------------------------- pooling
 @cuda.jit
-def _pool_fwd(x, KH, KW, sh, sw, ph, pw, out, arg):
-    """One thread per output window. Max pooling (arg given): out = the first maximum (padding
-    is -inf), arg = its index i*KW + j; average pooling (arg empty): out = the window's sum over
-    KH*KW, zero padding included in the divisor."""
+def _maxpool_fwd(x, KH, KW, sh, sw, ph, pw, out, arg):
+    """One thread per output window: out = its first maximum (padding is -inf; a NaN is the
+    maximum), arg = that element's index i*KW + j in the window."""
     N, C, H, W = x.shape
-    OH, OW = out.shape[2], out.shape[3]
     for idx in range(cuda.grid(1), out.size, cuda.gridsize(1)):
-        ow, oh, c, n = idx % OW, (idx // OW) % OH, (idx // (OW * OH)) % C, idx // (C * OH * OW)
-        best, k, s = -math.inf, -1, 0.0
-        for i in range(KH):
-            h = oh * sh - ph + i
-            for j in range(KW):
-                w = ow * sw - pw + j
-                if 0 <= h < H and 0 <= w < W:
-                    v = x[n, c, h, w]
-                    s += v
-                    if k < 0 or v > best or (v != v and best == best):  # first max; NaN wins
-                        best, k = v, i * KW + j
-        if arg.size == 0:
-            out[n, c, oh, ow] = s / (KH * KW)
-        else:
-            out[n, c, oh, ow], arg[n, c, oh, ow] = best, k
+        n, c, oh, ow = _unravel(idx, C, out.shape[2], out.shape[3])
+        best, k = -math.inf, -1
+        for i in range(max(0, ph - oh * sh), min(KH, H + ph - oh * sh)):
+            for j in range(max(0, pw - ow * sw), min(KW, W + pw - ow * sw)):
+                v = x[n, c, oh * sh - ph + i, ow * sw - pw + j]
+                if k < 0 or v > best or (v != v and best == best):  # first max; NaN wins
+                    best, k = v, i * KW + j
+        out[n, c, oh, ow], arg[n, c, oh, ow] = best, k
 
 
 @cuda.jit
-def _pool_bwd(dout, arg, KH, KW, sh, sw, ph, pw, dx):
-    """Each input element gathers from the windows that cover it: for max pooling (arg given)
-    the gradient of windows whose maximum it is, for average pooling (arg empty) dout / (KH*KW)."""
+def _avgpool_fwd(x, KH, KW, sh, sw, ph, pw, out):
+    """One thread per output window: out = the window's sum / (KH*KW), zero padding included."""
+    N, C, H, W = x.shape
+    for idx in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        n, c, oh, ow = _unravel(idx, C, out.shape[2], out.shape[3])
+        s = 0.0
+        for i in range(max(0, ph - oh * sh), min(KH, H + ph - oh * sh)):
+            for j in range(max(0, pw - ow * sw), min(KW, W + pw - ow * sw)):
+                s += x[n, c, oh * sh - ph + i, ow * sw - pw + j]
+        out[n, c, oh, ow] = s / (KH * KW)
+
+
+@cuda.jit
+def _maxpool_bwd(dout, arg, KH, KW, sh, sw, ph, pw, dx):
+    """Each input element gathers the gradient of the windows whose maximum it is."""
     N, C, H, W = dx.shape
-    OH, OW = dout.shape[2], dout.shape[3]
     for idx in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
-        w, h, c, n = idx % W, (idx // W) % H, (idx // (H * W)) % C, idx // (C * H * W)
+        n, c, h, w = _unravel(idx, C, H, W)
         s = 0.0
         for i in range(KH):
-            t = h + ph - i
-            if t >= 0 and t % sh == 0 and t // sh < OH:
+            oh = _window_of(h, ph, i, sh, dout.shape[2])
+            if oh >= 0:
                 for j in range(KW):
-                    u = w + pw - j
-                    if u >= 0 and u % sw == 0 and u // sw < OW:
-                        if arg.size == 0:
-                            s += dout[n, c, t // sh, u // sw] / (KH * KW)
-                        elif arg[n, c, t // sh, u // sw] == i * KW + j:
-                            s += dout[n, c, t // sh, u // sw]
+                    ow = _window_of(w, pw, j, sw, dout.shape[3])
+                    if ow >= 0 and arg[n, c, oh, ow] == i * KW + j:
+                        s += dout[n, c, oh, ow]
         dx[n, c, h, w] = s
+
+
+@cuda.jit
+def _avgpool_bwd(dout, KH, KW, sh, sw, ph, pw, dx):
+    """Each input element gathers dout / (KH*KW) from every window that covers it."""
+    N, C, H, W = dx.shape
+    for idx in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
+        n, c, h, w = _unravel(idx, C, H, W)
+        s = 0.0
+        for i in range(KH):
+            oh = _window_of(h, ph, i, sh, dout.shape[2])
+            if oh >= 0:
+                for j in range(KW):
+                    ow = _window_of(w, pw, j, sw, dout.shape[3])
+                    if ow >= 0:
+                        s += dout[n, c, oh, ow]
+        dx[n, c, h, w] = s / (KH * KW)
 
 
 def _pool_out(x, kernel, stride, padding):
@@ -392,33 +421,28 @@ def maxpool2d_forward(x, kernel, stride, padding):
     """x (N, C, H, W) -> out (N, C, OH, OW), cache (x's shape, argmax index in each window)."""
     out = _pool_out(x, kernel, stride, padding)
     arg = _empty(out.shape, np.int32)
-    _pool_fwd[_launch(out.size)](x, *kernel, *stride, *padding, out, arg)
+    _maxpool_fwd[_launch(out.size)](x, *kernel, *stride, *padding, out, arg)
     return out, (x.shape, arg, kernel, stride, padding)
 
 
 def maxpool2d_backward(dout, cache):
     shape, arg, kernel, stride, padding = cache
     dx = _empty(shape, dout.dtype)
-    _pool_bwd[_launch(dx.size)](dout, arg, *kernel, *stride, *padding, dx)
+    _maxpool_bwd[_launch(dx.size)](dout, arg, *kernel, *stride, *padding, dx)
     return dx
 
 
 def avgpool2d_forward(x, kernel, stride, padding):
     out = _pool_out(x, kernel, stride, padding)
-    _pool_fwd[_launch(out.size)](x, *kernel, *stride, *padding, out, _no_arg())
+    _avgpool_fwd[_launch(out.size)](x, *kernel, *stride, *padding, out)
     return out, (x.shape, kernel, stride, padding)
 
 
 def avgpool2d_backward(dout, cache):
     shape, kernel, stride, padding = cache
     dx = _empty(shape, dout.dtype)
-    _pool_bwd[_launch(dx.size)](dout, _no_arg(), *kernel, *stride, *padding, dx)
+    _avgpool_bwd[_launch(dx.size)](dout, *kernel, *stride, *padding, dx)
     return dx
-
-
-def _no_arg():
-    """The empty argmax array that tells the pooling kernels to average."""
-    return _constant("no arg", np.zeros((0, 0, 0, 0), np.int32))
 
 
 # ---------------------------------------------------------------- dense
