@@ -20,7 +20,7 @@ import ctypes
 import os
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
@@ -135,7 +135,10 @@ def parallel_for(fn, n, *args, work=None):
     pool = _pool()
     with _single_threaded_blas():
         jobs = [pool.submit(fn, lo, hi, *args) for lo, hi in shares[1:]]
-        first = fn(*shares[0], *args)
+        try:
+            first = fn(*shares[0], *args)
+        finally:
+            wait(jobs)                                              # no share outlives the BLAS setting
         return [first] + [job.result() for job in jobs]
 
 
