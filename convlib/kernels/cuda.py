@@ -396,18 +396,16 @@ def _maxpool_bwd(dout, arg, KH, KW, sh, sw, ph, pw, dx):
 
 @cuda.jit
 def _avgpool_bwd(dout, KH, KW, sh, sw, ph, pw, dx):
-    """Each input element gathers dout / (KH*KW) from every window that covers it."""
+    """Each input element gathers dout / (KH*KW) from every window that covers it: the windows
+    o with o*s - p <= h <= o*s - p + K - 1, i.e. ceil((h + p - K + 1) / s) <= o <= (h + p) // s."""
     N, C, H, W = dx.shape
+    OH, OW = dout.shape[2], dout.shape[3]
     for idx in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
         n, c, h, w = _unravel(idx, C, H, W)
         s = 0.0
-        for i in range(KH):
-            oh = _window_of(h, ph, i, sh, dout.shape[2])
-            if oh >= 0:
-                for j in range(KW):
-                    ow = _window_of(w, pw, j, sw, dout.shape[3])
-                    if ow >= 0:
-                        s += dout[n, c, oh, ow]
+        for oh in range(max(0, -((KH - 1 - h - ph) // sh)), min(OH, (h + ph) // sh + 1)):
+            for ow in range(max(0, -((KW - 1 - w - pw) // sw)), min(OW, (w + pw) // sw + 1)):
+                s += dout[n, c, oh, ow]
         dx[n, c, h, w] = s / (KH * KW)
 
 
