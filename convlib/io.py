@@ -8,6 +8,7 @@ file from a stranger cannot run code):
 
 Writes are atomic: a temporary file in the same folder, fsync'd, then renamed over the target.
 """
+import contextlib
 import json
 import os
 import tempfile
@@ -61,19 +62,30 @@ def save(net, path, metadata=None):
     if _HEADER in arrays:
         raise ValueError(f"save: the key {_HEADER!r} is reserved")
     arrays[_HEADER] = np.frombuffer(header.encode(), dtype=np.uint8)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    with atomic_file(path, ".npz") as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    return path
+
+
+@contextlib.contextmanager
+def atomic_file(path, suffix=""):
+    """Yield a temporary file name beside ``path``; when the block ends without an error, the
+    file takes the permissions a new file gets under the umask (0644 under the usual 022) and
+    is renamed to ``path`` in one step, so a reader never sees half a file. On an error it is
+    removed and ``path`` is left as it was."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=os.path.dirname(os.path.abspath(path)))
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)                               # mkstemp makes 0600
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-        raise
-    return path
 
 
 def load(path, with_metadata=False):
@@ -96,6 +108,8 @@ def load(path, with_metadata=False):
     except ValueError as e:
         if str(e).startswith(path):
             raise
+        if "pickle" in str(e):                                      # numpy would offer to unpickle: never
+            raise ValueError(f"{path}: not a convlib model file (not an .npz archive of plain arrays)") from None
         raise ValueError(f"{path}: not a readable convlib model file ({e})") from None
     except (zipfile.BadZipFile, EOFError, OSError, KeyError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: corrupt or truncated model file ({type(e).__name__}: {e})") from None

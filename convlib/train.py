@@ -58,7 +58,8 @@ def fit(net, train, val=None, *, epochs=10, batch_size=32, optimizer=None, sched
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"fit: batch_size must be an int >= 1, got {batch_size!r}")
     rng = np.random.default_rng(seed)
-    if isinstance(train, tuple):
+    if isinstance(train, tuple) or (isinstance(train, list) and len(train) == 2
+                                    and all(isinstance(a, np.ndarray) for a in train)):   # [x, y] too
         x, y = _check_arrays(*train, "fit(train)")
         n_batches = math.ceil(len(x) / batch_size)
         batches = lambda: iterate_batches(x, y, batch_size, shuffle=True, rng=rng)

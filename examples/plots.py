@@ -1,10 +1,10 @@
 """Pictures for the examples, drawn with Pillow alone: image grids, line charts, bar charts,
 a t-SNE mosaic, filters, heat maps and confusion matrices. Every writer saves atomically."""
-import os
-import tempfile
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from convlib.io import atomic_file
 
 
 def font(size=14):
@@ -16,15 +16,8 @@ def font(size=14):
 
 def save_png(img, path):
     """Write ``img`` to ``path`` atomically (temporary file, then rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
-    os.close(fd)
-    try:
+    with atomic_file(path, ".png") as tmp:
         img.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

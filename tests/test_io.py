@@ -102,3 +102,24 @@ def test_corrupt_files_give_clear_errors(tmp_path, rng, how, match):
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError):
         cl.load(tmp_path / "nope.npz")
+
+
+def test_saved_files_honour_the_umask(tmp_path, rng):
+    old = os.umask(0o022)
+    try:
+        path = cl.save(net_and_input(rng)[0], tmp_path / "m.npz")
+        assert os.stat(path).st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        assert os.stat(cl.save(net_and_input(rng)[0], tmp_path / "private.npz")).st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
+
+
+@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n" + bytes(100), b"just some text\n"])
+def test_loading_a_non_model_never_suggests_unpickling(tmp_path, content):
+    path = tmp_path / "not_a_model.npz"
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as e:
+        cl.load(path)
+    assert "not a convlib model file" in str(e.value) and "pickle" not in str(e.value)

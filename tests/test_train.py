@@ -94,3 +94,14 @@ def test_progress_bar_shows_rate_eta_and_values():
     lines = out.getvalue().splitlines()
     assert lines[-1].startswith("epoch 1 [####################] 10/10")
     assert "batch/s" in lines[-1] and "eta 00:00" in lines[-1] and "loss=0.5" in lines[-1]
+
+
+def test_fit_takes_a_list_x_y_as_well_as_a_tuple():
+    x = np.random.default_rng(0).random((12, 4)).astype(np.float32)
+    y = np.arange(12) % 2
+    runs = []
+    for train in ((x, y), [x, y]):
+        cl.manual_seed(0)
+        net = cl.Sequential(cl.Linear(4, 2))
+        runs.append(cl.fit(net, train, epochs=2, batch_size=4, progress=False)["loss"])
+    assert runs[0] == runs[1] and len(runs[0]) == 2
