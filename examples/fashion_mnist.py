@@ -30,10 +30,10 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import convlib as cl                                                 # noqa: E402
-import plots                                                         # noqa: E402
-from convlib.data import Compose, RandomCrop, RandomFlip, read_idx  # noqa: E402
+import convlib as cl
+from convlib.data import Compose, RandomCrop, RandomFlip, read_idx
+
+from lib import plots
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
            "Ankle boot"]

@@ -3,16 +3,13 @@ candidate scored by the net in batches. Writes the original and the best crop si
 
     python examples/selfie_crop.py IMAGE [--model runs/selfie/model.npz] [--out runs/selfie/crop_NAME.png]
 """
-import os
 import sys
 
 import numpy as np
+from PIL import ImageDraw
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from PIL import ImageDraw                                           # noqa: E402
-
-import plots                                                        # noqa: E402
-from selfie_model import best_crop, image_command, p_good, prepare  # noqa: E402
+from lib import plots
+from lib.selfie_model import best_crop, image_command, p_good, prepare
 
 
 def main(argv=None):

@@ -3,15 +3,13 @@ through net.backward), drawn as a heat map over the selfie.
 
     python examples/selfie_explain.py IMAGE [--model runs/selfie/model.npz] [--out PNG]
 """
-import os
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import plots                                                        # noqa: E402
-from convlib.data import image_to_array                             # noqa: E402
-from selfie_model import image_command, prepare, saliency           # noqa: E402
+from convlib.data import image_to_array
+
+from lib import plots
+from lib.selfie_model import image_command, prepare, saliency
 
 
 def main(argv=None):

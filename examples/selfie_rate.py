@@ -5,13 +5,9 @@
 Images that do not decode are reported and skipped; the exit status is 1 if any failed.
 """
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from PIL import Image, UnidentifiedImageError                       # noqa: E402
-
-from selfie_model import load_model, p_good, prepare                # noqa: E402
+from lib.selfie_model import load_model, open_image, p_good, prepare
 
 
 def verdict(p):
@@ -22,16 +18,6 @@ def verdict(p):
     if p >= 0.25:
         return "meh: try more light, a tighter crop, or a filter"
     return "bad selfie: the net would not like it"
-
-
-def open_image(path):
-    """A decoded PIL image, or ValueError naming the file."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"{path}: cannot decode image ({type(e).__name__})") from None
 
 
 def main(argv=None):

@@ -14,18 +14,16 @@ rules.png. Then: selfie_rate.py, selfie_crop.py and selfie_explain.py use model.
 """
 import argparse
 import os
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import convlib as cl                                                 # noqa: E402
-import selfie_data as sd                                             # noqa: E402
-import plots                                         # noqa: E402
-from convlib.data import RandomFlip, channel_stats, load_images, normalise  # noqa: E402
-from selfie_model import build_net, p_good                           # noqa: E402
-from tsne import tsne                                                # noqa: E402
+import convlib as cl
+from convlib.data import RandomFlip, channel_stats, load_images, normalise
+
+from lib import selfie_data as sd
+from lib import selfie_report as report
+from lib.selfie_model import build_net
 
 
 def parse_args(argv=None):
@@ -75,145 +73,71 @@ def load_source(args):
                           progress=not args.no_progress, **labeller), "synthetic")
 
 
-def split(labels, seed, fractions=(0.7, 0.15)):
-    """Stratified train/val/test index arrays: each split keeps the class balance."""
-    rng = np.random.default_rng(seed)
-    parts = ([], [], [])
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        a = int(round(fractions[0] * len(idx)))
-        b = a + int(round(fractions[1] * len(idx)))
-        for part, chunk in zip(parts, (idx[:a], idx[a:b], idx[b:])):
-            part.extend(chunk.tolist())
-    return [np.array(sorted(p), dtype=np.int64) for p in parts]
-
-
-# ---------------------------------------------------------------- the rules table
-def synthetic_rules(attrs):
-    """[(name, mask with, mask without, the post's verdict)] over synthetic attribute rows."""
-    f = lambda k: np.array([float(a[k]) for a in attrs])
-    b = lambda k: np.array([a[k] == "True" for a in attrs])
-    face, cx, cy = f("face_frac"), f("cx"), f("cy")
-    single = f("n_faces") == 1
-    filt = np.array([a["filter"] != "none" for a in attrs])
-    wear = np.array([a["eyewear"] for a in attrs])
-    return [
-        ("white border", b("border"), ~b("border"), "do"),
-        ("b&w or faded filter", filt, ~filt, "do"),
-        ("face ~1/3 of frame (0.25-0.45)", single & (face >= 0.25) & (face < 0.45),
-         single & ((face < 0.25) | (face >= 0.45)), "do"),
-        ("head too large (> 0.6)", single & (face > 0.6), single & (face <= 0.6), "don't"),
-        ("forehead cut off", b("forehead_cut"), ~b("forehead_cut"), "do"),
-        ("long hair", b("long_hair"), ~b("long_hair"), "do"),
-        ("oversaturated", f("saturation") > 1.4, f("saturation") <= 1.4, "do"),
-        ("centred (|x-0.5| < 0.1)", np.abs(cx - 0.5) < 0.1, np.abs(cx - 0.5) >= 0.1, "do"),
-        ("face near the top (y < 0.4)", cy < 0.4, cy >= 0.4, "do"),
-        ("low light", f("brightness") < 0.5, f("brightness") >= 0.5, "don't"),
-        ("group shot", ~single, single, "don't"),
-        ("sunglasses", wear == "sunglasses", wear == "none", ""),
-        ("glasses", wear == "glasses", wear == "none", ""),
-    ]
-
-
-def selfie_dataset_rules(codes):
-    verdicts = {"dim_lighting": "don't", "harsh_lighting": "don't", "is_female": "do"}
-    return [(name, c == 1, c == -1, verdicts.get(name, "")) for name, c in codes.items()]
-
-
-def rules_table(rules, p):
-    """Rows (name, n with, P(good) with, P(good) without, post, agrees) and the text table."""
-    rows = []
-    for name, yes, no, post in rules:
-        if yes.sum() < 5 or no.sum() < 5:
-            continue
-        pw, pn = float(p[yes].mean()), float(p[no].mean())
-        agrees = "" if not post else ("yes" if (pw > pn) == (post == "do") else "NO")
-        rows.append((name, int(yes.sum()), pw, pn, post, agrees))
-    head = f"{'attribute':32s} {'n':>5s} {'P(good) with':>13s} {'without':>8s}  {'post says':9s} net agrees"
-    lines = [head, "-" * len(head)] + [f"{r[0]:32s} {r[1]:5d} {r[2]:13.3f} {r[3]:8.3f}  {r[4]:9s} {r[5]}"
-                                       for r in rows]
-    return rows, "\n".join(lines)
-
-
 # ---------------------------------------------------------------- main
-def main(argv=None):
-    args = parse_args(argv)
-    t_start = time.perf_counter()
-    os.makedirs(args.out, exist_ok=True)
-    cl.manual_seed(args.seed)
+def prepare_data(args):
+    """Load and label the chosen source, split it, normalise: a dict of what training needs."""
     paths, labels, info, source = load_source(args)
     x, kept = load_images(paths, args.size, args.fit, progress=not args.no_progress)
     labels = labels[kept]
     if len(np.unique(labels)) < 2 or len(labels) < 20:
         raise SystemExit(f"error: need at least 20 decodable images of both classes, got {len(labels)} "
                          f"({int(labels.sum())} good)")
-    tr, va, te = split(labels, args.seed)
+    tr, va, te = report.split(labels, args.seed)
     mean, std = channel_stats(x[tr])
-    xn = normalise(x, mean, std)                                     # (N, 3, S, S)
     print(f"{source} data: {len(labels)} images ({int(labels.sum())} good), "
           f"train {len(tr)} / val {len(va)} / test {len(te)}")
+    return dict(x=x, xn=normalise(x, mean, std), labels=labels, kept=kept, info=info, source=source,
+                split=(tr, va, te), mean=mean, std=std)
 
+
+def train(args, d):
+    """Build and fit the net; returns (net, history)."""
+    tr, va, _ = d["split"]
     net = build_net(args.size)
     if args.device != "cpu":
         net.to(args.device)
     net.summary((3, args.size, args.size))
     opt = cl.optim.SGD(net.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
-    sched = cl.optim.CosineLR(opt, total=args.epochs, warmup=1)
-    hist = cl.fit(net, (xn[tr], labels[tr]), val=(xn[va], labels[va]), epochs=args.epochs,
-                  batch_size=args.batch_size, optimizer=opt, schedule=sched, augment=RandomFlip(),
-                  seed=args.seed, progress=not args.no_progress,
+    hist = cl.fit(net, (d["xn"][tr], d["labels"][tr]), val=(d["xn"][va], d["labels"][va]), epochs=args.epochs,
+                  batch_size=args.batch_size, optimizer=opt, schedule=cl.optim.CosineLR(opt, total=args.epochs, warmup=1),
+                  augment=RandomFlip(), seed=args.seed, progress=not args.no_progress,
                   on_epoch_end=lambda e, h: print(f"epoch {e}: loss {h['loss'][-1]:.4f} "
                                                   f"train acc {h['acc'][-1]:.3f} val acc {h['val_acc'][-1]:.3f}"))
-    _, test_acc = cl.evaluate(net, xn[te], labels[te])
+    return net, hist
+
+
+def rules_of(d):
+    """The attribute rules of the held-out images, where the source has attributes, else None."""
+    te, kept, info = d["split"][2], d["kept"], d["info"]
+    if d["source"] == "synthetic":
+        return report.synthetic_rules([info["attrs"][i] for i in kept[te]])
+    if d["source"] == "selfie-dataset":
+        return report.selfie_dataset_rules({k: v[kept][te] for k, v in info["codes"].items()})
+    return None
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    os.makedirs(args.out, exist_ok=True)
+    cl.manual_seed(args.seed)
+    d = prepare_data(args)
+    net, hist = train(args, d)
+    te = d["split"][2]
+    _, test_acc = cl.evaluate(net, d["xn"][te], d["labels"][te])
     ceiling = None
-    if "quality" in info:                                            # the ideal judge, on the same test images
-        ceiling = float(np.mean(sd.ideal_labels(info["quality"], info["groups"])[kept][te] == labels[te]))
-    meta = dict(classes=["bad", "good"], size=args.size, fit=args.fit, mean=mean, std=std,
-                source=source, test_accuracy=test_acc, label_ceiling=ceiling, epochs=args.epochs)
+    if "quality" in d["info"]:                                       # the ideal judge, on the same test images
+        ideal = sd.ideal_labels(d["info"]["quality"], d["info"]["groups"])[d["kept"]][te]
+        ceiling = float(np.mean(ideal == d["labels"][te]))
+    meta = dict(classes=["bad", "good"], size=args.size, fit=args.fit, mean=d["mean"], std=d["std"],
+                source=d["source"], test_accuracy=test_acc, label_ceiling=ceiling, epochs=args.epochs)
     cl.save(net, os.path.join(args.out, "model.npz"), metadata=meta)
-    net.to("cpu")                                                    # the pictures below run on the host
-
-    # ---- pictures
-    p = p_good(net, xn[te])                                          # (T,) P(good) on held-out selfies
-    order = np.argsort(-p)
-    imgs = x[te]
-    curves = plots.side_by_side([
-        plots.line_chart({"train loss": hist["loss"], "val loss": hist["val_loss"]}, "loss", "epoch"),
-        plots.line_chart({"train acc": hist["acc"], "val acc": hist["val_acc"]}, "accuracy", "epoch")])
-    plots.save_png(curves, os.path.join(args.out, "curves.png"))
-    rows, cols = 6, 12
-    picks = order[np.linspace(0, len(order) - 1, min(len(order), rows * cols)).astype(int)]
-    plots.save_png(plots.grid(imgs[picks], cols, [f"{v:.2f}" for v in p[picks]], cell=64,
-                              title="held-out selfies from best (top left) to worst (bottom right), P(good)"),
-                   os.path.join(args.out, "continuum.png"))
-    k = min(48, len(order))
-    plots.save_png(plots.grid(imgs[order[:k]], 8, [f"{v:.2f}" for v in p[order[:k]]], cell=80,
-                              title=f"best {k} held-out selfies"), os.path.join(args.out, "best.png"))
-    plots.save_png(plots.grid(imgs[order[::-1][:k]], 8, [f"{v:.2f}" for v in p[order[::-1][:k]]], cell=80,
-                              title=f"worst {k} held-out selfies"), os.path.join(args.out, "worst.png"))
-    feats = net[:-1](xn[te][:1500])                                  # (T, hidden) last hidden layer
-    xy = tsne(feats, seed=args.seed)
-    plots.save_png(plots.mosaic(imgs[:1500], xy, cells=min(30, max(4, int(np.sqrt(len(xy)) * 1.2)))),
-                   os.path.join(args.out, "tsne.png"))
-    plots.save_png(plots.filters_image(net[0].weight.data), os.path.join(args.out, "filters.png"))
-
-    # ---- the rules the net learned
-    rules = None
-    if source == "synthetic":
-        rules = synthetic_rules([info["attrs"][i] for i in kept[te]])
-    elif source == "selfie-dataset":
-        rules = selfie_dataset_rules({k: v[kept][te] for k, v in info["codes"].items()})
-    if rules is not None:
-        table_rows, table = rules_table(rules, p)
-        print("\nmean P(good) on held-out selfies, by attribute (the rules the net learned):\n" + table)
-        plots.save_png(plots.bar_chart([(r[0], r[2], f"vs {r[3]:.2f} {('post: ' + r[4]) if r[4] else ''}")
-                                        for r in table_rows], "mean P(good) with each attribute"),
-                       os.path.join(args.out, "rules.png"))
-    else:
-        print("\n(no attributes in this data source: rules table skipped)")
+    net.to("cpu")                                                    # the pictures run on the host
+    p = report.write_pictures(net, hist, d["xn"][te], d["x"][te], args.out, args.seed)
+    wrote_rules = report.write_rules(rules_of(d), p, args.out)
     minutes = (time.perf_counter() - t_start) / 60
     print(f"\nwrote {args.out}/: model.npz curves.png continuum.png best.png worst.png tsne.png filters.png"
-          + (" rules.png" if rules is not None else "") + f"  ({minutes:.1f} min)")
+          + (" rules.png" if wrote_rules else "") + f"  ({minutes:.1f} min)")
     ceiling_text = f"{100 * ceiling:.1f}%" if ceiling is not None else "n/a"
     print(f"test accuracy: {100 * test_acc:.1f}% (label ceiling: {ceiling_text})")
     return dict(test_accuracy=test_acc, ceiling=ceiling, history=hist, minutes=minutes)

@@ -1,14 +1,12 @@
 """The Fashion-MNIST example end to end on tiny IDX files the test writes (no dataset needed)."""
 import os
-import sys
 
 import numpy as np
 import pytest
 
 from convlib.data import write_idx
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
-import fashion_mnist                                                 # noqa: E402
+import fashion_mnist                                     # examples/ is on pytest's path (setup.cfg)
 
 
 def _fake_dataset(folder, rng, n_train=240, n_test=60):

@@ -1,15 +1,13 @@
 """The selfie example: generator, labeller, data parsers, crop search, and an end-to-end run."""
 import csv
 import os
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
-import selfie_data as sd                                            # noqa: E402
-from selfie_model import best_crop, crop_boxes                       # noqa: E402
+from lib import selfie_data as sd                                   # examples/ is on pytest's path (setup.cfg)
+from lib.selfie_model import best_crop, crop_boxes
 
 
 def test_generator_is_deterministic_and_attributes_in_range(tmp_path):

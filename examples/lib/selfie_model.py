@@ -1,6 +1,11 @@
 """Using a trained selfie model: the network, preprocessing, P(good), saliency and crop search.
 Shared by selfie_train.py, selfie_rate.py, selfie_crop.py and selfie_explain.py."""
+import argparse
+import os
+import sys
+
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 import convlib as cl
 from convlib.data import image_to_array, normalise
@@ -83,15 +88,21 @@ def best_crop(image, score_fn, scales=np.linspace(0.4, 1.0, 7), steps=7, batch=6
 
 
 
+def open_image(path):
+    """A decoded PIL image, or ValueError naming the file."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"{path}: cannot decode image ({type(e).__name__})") from None
+
+
 def image_command(doc, argv, kind, extra_args=()):
     """The command line shared by selfie_crop.py and selfie_explain.py: IMAGE, --model, --out
     (default: ``<kind>_<image name>.png`` next to the model), plus ``extra_args``, a list of
     (flags, argparse kwargs). Returns (args, net, meta, PIL image, output path); exits with a
     message naming the file if the image does not decode."""
-    import argparse
-    import os
-    import sys
-    from selfie_rate import open_image
     ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("image")
     ap.add_argument("--model", default="runs/selfie/model.npz")

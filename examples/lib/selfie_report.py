@@ -1,0 +1,109 @@
+"""What a selfie run reports: the stratified split, the rules table (mean P(good) per attribute,
+next to the post's findings) and the pictures of held-out selfies."""
+import os
+
+import numpy as np
+
+from . import plots
+from .selfie_model import p_good
+from .tsne import tsne
+
+
+def split(labels, seed, fractions=(0.7, 0.15)):
+    """Stratified train/val/test index arrays: each split keeps the class balance."""
+    rng = np.random.default_rng(seed)
+    parts = ([], [], [])
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        a = int(round(fractions[0] * len(idx)))
+        b = a + int(round(fractions[1] * len(idx)))
+        for part, chunk in zip(parts, (idx[:a], idx[a:b], idx[b:])):
+            part.extend(chunk.tolist())
+    return [np.array(sorted(p), dtype=np.int64) for p in parts]
+
+
+# ---------------------------------------------------------------- the rules table
+def synthetic_rules(attrs):
+    """[(name, mask with, mask without, the post's verdict)] over synthetic attribute rows."""
+    f = lambda k: np.array([float(a[k]) for a in attrs])
+    b = lambda k: np.array([a[k] == "True" for a in attrs])
+    face, cx, cy = f("face_frac"), f("cx"), f("cy")
+    single = f("n_faces") == 1
+    filt = np.array([a["filter"] != "none" for a in attrs])
+    wear = np.array([a["eyewear"] for a in attrs])
+    return [
+        ("white border", b("border"), ~b("border"), "do"),
+        ("b&w or faded filter", filt, ~filt, "do"),
+        ("face ~1/3 of frame (0.25-0.45)", single & (face >= 0.25) & (face < 0.45),
+         single & ((face < 0.25) | (face >= 0.45)), "do"),
+        ("head too large (> 0.6)", single & (face > 0.6), single & (face <= 0.6), "don't"),
+        ("forehead cut off", b("forehead_cut"), ~b("forehead_cut"), "do"),
+        ("long hair", b("long_hair"), ~b("long_hair"), "do"),
+        ("oversaturated", f("saturation") > 1.4, f("saturation") <= 1.4, "do"),
+        ("centred (|x-0.5| < 0.1)", np.abs(cx - 0.5) < 0.1, np.abs(cx - 0.5) >= 0.1, "do"),
+        ("face near the top (y < 0.4)", cy < 0.4, cy >= 0.4, "do"),
+        ("low light", f("brightness") < 0.5, f("brightness") >= 0.5, "don't"),
+        ("group shot", ~single, single, "don't"),
+        ("sunglasses", wear == "sunglasses", wear == "none", ""),
+        ("glasses", wear == "glasses", wear == "none", ""),
+    ]
+
+
+def selfie_dataset_rules(codes):
+    verdicts = {"dim_lighting": "don't", "harsh_lighting": "don't", "is_female": "do"}
+    return [(name, c == 1, c == -1, verdicts.get(name, "")) for name, c in codes.items()]
+
+
+def rules_table(rules, p):
+    """Rows (name, n with, P(good) with, P(good) without, post, agrees) and the text table."""
+    rows = []
+    for name, yes, no, post in rules:
+        if yes.sum() < 5 or no.sum() < 5:
+            continue
+        pw, pn = float(p[yes].mean()), float(p[no].mean())
+        agrees = "" if not post else ("yes" if (pw > pn) == (post == "do") else "NO")
+        rows.append((name, int(yes.sum()), pw, pn, post, agrees))
+    head = f"{'attribute':32s} {'n':>5s} {'P(good) with':>13s} {'without':>8s}  {'post says':9s} net agrees"
+    lines = [head, "-" * len(head)] + [f"{r[0]:32s} {r[1]:5d} {r[2]:13.3f} {r[3]:8.3f}  {r[4]:9s} {r[5]}"
+                                       for r in rows]
+    return rows, "\n".join(lines)
+
+
+def write_pictures(net, hist, xn, imgs, out, seed):
+    """curves, continuum, best, worst, t-SNE and filters PNGs for held-out images ``imgs``
+    (normalised ``xn``); returns P(good) of each (T,)."""
+    p = p_good(net, xn)                                              # (T,) P(good) on held-out selfies
+    order = np.argsort(-p)
+    curves = plots.side_by_side([
+        plots.line_chart({"train loss": hist["loss"], "val loss": hist["val_loss"]}, "loss", "epoch"),
+        plots.line_chart({"train acc": hist["acc"], "val acc": hist["val_acc"]}, "accuracy", "epoch")])
+    plots.save_png(curves, os.path.join(out, "curves.png"))
+    rows, cols = 6, 12
+    picks = order[np.linspace(0, len(order) - 1, min(len(order), rows * cols)).astype(int)]
+    plots.save_png(plots.grid(imgs[picks], cols, [f"{v:.2f}" for v in p[picks]], cell=64,
+                              title="held-out selfies from best (top left) to worst (bottom right), P(good)"),
+                   os.path.join(out, "continuum.png"))
+    k = min(48, len(order))
+    plots.save_png(plots.grid(imgs[order[:k]], 8, [f"{v:.2f}" for v in p[order[:k]]], cell=80,
+                              title=f"best {k} held-out selfies"), os.path.join(out, "best.png"))
+    plots.save_png(plots.grid(imgs[order[::-1][:k]], 8, [f"{v:.2f}" for v in p[order[::-1][:k]]], cell=80,
+                              title=f"worst {k} held-out selfies"), os.path.join(out, "worst.png"))
+    feats = net[:-1](xn[:1500])                                      # (T, hidden) last hidden layer
+    xy = tsne(feats, seed=seed)
+    plots.save_png(plots.mosaic(imgs[:1500], xy, cells=min(30, max(4, int(np.sqrt(len(xy)) * 1.2)))),
+                   os.path.join(out, "tsne.png"))
+    plots.save_png(plots.filters_image(net[0].weight.data), os.path.join(out, "filters.png"))
+    return p
+
+
+def write_rules(rules, p, out):
+    """Print the rules table and write rules.png; ``rules`` None (no attributes) skips both."""
+    if rules is None:
+        print("\n(no attributes in this data source: rules table skipped)")
+        return False
+    table_rows, table = rules_table(rules, p)
+    print("\nmean P(good) on held-out selfies, by attribute (the rules the net learned):\n" + table)
+    plots.save_png(plots.bar_chart([(r[0], r[2], f"vs {r[3]:.2f} {('post: ' + r[4]) if r[4] else ''}")
+                                    for r in table_rows], "mean P(good) with each attribute"),
+                   os.path.join(out, "rules.png"))
+    return True
