@@ -5,29 +5,26 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.join(HERE, ".."), os.path.join(HERE, "..", "examples")]   # convlib, the examples' nets
 import convlib as cl  # noqa: E402
+from fashion_mnist import build_net as fashion_net  # noqa: E402
+from lib.selfie_model import build_net as selfie_net  # noqa: E402
 
 
 def reference_net(size=64, seed=0):
-    """float32 NCHW, 4 x (Conv3x3 p1 -> ReLU -> MaxPool2), Flatten, Linear(.., 64), ReLU, Linear(64, 2)."""
+    """The selfie example's net (examples/lib/selfie_model.py): float32 NCHW, 4 x (Conv3x3 p1 ->
+    ReLU -> MaxPool2) with 16, 32, 64, 64 channels, Flatten, Linear(.., 64), ReLU, Linear(64, 2)."""
     cl.manual_seed(seed)
-    layers, c = [], 3
-    for f in (16, 32, 64, 64):
-        layers += [cl.Conv2d(c, f, 3, padding=1), cl.ReLU(), cl.MaxPool2d(2)]
-        c = f
-    side = size // 16
-    return cl.Sequential(*layers, cl.Flatten(), cl.Linear(64 * side * side, 64), cl.ReLU(), cl.Linear(64, 2))
+    return selfie_net(size)
 
 
 def build(name, size=64):
     """(net, input shape (C, H, W), classes) of a benchmarked net: "reference" or "fashion" (the
-    Fashion-MNIST example's own net, taken from examples/fashion_mnist.py)."""
+    Fashion-MNIST example's own net, from examples/fashion_mnist.py)."""
     if name == "fashion":
-        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
-        from fashion_mnist import build_net
         cl.manual_seed(0)
-        return build_net(), (1, 28, 28), 10
+        return fashion_net(), (1, 28, 28), 10
     return reference_net(size), (3, size, size), 2
 
 
