@@ -132,3 +132,24 @@ def test_training_never_starts_an_openmp_pool():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_parallel_for_from_two_threads_and_nested(three_threads):
+    """A second caller while the workers are busy (another thread, or a share that calls
+    parallel_for itself) runs its work in its own thread: same results, no deadlock."""
+    import threading
+
+    def inner(lo, hi):
+        return sum(range(lo, hi))
+
+    def outer(lo, hi):
+        return sum(threads.parallel_for(inner, 50))                  # nested
+    assert threads.parallel_for(outer, 6) == [1225, 1225, 1225]
+    got = []
+    callers = [threading.Thread(target=lambda: got.append(sum(threads.parallel_for(inner, 1000))))
+               for _ in range(4)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join(timeout=60)
+    assert got == [499500] * 4
