@@ -37,23 +37,32 @@ class Sequential(Layer):
         body = "".join("\n  " + f"({i}): {layer!r}".replace("\n", "\n  ") for i, layer in enumerate(self))
         return f"Sequential({body}\n)"
 
-    def _each(self, method, arg, input_grad=True):
-        """Run ``arg`` through the layers, prefixing a layer's ValueError with its index."""
-        order = range(len(self)) if method != "backward" else range(len(self) - 1, -1, -1)
-        for i in order:
-            layer = self.layers[i]
+    def _units(self):
+        """[(index, unit)]: the layers in order, where a layer and the next one can run together
+        (``Layer.fuse``: a ReLU before a MaxPool2d) one fused unit at the first one's index."""
+        units, i = [], 0
+        while i < len(self.layers):
+            fused = self.layers[i].fuse(self.layers[i + 1]) if i + 1 < len(self.layers) else None
+            units.append((i, fused or self.layers[i]))
+            i += 2 if fused is not None else 1
+        return units
+
+    def _run(self, units, method, arg, input_grad=True):
+        """Run ``arg`` through the units, prefixing a layer's ValueError with its index."""
+        for i, unit in units:
             try:
                 if method == "backward":                            # the first layer's dx only if asked
-                    arg = layer.backward(arg, need_dx=input_grad or i > 0)
+                    arg = unit.backward(arg, need_dx=input_grad or i > 0)
                 else:
-                    arg = getattr(layer, method)(arg)
+                    arg = getattr(unit, method)(arg)
             except ValueError as e:
                 raise ValueError(f"Sequential layer {i}: {e}") from None
         return arg
 
     def forward(self, x):
         """x (N, ...) -> output of the last layer."""
-        return self._each("forward", x)
+        self._plan = self._units()                                  # backward runs the same units
+        return self._run(self._plan, "forward", x)
 
     def backward(self, dout, input_grad=True, need_dx=None):
         """dL/d(output) -> dL/dx; adds into every Parameter.grad on the way.
@@ -62,10 +71,14 @@ class Sequential(Layer):
         gradient where the first layer can (``fit`` does this: nobody needs d loss / d image
         during training) and may return None then.
         """
-        return self._each("backward", dout, input_grad if need_dx is None else need_dx)
+        plan = getattr(self, "_plan", None)
+        if plan is None:
+            raise RuntimeError("Sequential: backward() called without a forward() since the last backward()")
+        self._plan = None
+        return self._run(plan[::-1], "backward", dout, input_grad if need_dx is None else need_dx)
 
     def output_shape(self, shape):
-        return self._each("output_shape", tuple(shape))
+        return self._run(list(enumerate(self.layers)), "output_shape", tuple(shape))
 
     def named_parameters(self, prefix=""):
         return [kv for i, layer in enumerate(self) for kv in layer.named_parameters(f"{prefix}{i}.")]

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import convlib as cl
+from convlib.gradcheck import check_layer
 
 
 def small_net():
@@ -130,3 +131,29 @@ def test_cuda_request_without_gpu_is_a_clear_error(monkeypatch):
         small_net().to("cuda")
     with pytest.raises(ValueError, match="unknown device or dtype"):
         small_net().to("tpu")
+
+
+@pytest.mark.parametrize("pool", [(2, 2, 0), (3, 1, 1)], ids=["2x2", "3x3 stride 1 pad 1"])
+def test_relu_before_maxpool_runs_fused_with_the_same_values_and_gradients(rng, pool):
+    """Sequential runs ReLU then MaxPool2d as relu(maxpool(x)); with ties, zeros, all-negative
+    windows and a NaN, values and input gradients equal the layers run one by one."""
+    from convlib.layers import _ReLUMaxPool
+    x = rng.integers(-2, 3, (3, 2, 6, 6)).astype(np.float64)
+    x[0, 0, 0, 0] = np.nan
+    x[1, 1, :2, :2] = -1                                             # a window with no positive value
+    layers = [cl.ReLU(), cl.MaxPool2d(pool[0], pool[1], pool[2]), cl.Flatten()]
+    net = cl.Sequential(*layers)
+    out = net(x)
+    assert isinstance(net._plan[0][1], _ReLUMaxPool) and len(net._plan) == 2
+    dout = rng.standard_normal(out.shape)
+    dx = net.backward(dout)
+    a = x
+    for layer in layers:                                            # unfused: one by one
+        a = layer(a)
+    d = dout
+    for layer in reversed(layers):
+        d = layer.backward(d)
+    np.testing.assert_array_equal(out, a)
+    np.testing.assert_array_equal(dx, d)
+    assert check_layer(cl.Sequential(cl.Conv2d(2, 3, 3, padding=1), cl.ReLU(), cl.MaxPool2d(2)),
+                       rng.standard_normal((2, 2, 6, 6)))["x"] < 1e-6
