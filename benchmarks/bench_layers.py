@@ -1,5 +1,5 @@
 """Per-layer breakdown of one training step of the reference net: forward and backward time of
-every layer, GFLOP/s of each conv (and its share of the machine's matmul peak), and each part's
+every layer (as Sequential runs them: a ReLU before a MaxPool2d as one fused unit), GFLOP/s of each conv (and its share of the machine's matmul peak), and each part's
 share of the step, so the next bottleneck is visible.
 
     python benchmarks/bench_layers.py [--batch 32] [--size 64] [--reps 15]
@@ -58,24 +58,25 @@ def main():
     x = rng.random((B, *shape), dtype=np.float32)
     y = rng.integers(0, classes, B)
     opt = cl.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-    fwd = {i: [] for i in range(len(net))}
-    bwd = {i: [] for i in range(len(net))}
+    units = net._units()                                            # what Sequential runs: ReLU+MaxPool2d fused
+    fwd = {i: [] for i, _ in units}
+    bwd = {i: [] for i, _ in units}
     other = {"loss": [], "optimizer": []}
     shapes = {}
     for rep in range(args.reps + 3):
         a = x
-        for i, layer in enumerate(net):
+        for i, unit in units:
             shapes[i] = a.shape
             t = time.perf_counter()
-            a = layer(a)
+            a = unit(a)
             fwd[i].append(time.perf_counter() - t)
         t = time.perf_counter()
         _, d = cl.softmax_cross_entropy(a, y)
         other["loss"].append(time.perf_counter() - t)
         opt.zero_grad()
-        for i in reversed(range(len(net))):
+        for i, unit in reversed(units):
             t = time.perf_counter()
-            d = net[i].backward(d, need_dx=False) if i == 0 else net[i].backward(d)  # as fit() does
+            d = unit.backward(d, need_dx=i > 0)                     # as fit() does
             bwd[i].append(time.perf_counter() - t)
         t = time.perf_counter()
         opt.step()
@@ -89,18 +90,21 @@ def main():
         tf = tb = None
         print("PyTorch is not installed: its columns are skipped (pip install torch==2.13.0)")
     rows = []
-    for i, layer in enumerate(net):
+    for n, (i, unit) in enumerate(units):
         f, b = med(fwd[i]), med(bwd[i])
+        layers = range(i, units[n + 1][0] if n + 1 < len(units) else len(net))   # the layers of this unit
         gf = ""
-        if isinstance(layer, cl.Conv2d):
+        if isinstance(unit, cl.Conv2d):
             N, C, H, W = shapes[i]
-            oh, ow = layer.output_shape(shapes[i])[2:]
-            flops = 2 * N * layer.out_channels * oh * ow * C * layer.kernel_size[0] * layer.kernel_size[1]
+            oh, ow = unit.output_shape(shapes[i])[2:]
+            flops = 2 * N * unit.out_channels * oh * ow * C * unit.kernel_size[0] * unit.kernel_size[1]
             bflops = flops if i == 0 else 2 * flops                 # no input gradient for the first layer
             gf = f"{flops / f / 1e9:.0f} / {bflops / b / 1e9:.0f}"
             gf += f" ({100 * (flops + bflops) / (f + b) / 1e9 / peak:.0f}% peak)"
-        rows.append([f"{i}: {type(layer).__name__}", f"{1e3 * f:.2f}", f"{1e3 * b:.2f}"]
-                    + ([f"{1e3 * tf[i]:.2f}", f"{1e3 * tb[i]:.2f}"] if tf else []) + [gf, f"{100 * (f + b) / total:.1f}%"])
+        name = "+".join(type(net[j]).__name__ for j in layers)
+        torch_cols = [f"{1e3 * sum(tf[j] for j in layers):.2f}", f"{1e3 * sum(tb[j] for j in layers):.2f}"]
+        rows.append([f"{'-'.join(map(str, (layers[0], layers[-1])[:len(layers)]))}: {name}", f"{1e3 * f:.2f}",
+                     f"{1e3 * b:.2f}"] + (torch_cols if tf else []) + [gf, f"{100 * (f + b) / total:.1f}%"])
     for k, v in other.items():
         rows.append([k, f"{1e3 * med(v):.2f}", ""] + (["", ""] if tf else []) + ["", f"{100 * med(v) / total:.1f}%"])
     print(f"{args.net} net, batch {B}, {'x'.join(map(str, shape[1:]))}: one training step {1e3 * total:.1f} ms "
