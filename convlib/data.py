@@ -7,7 +7,7 @@ seedable through the generator that ``convlib.fit`` passes them.
 import gzip
 import os
 import struct
-import warnings
+import sys
 
 import numpy as np
 
@@ -58,7 +58,7 @@ def list_images(folder):
 
 def load_images(paths, size, fit="crop", progress=True):
     """Decode many files -> (x float32 (N, 3, size, size), kept indices). Files that do not
-    decode are skipped and counted in one warning."""
+    decode are skipped and reported in one line on stderr (how many, the first names)."""
     from .progress import Progress
     arrays, kept, bad = [], [], []
     with Progress(len(paths), "loading images", "img", enabled=progress) as bar:
@@ -69,9 +69,9 @@ def load_images(paths, size, fit="crop", progress=True):
             except ValueError:
                 bad.append(p)
             bar.update(1)
-    if bad:
-        warnings.warn(f"skipped {len(bad)} of {len(paths)} images that did not decode "
-                      f"(first: {bad[0]})", stacklevel=2)
+    if bad:                                                          # a plain line, not a warning
+        names = ", ".join(os.path.basename(p) for p in bad[:3]) + (", ..." if len(bad) > 3 else "")
+        print(f"skipped {len(bad)} of {len(paths)} images that did not decode: {names}", file=sys.stderr)
     x = np.stack(arrays) if arrays else np.zeros((0, 3, size, size), np.float32)
     return x, np.array(kept, dtype=np.int64)
 

@@ -177,13 +177,18 @@ class Layer:
         if self._param_names and device_of(x) != self.device:
             raise ValueError(f"{self!r}: its parameters are on {self.device} but the input is on "
                              f"{device_of(x)}; move it with cl.to_device(x, {self.device!r})")
-        self.output_shape(x.shape)
+        self._out_shape = tuple(self.output_shape(x.shape))                # backward checks dout against it
 
-    def _saved(self):
-        """What forward() kept for backward(), released here: memory is not held between steps."""
+    def _saved(self, dout):
+        """What forward() kept for backward(), released here (memory is not held between steps),
+        after checking that ``dout`` has the shape forward() returned."""
         cache = getattr(self, "_cache", None)
         if cache is None:
             raise RuntimeError(f"{self!r}: backward() called without a forward() since the last backward()")
+        want = getattr(self, "_out_shape", None)
+        if want is not None and tuple(getattr(dout, "shape", ())) != want:
+            raise ValueError(f"{self!r}: backward expected dout of shape {want} (the output of forward), "
+                             f"got {getattr(dout, 'shape', type(dout).__name__)}")
         self._cache = None
         return cache
 
@@ -242,7 +247,7 @@ class Conv2d(Layer):
     def backward(self, dout, need_dx=True):
         """Adds dL/dweight and dL/dbias into the grads; returns dL/dx (None if not need_dx:
         a first layer's input gradient is rarely wanted and costs a third of its backward)."""
-        dx, dw, db = kernels_for(dout).conv2d_backward(dout, self._saved(), need_dx)
+        dx, dw, db = kernels_for(dout).conv2d_backward(dout, self._saved(dout), need_dx)
         self._add_grads(dw, db)
         return dx
 
@@ -284,7 +289,7 @@ class _Pool2d(Layer):
         return out
 
     def backward(self, dout, need_dx=True):
-        return self._backward(kernels_for(dout), dout, self._saved())
+        return self._backward(kernels_for(dout), dout, self._saved(dout))
 
 
 class MaxPool2d(_Pool2d):
@@ -349,7 +354,7 @@ class AdaptiveAvgPool2d(Layer):
         return out
 
     def backward(self, dout, need_dx=True):
-        return kernels_for(dout).global_avgpool2d_backward(dout, self._saved())
+        return kernels_for(dout).global_avgpool2d_backward(dout, self._saved(dout))
 
 
 # ---------------------------------------------------------------- pointwise
@@ -363,7 +368,7 @@ class _Pointwise(Layer):
         return out
 
     def backward(self, dout, need_dx=True):
-        return self._backward(kernels_for(dout), dout, self._saved())
+        return self._backward(kernels_for(dout), dout, self._saved(dout))
 
 
 class ReLU(_Pointwise):
@@ -404,7 +409,7 @@ class _ReLUMaxPool(Layer):
         return out
 
     def backward(self, dout, need_dx=True):
-        pool_cache, relu_cache = self._saved()
+        pool_cache, relu_cache = self._saved(dout)
         k = kernels_for(dout)
         return k.maxpool2d_backward(k.relu_backward(dout, relu_cache), pool_cache)
 
@@ -488,7 +493,7 @@ class Flatten(Layer):
         return x.reshape(self.output_shape(x.shape))
 
     def backward(self, dout, need_dx=True):
-        return dout.reshape(self._saved())
+        return dout.reshape(self._saved(dout))
 
 
 class Linear(Layer):
@@ -529,7 +534,7 @@ class Linear(Layer):
 
     def backward(self, dout, need_dx=True):
         """Adds into the grads; returns dL/dx (None if not need_dx)."""
-        dx, dw, db = kernels_for(dout).linear_backward(dout, self._saved(), need_dx)
+        dx, dw, db = kernels_for(dout).linear_backward(dout, self._saved(dout), need_dx)
         self._add_grads(dw, db)
         return dx
 
@@ -578,7 +583,7 @@ class _BatchNorm(Layer):
         return out
 
     def backward(self, dout, need_dx=True):
-        dx, dgamma, dbeta = kernels_for(dout).batchnorm_backward(dout, self._saved())
+        dx, dgamma, dbeta = kernels_for(dout).batchnorm_backward(dout, self._saved(dout))
         self._add_grads(dgamma, dbeta)
         return dx
 

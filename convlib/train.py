@@ -16,10 +16,17 @@ class History(dict):
     best_val_acc = None
 
 
-def _check_arrays(x, y, name):
-    x, y = np.asarray(x), np.asarray(y)
+def _check_inputs(x, name):
+    x = np.asarray(x)
     if x.ndim < 2 or x.dtype.kind != "f":
         raise ValueError(f"{name}: expected float inputs of shape (N, ...), got {x.shape} {x.dtype}")
+    if len(x) == 0:
+        raise ValueError(f"{name}: got no images (inputs of shape {x.shape})")
+    return x
+
+
+def _check_arrays(x, y, name):
+    x, y = _check_inputs(x, name), np.asarray(y)
     if y.shape != (x.shape[0],) or y.dtype.kind not in "iu":
         raise ValueError(f"{name}: expected integer labels of shape ({x.shape[0]},), got {y.shape} {y.dtype}")
     if not np.all(np.isfinite(x)):
@@ -141,7 +148,5 @@ def evaluate(net, x, y, batch_size=256, loss_fn=softmax_cross_entropy):
 
 def predict_proba(net, x, batch_size=256):
     """Class probabilities (N, K) of ``net`` in eval mode for inputs x (N, ...)."""
-    x = np.asarray(x)
-    if x.ndim < 2 or x.dtype.kind != "f":
-        raise ValueError(f"predict_proba: expected float inputs of shape (N, ...), got {x.shape} {x.dtype}")
+    x = _check_inputs(x, "predict_proba")
     return softmax(_batched_eval(net, x, batch_size))

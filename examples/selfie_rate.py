@@ -5,8 +5,10 @@
 Images that do not decode are reported and skipped; the exit status is 1 if any failed.
 """
 import argparse
+import os
 import sys
 
+from convlib.data import list_images
 from lib.selfie_model import load_model, open_image, p_good, prepare
 
 
@@ -22,12 +24,13 @@ def verdict(p):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("images", nargs="+")
+    ap.add_argument("images", nargs="+", help="image files, or folders (every image directly inside is rated)")
     ap.add_argument("--model", default="runs/selfie/model.npz")
     args = ap.parse_args(argv)
     net, meta = load_model(args.model)
     failed, results = 0, []
-    for path in args.images:
+    paths = [p for arg in args.images for p in (list_images(arg) if os.path.isdir(arg) else [arg])]
+    for path in paths:
         try:
             img = open_image(path)
         except ValueError as e:

@@ -150,3 +150,31 @@ def test_batchnorm_momentum_extremes(momentum):
     mean, var = x.mean(axis=(0, 2, 3)), x.var(axis=(0, 2, 3), ddof=1)
     np.testing.assert_allclose(bn.running_mean, mean if momentum else np.zeros(2), rtol=1e-12)
     np.testing.assert_allclose(bn.running_var, var if momentum else np.ones(2), rtol=1e-12)
+
+
+# ---------------------------------------------------------------- messages a new user hit
+@pytest.mark.parametrize("fn", [lambda net, x: cl.evaluate(net, x, np.zeros(0, np.int64)),
+                                lambda net, x: cl.predict_proba(net, x)], ids=["evaluate", "predict_proba"])
+def test_zero_images_say_so(fn):
+    with pytest.raises(ValueError, match=r"got no images \(inputs of shape \(0, 6\)\)"):
+        fn(_net(), np.zeros((0, 6), np.float32))
+
+
+@pytest.mark.parametrize("layer,x", [(cl.Linear(6, 3), np.zeros((4, 6), np.float32)),
+                                     (cl.Conv2d(2, 3, 3), np.zeros((2, 2, 5, 5), np.float32)),
+                                     (cl.ReLU(), np.zeros((2, 3), np.float32))])
+def test_backward_checks_the_shape_of_dout(layer, x):
+    out = layer(x)
+    import re
+    with pytest.raises(ValueError, match=re.escape(f"backward expected dout of shape {out.shape}") + r".*got \(1, 1\)"):
+        layer.backward(np.zeros((1, 1), np.float32))
+
+
+def test_selfie_tools_say_what_is_missing(tmp_path, capsys):
+    from lib.selfie_model import load_model, open_image
+    with pytest.raises(SystemExit, match="no trained model at .*python examples/selfie_train.py"):
+        load_model(str(tmp_path / "model.npz"))
+    with pytest.raises(ValueError, match="no such file"):
+        open_image(str(tmp_path / "nothing.jpg"))
+    with pytest.raises(ValueError, match="is a folder, not an image"):
+        open_image(str(tmp_path))

@@ -29,7 +29,11 @@ def build_net(size, blocks=4, width=(16, 32, 64, 64), hidden=64, batchnorm=False
 
 
 def load_model(path):
-    """(net in eval mode, metadata) from a model file written by selfie_train.py."""
+    """(net in eval mode, metadata) from a model file written by selfie_train.py; exits with a
+    message saying which command trains one if there is no file at ``path``."""
+    if not os.path.isfile(path):
+        sys.exit(f"error: no trained model at {path}; train one first with: python examples/selfie_train.py"
+                 + ("" if path == "runs/selfie/model.npz" else f" --out {os.path.dirname(path) or '.'}"))
     net, meta = cl.load(path, with_metadata=True)
     missing = [k for k in ("size", "fit", "mean", "std", "classes") if k not in meta]
     if missing:
@@ -89,7 +93,11 @@ def best_crop(image, score_fn, scales=np.linspace(0.4, 1.0, 7), steps=7, batch=6
 
 
 def open_image(path):
-    """A decoded PIL image, or ValueError naming the file."""
+    """A decoded PIL image, or ValueError naming the file and what was wrong."""
+    if os.path.isdir(path):
+        raise ValueError(f"{path}: is a folder, not an image")
+    if not os.path.exists(path):
+        raise ValueError(f"{path}: no such file")
     try:
         with Image.open(path) as img:
             img.load()
