@@ -9,6 +9,7 @@ import os
 import sys
 
 from convlib.data import list_images
+
 from lib.selfie_model import load_model, open_image, p_good, prepare
 
 

@@ -8,9 +8,13 @@ rules it learned: a re-creation of "What a Deep Neural Network thinks about your
 
 With no data option it generates (once; reused later) synthetic selfies under data/selfies/,
 labels them with the post's groups-of-100 rule, trains, and prints
-``test accuracy: NN.N% (label ceiling: NN.N%)``. Everything it writes goes to runs/selfie/
-(--out): model.npz, curves.png, continuum.png, best.png, worst.png, tsne.png, filters.png,
-rules.png. Then: selfie_rate.py, selfie_crop.py and selfie_explain.py use model.npz.
+``test accuracy: NN.N% (label ceiling: NN.N%)``. Everything it writes goes to one folder per data
+source (--out overrides): runs/selfie/ for the synthetic data, runs/selfie-folders/,
+runs/selfie-dataset/ or runs/selfie-posts/ for the others: model.npz, curves.png, continuum.png,
+best.png, worst.png, tsne.png, filters.png, rules.png (where the data has attributes), and
+run.json listing them; files an earlier run listed there and this one does not write are removed,
+so no picture of another run is left looking like this one's. Then: selfie_rate.py,
+selfie_crop.py and selfie_explain.py use model.npz.
 """
 import argparse
 import os
@@ -35,7 +39,8 @@ def parse_args(argv=None):
     src.add_argument("--posts", help="CSV: image,user,followers,likes,tags,age_days")
     ap.add_argument("--synthetic-dir", default="data/selfies", help="where synthetic selfies are cached")
     ap.add_argument("--n-images", type=int, default=16000, help="synthetic selfies to generate")
-    ap.add_argument("--out", default="runs/selfie", help="output folder")
+    ap.add_argument("--out", default=None, help="output folder (default: runs/selfie, or "
+                    "runs/selfie-folders, -dataset, -posts for the other data options)")
     ap.add_argument("--size", type=int, default=48, help="input size (multiple of 16)")
     ap.add_argument("--fit", choices=["crop", "squish"], default="crop", help="how images become square")
     ap.add_argument("--epochs", type=int, default=16)
@@ -116,9 +121,19 @@ def rules_of(d):
     return None
 
 
+def default_out(args):
+    """One output folder per data source, so a run on other data never replaces the synthetic model."""
+    if args.data:
+        return "runs/selfie-folders"
+    if args.selfie_dataset:
+        return "runs/selfie-dataset"
+    return "runs/selfie-posts" if args.posts else "runs/selfie"
+
+
 def main(argv=None):
     args = parse_args(argv)
     t_start = time.perf_counter()
+    args.out = args.out or default_out(args)
     os.makedirs(args.out, exist_ok=True)
     cl.manual_seed(args.seed)
     d = prepare_data(args)
@@ -134,10 +149,11 @@ def main(argv=None):
     cl.save(net, os.path.join(args.out, "model.npz"), metadata=meta)
     net.to("cpu")                                                    # the pictures run on the host
     p = report.write_pictures(net, hist, d["xn"][te], d["x"][te], args.out, args.seed)
-    wrote_rules = report.write_rules(rules_of(d), p, args.out)
+    wrote = ["model.npz", "curves.png", "continuum.png", "best.png", "worst.png", "tsne.png", "filters.png"]
+    wrote += ["rules.png"] if report.write_rules(rules_of(d), p, args.out) else []
+    report.record_run(args.out, wrote, source=d["source"])
     minutes = (time.perf_counter() - t_start) / 60
-    print(f"\nwrote {args.out}/: model.npz curves.png continuum.png best.png worst.png tsne.png filters.png"
-          + (" rules.png" if wrote_rules else "") + f"  ({minutes:.1f} min)")
+    print(f"\nwrote {args.out}/: {' '.join(wrote)}  ({minutes:.1f} min)")
     ceiling_text = f"{100 * ceiling:.1f}%" if ceiling is not None else "n/a"
     print(f"test accuracy: {100 * test_acc:.1f}% (label ceiling: {ceiling_text})")
     return dict(test_accuracy=test_acc, ceiling=ceiling, history=hist, minutes=minutes)

@@ -191,3 +191,23 @@ def test_end_to_end_tiny_run(tmp_path, capsys):
     stamp = os.path.getmtime(tmp_path / "data" / "generator.json")
     sd.generate(str(tmp_path / "data"), n=320, size=16, seed=0, progress=False)
     assert os.path.getmtime(tmp_path / "data" / "generator.json") == stamp
+
+
+def test_each_data_source_gets_its_own_output_folder():
+    import selfie_train
+    outs = [selfie_train.default_out(selfie_train.parse_args(opt)) for opt in
+            ([], ["--data", "d"], ["--selfie-dataset", "d"], ["--posts", "p.csv"])]
+    assert outs == ["runs/selfie", "runs/selfie-folders", "runs/selfie-dataset", "runs/selfie-posts"]
+
+
+def test_a_run_removes_only_the_files_an_earlier_run_listed(tmp_path):
+    from lib.selfie_report import record_run
+    for name in ("model.npz", "rules.png", "mine.png"):
+        (tmp_path / name).write_bytes(b"x")
+    record_run(str(tmp_path), ["model.npz", "rules.png"], source="synthetic")
+    record_run(str(tmp_path), ["model.npz"], source="folders")      # this run has no rules table
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.png", "model.npz", "run.json"]
+    (tmp_path / "run.json").write_text('{"files": ["../escape.txt"]}')
+    (tmp_path.parent / "escape.txt").write_text("keep")
+    record_run(str(tmp_path), ["model.npz"])
+    assert (tmp_path.parent / "escape.txt").exists()                # never outside the folder

@@ -1,8 +1,11 @@
 """What a selfie run reports: the stratified split, the rules table (mean P(good) per attribute,
 next to the post's findings) and the pictures of held-out selfies."""
+import json
 import os
 
 import numpy as np
+
+from convlib.io import atomic_file
 
 from . import plots
 from .selfie_model import p_good
@@ -83,7 +86,7 @@ def write_pictures(net, hist, xn, imgs, out, seed):
     plots.save_png(plots.grid(imgs[picks], cols, [f"{v:.2f}" for v in p[picks]], cell=64,
                               title="held-out selfies from best (top left) to worst (bottom right), P(good)"),
                    os.path.join(out, "continuum.png"))
-    k = min(48, len(order))
+    k = min(48, len(order) // 2)                                     # best and worst never overlap
     plots.save_png(plots.grid(imgs[order[:k]], 8, [f"{v:.2f}" for v in p[order[:k]]], cell=80,
                               title=f"best {k} held-out selfies"), os.path.join(out, "best.png"))
     plots.save_png(plots.grid(imgs[order[::-1][:k]], 8, [f"{v:.2f}" for v in p[order[::-1][:k]]], cell=80,
@@ -107,3 +110,20 @@ def write_rules(rules, p, out):
                                     for r in table_rows], "mean P(good) with each attribute"),
                    os.path.join(out, "rules.png"))
     return True
+
+
+def record_run(out, wrote, **about):
+    """Write out/run.json listing this run's files; remove the files an earlier run listed there
+    that this run did not write (only files a run listed: nothing else in the folder is touched)."""
+    manifest = os.path.join(out, "run.json")
+    try:
+        with open(manifest) as f:
+            before = json.load(f).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        before = []
+    for name in set(before) - set(wrote):
+        path = os.path.join(out, os.path.basename(str(name)))       # never outside the folder
+        if os.path.isfile(path):
+            os.remove(path)
+    with atomic_file(manifest, ".json") as tmp, open(tmp, "w") as f:
+        json.dump({"files": list(wrote), **about}, f, indent=1)
