@@ -362,8 +362,14 @@ def relu_backward(dout, out):
 
 # ---------------------------------------------------------------- batch normalisation
 # x is viewed as (N, C, L) (L = H*W, or 1 for BatchNorm1d). Statistics run over channels
-# [lo, hi), elementwise passes over images [lo, hi).
-@njit(**JIT)
+# [lo, hi), elementwise passes over images [lo, hi). The two reductions may reassociate their
+# float64 sums (fastmath "reassoc" only): LLVM then vectorises them instead of waiting on one
+# add at a time, 3-4.5x faster on the Fashion-MNIST net's maps; the sums change by ~1e-14
+# relative, and the float64 reference comparisons and gradient checks in the tests hold.
+REDUCE = dict(JIT, fastmath={"reassoc"})
+
+
+@njit(**REDUCE)
 def _bn_stats(lo, hi, x, mean, var):
     """Per-channel mean and biased variance of x (N, C, L) (two passes, float64 sums)."""
     N, C, L = x.shape
@@ -391,7 +397,7 @@ def _bn_apply(lo, hi, x, scale, shift, out):
                 out[n, c, i] = x[n, c, i] * scale[c] + shift[c]
 
 
-@njit(**JIT)
+@njit(**REDUCE)
 def _bn_sums(lo, hi, dout, x, mean, inv_std, dbeta, dgamma):
     """dbeta[c] = sum dout, dgamma[c] = sum dout * xhat over (N, L)."""
     N, C, L = x.shape
@@ -406,16 +412,14 @@ def _bn_sums(lo, hi, dout, x, mean, inv_std, dbeta, dgamma):
 
 
 @njit(**JIT)
-def _bn_dx(lo, hi, dout, x, mean, inv_std, gamma, dbeta, dgamma, dx):
-    """dx = gamma * inv_std * (dout - (dbeta + xhat * dgamma) / m), m = N * L."""
-    N, C, L = x.shape
-    m = N * L
+def _bn_dx(lo, hi, dout, x, mean, a, b, d, dx):
+    """dx = a[c] * dout + b[c] * (x - mean[c]) + d[c], per-channel coefficients in x's dtype (the
+    backward formula below, expanded in batchnorm_backward), so each element costs two FMAs."""
+    C, L = x.shape[1:]
     for n in range(lo, hi):
         for c in range(C):
-            k = gamma[c] * inv_std[c]
             for i in range(L):
-                xhat = (x[n, c, i] - mean[c]) * inv_std[c]
-                dx[n, c, i] = k * (dout[n, c, i] - (dbeta[c] + xhat * dgamma[c]) / m)
+                dx[n, c, i] = a[c] * dout[n, c, i] + b[c] * (x[n, c, i] - mean[c]) + d[c]
 
 
 def batchnorm_forward(x, gamma, beta, running_mean, running_var, momentum, eps, training):
@@ -448,9 +452,10 @@ def batchnorm_backward(dout, cache):
     dbeta, dgamma = np.empty(C), np.empty(C)
     parallel_for(_bn_sums, C, d3, x3, mean, inv_std, dbeta, dgamma, work=d3.size)
     dx = np.empty_like(d3)
-    if training:
-        parallel_for(_bn_dx, N, d3, x3, mean, inv_std, gamma.astype(np.float64), dbeta, dgamma, dx,
-                     work=d3.size)
+    if training:     # dx = k * (dout - (dbeta + xhat * dgamma) / m), k = gamma * inv_std, m = N * L
+        k, m = gamma * inv_std, d3.size // C                        # (C,) float64
+        coef = [v.astype(dout.dtype) for v in (k, -k * inv_std * dgamma / m, -k * dbeta / m, mean)]
+        parallel_for(_bn_dx, N, d3, x3, coef[3], coef[0], coef[1], coef[2], dx, work=d3.size)
     else:                                                           # statistics are constants
         parallel_for(_bn_apply, N, d3, (gamma * inv_std).astype(dout.dtype), np.zeros(C, dout.dtype), dx,
                      work=d3.size)
