@@ -160,9 +160,11 @@ class _Workers:
             self.busy.release()
 
     def close(self):
-        for i in range(len(self.tasks)):
-            self.tasks[i] = None
-            self.go[i].release()
+        """End the workers, once a call that is running has finished."""
+        with self.busy:
+            for i in range(len(self.tasks)):
+                self.tasks[i] = None
+                self.go[i].release()
 
 
 def _workers():

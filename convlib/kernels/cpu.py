@@ -1,4 +1,5 @@
-"""Numba CPU kernels: the same names, signatures and results as ``reference.py``.
+"""Numba CPU kernels for the ops of the kernel contract that gain from them: the same names,
+signatures and results as ``reference.py``.
 
 Convolution is im2col + a matrix product (BLAS), one image at a time:
 
@@ -8,7 +9,7 @@ Convolution is im2col + a matrix product (BLAS), one image at a time:
 so the product writes NCHW directly and adds the bias through the row of ones. One image's
 columns (under 1 MB for the nets here) stay in the core's L2 cache from im2col to the product;
 the whole batch's column matrix would be 9x the input and go through main memory twice.
-Backward is the same per image, transposed: dwb += dout[n] @ cols.T (its last column is the
+Backward is the same per image, transposed: dwb.T += cols @ dout[n].T (its last row is the
 bias gradient), dcols = w2.T @ dout[n], dx[n] = col2im(dcols).
 
 Every kernel is a plain single-threaded ``@njit(nogil=True)`` loop over a range ``[lo, hi)``
