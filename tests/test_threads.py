@@ -153,3 +153,26 @@ def test_parallel_for_from_two_threads_and_nested(three_threads):
     for t in callers:
         t.join(timeout=60)
     assert got == [499500] * 4
+
+
+@pytest.mark.parametrize("C,side", [(1, 28), (3, 64), (4, 12)], ids=["grouped 1x28x28", "one by one 3x64x64",
+                                                                   "one by one 4x12x12"])
+def test_conv_paths_for_tiny_and_large_images_match_reference(C, side, three_threads):
+    """Tiny first layers go a group of images per call (forward, and backward without dx);
+    larger ones one image at a time: both against the reference, over uneven shares."""
+    from convlib.kernels.cpu import _group
+    rows = C * 9 + 1
+    assert (_group(rows, side * side) > 1) == (C == 1)
+    rng = np.random.default_rng(C)
+    x, w, b = rng.standard_normal((7, C, side, side)), rng.standard_normal((5, C, 3, 3)), rng.standard_normal(5)
+    out_r, cache_r = ref.conv2d_forward(x, w, b, (1, 1), (1, 1))
+    out_c, cache_c = cpu.conv2d_forward(x, w, b, (1, 1), (1, 1))
+    np.testing.assert_allclose(out_c, out_r, rtol=1e-10, atol=1e-10)
+    dout = rng.standard_normal(out_r.shape)
+    for need_dx in (False, True):
+        _, cache_c = cpu.conv2d_forward(x, w, b, (1, 1), (1, 1))
+        for got, want in zip(cpu.conv2d_backward(dout, cache_c, need_dx), ref.conv2d_backward(dout, cache_r, need_dx)):
+            if want is None:
+                assert got is None
+            else:
+                np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-9)

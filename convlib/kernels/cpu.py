@@ -84,9 +84,32 @@ def _col2im(dcols, KH, KW, sh, sw, ph, pw, OH, OW, dx):
                         dx[c, h, w] += dcols[r, row + ow]
 
 
+@njit(**JIT)
+def _im2col_images(x, n0, KH, KW, sh, sw, ph, pw, OH, OW, cols):
+    """Images n0, n0+1, ... of x (N, C, H, W) -> cols (group, C*KH*KW + 1, OH*OW), one per block."""
+    for m in range(cols.shape[0]):
+        _im2col(x[n0 + m], KH, KW, sh, sw, ph, pw, OH, OW, cols[m])
+
+
+def _group(rows, P):
+    """How many images share one im2col call and one (stacked) product: one, unless an image's
+    columns are tiny (a first layer with one channel: 10 x 784 for Fashion-MNIST), where the
+    per-image calls would cost more than the work; then enough to fill about 256 KB
+    (measured on that layer: forward 2.5 -> 0.9 ms, backward 4.4 -> 1.7 ms)."""
+    return 1 if rows > 32 else max(1, (1 << 16) // (rows * P))
+
+
 def _conv_images(lo, hi, x, wb, geometry, out):
     """out[n] = wb @ im2col(x[n]) for the images n in [lo, hi)."""
     KH, KW, sh, sw, ph, pw, OH, OW = geometry
+    g = _group(wb.shape[1], OH * OW)
+    if g > 1:                                                       # tiny images: a group per call
+        cols = workspace("cols", (g, wb.shape[1], OH * OW), x.dtype)   # (group, C*KH*KW + 1, OH*OW)
+        for n0 in range(lo, hi, g):
+            m = min(g, hi - n0)
+            _im2col_images(x, n0, KH, KW, sh, sw, ph, pw, OH, OW, cols[:m])
+            np.matmul(wb, cols[:m], out=out[n0:n0 + m])             # (group, F, OH*OW)
+        return
     cols = workspace("cols", (wb.shape[1], OH * OW), x.dtype)      # (C*KH*KW + 1, OH*OW)
     for n in range(lo, hi):
         _im2col(x[n], KH, KW, sh, sw, ph, pw, OH, OW, cols)
@@ -98,6 +121,17 @@ def _conv_grad_images(lo, hi, x, w2t, dout, geometry, dx):
     and writes dx[n] = col2im(w2t @ dout[n]) unless dx is None."""
     KH, KW, sh, sw, ph, pw, OH, OW = geometry
     K, F = w2t.shape
+    g = _group(K + 1, OH * OW)
+    if g > 1 and dx is None:                                        # a tiny first layer: a group per call
+        cols = workspace("cols", (g, K + 1, OH * OW), x.dtype)     # (group, C*KH*KW + 1, OH*OW)
+        parts = np.empty((g, K + 1, F), dtype=x.dtype)
+        dwb_t = np.zeros((K + 1, F), dtype=x.dtype)
+        for n0 in range(lo, hi, g):
+            m = min(g, hi - n0)
+            _im2col_images(x, n0, KH, KW, sh, sw, ph, pw, OH, OW, cols[:m])
+            np.matmul(cols[:m], dout[n0:n0 + m].transpose(0, 2, 1), out=parts[:m])
+            dwb_t += parts[:m].sum(axis=0)
+        return dwb_t
     cols = workspace("cols", (K + 1, OH * OW), x.dtype)            # (C*KH*KW + 1, OH*OW)
     dcols = workspace("dcols", (K, OH * OW), x.dtype) if dx is not None else None
     dwb_t = np.zeros((K + 1, F), dtype=x.dtype)                     # (C*KH*KW + 1, F)
