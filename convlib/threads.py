@@ -167,6 +167,17 @@ class _Workers:
                 self.go[i].release()
 
 
+def _after_fork_in_child():
+    """A forked child has none of the parent's worker threads: start afresh (on first use)."""
+    global _lock
+    _lock = threading.Lock()
+    _state.update(pool=None, blas=None, blas_users=0, blas_saved=[])
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _workers():
     with _lock:
         if _state["pool"] is None:

@@ -176,3 +176,19 @@ def test_conv_paths_for_tiny_and_large_images_match_reference(C, side, three_thr
                 assert got is None
             else:
                 np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-9)
+
+
+def test_a_forked_child_gets_its_own_workers(three_threads):
+    """A child forked after the pool started has none of its threads; without a fresh pool its
+    first parallel_for would wait forever."""
+    import multiprocessing as mp
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("this platform cannot fork")
+    threads.parallel_for(lambda lo, hi: 0, 9)                       # the parent's pool exists now
+    with mp.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(_sum_shares, (1000,)).get(timeout=60)
+    assert got == 499500
+
+
+def _sum_shares(n):
+    return sum(threads.parallel_for(lambda lo, hi: sum(range(lo, hi)), n))
