@@ -120,10 +120,7 @@ def main(argv=None):
     acc = float((pred == yte).mean())
     print(f"test accuracy without flip averaging: {100 * plain:.2f}%")
     os.makedirs(args.out, exist_ok=True)
-    plots.save_png(plots.side_by_side([
-        plots.line_chart({"train loss": hist["loss"], "val loss": hist["val_loss"]}, "loss", "epoch"),
-        plots.line_chart({"train acc": hist["acc"], "val acc": hist["val_acc"]}, "accuracy", "epoch")]),
-        os.path.join(args.out, "curves.png"))
+    plots.save_png(plots.curves(hist), os.path.join(args.out, "curves.png"))
     cm = np.zeros((10, 10), dtype=np.int64)
     np.add.at(cm, (yte, pred), 1)
     plots.save_png(plots.confusion_image(cm, CLASSES), os.path.join(args.out, "confusion.png"))

@@ -82,6 +82,13 @@ def line_chart(series, title, xlabel, size=(520, 300)):
     return img
 
 
+def curves(hist):
+    """Loss and accuracy per epoch, train and validation, side by side (a fit() History)."""
+    return side_by_side([
+        line_chart({"train loss": hist["loss"], "val loss": hist["val_loss"]}, "loss", "epoch"),
+        line_chart({"train acc": hist["acc"], "val acc": hist["val_acc"]}, "accuracy", "epoch")])
+
+
 def side_by_side(images, width=None):
     """PIL images pasted left to right on white, same height."""
     h = max(im.height for im in images)

@@ -77,10 +77,7 @@ def write_pictures(net, hist, xn, imgs, out, seed):
     (normalised ``xn``); returns P(good) of each (T,)."""
     p = p_good(net, xn)                                              # (T,) P(good) on held-out selfies
     order = np.argsort(-p)
-    curves = plots.side_by_side([
-        plots.line_chart({"train loss": hist["loss"], "val loss": hist["val_loss"]}, "loss", "epoch"),
-        plots.line_chart({"train acc": hist["acc"], "val acc": hist["val_acc"]}, "accuracy", "epoch")])
-    plots.save_png(curves, os.path.join(out, "curves.png"))
+    plots.save_png(plots.curves(hist), os.path.join(out, "curves.png"))
     rows, cols = 6, 12
     picks = order[np.linspace(0, len(order) - 1, min(len(order), rows * cols)).astype(int)]
     plots.save_png(plots.grid(imgs[picks], cols, [f"{v:.2f}" for v in p[picks]], cell=64,
