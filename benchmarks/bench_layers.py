@@ -103,7 +103,8 @@ def main():
             gf += f" ({100 * (flops + bflops) / (f + b) / 1e9 / peak:.0f}% peak)"
         name = "+".join(type(net[j]).__name__ for j in layers)
         torch_cols = [f"{1e3 * sum(tf[j] for j in layers):.2f}", f"{1e3 * sum(tb[j] for j in layers):.2f}"]
-        rows.append([f"{'-'.join(map(str, (layers[0], layers[-1])[:len(layers)]))}: {name}", f"{1e3 * f:.2f}",
+        label = f"{i}" if len(layers) == 1 else f"{layers[0]}-{layers[-1]}"
+        rows.append([f"{label}: {name}", f"{1e3 * f:.2f}",
                      f"{1e3 * b:.2f}"] + (torch_cols if tf else []) + [gf, f"{100 * (f + b) / total:.1f}%"])
     for k, v in other.items():
         rows.append([k, f"{1e3 * med(v):.2f}", ""] + (["", ""] if tf else []) + ["", f"{100 * med(v) / total:.1f}%"])
