@@ -9,7 +9,7 @@ import numpy as np
 from PIL import ImageDraw
 
 from lib import plots
-from lib.selfie_model import best_crop, image_command, p_good, prepare
+from lib.selfie_model import best_crop, image_command, p_good, prepare, trained_on_synthetic
 
 
 def main(argv=None):
@@ -27,8 +27,12 @@ def main(argv=None):
     ImageDraw.Draw(shown).rectangle((left, top, left + side, top + side), outline=(255, 40, 40),
                                     width=max(2, img.width // 150))
     h = 320
+    before = [f"whole image: P(good) = {whole:.3f}", "red box: the best crop"]
+    after = [f"best crop: P(good) = {best:.3f}", f"left {left}, top {top}, side {side} px"]
+    if trained_on_synthetic(meta):
+        after.append("model trained on synthetic selfies")
     pair = plots.side_by_side([shown.resize((max(1, img.width * h // img.height), h)),
-                               img.crop((left, top, left + side, top + side)).resize((h, h))])
+                               img.crop((left, top, left + side, top + side)).resize((h, h))], [before, after])
     plots.save_png(pair, out)
     print(f"wrote {out}")
     return (left, top, side), best

@@ -148,7 +148,7 @@ def main(argv=None):
                 source=d["source"], test_accuracy=test_acc, label_ceiling=ceiling, epochs=args.epochs)
     cl.save(net, os.path.join(args.out, "model.npz"), metadata=meta)
     net.to("cpu")                                                    # the pictures run on the host
-    p = report.write_pictures(net, hist, d["xn"][te], d["x"][te], args.out, args.seed)
+    p = report.write_pictures(net, hist, d["xn"][te], d["x"][te], d["labels"][te], args.out, args.seed)
     wrote = ["model.npz", "curves.png", "continuum.png", "best.png", "worst.png", "tsne.png", "filters.png"]
     wrote += ["rules.png"] if report.write_rules(rules_of(d), p, args.out) else []
     report.record_run(args.out, wrote, source=d["source"])

@@ -165,32 +165,98 @@ def test_crop_search_finds_the_known_best_crop():
 
 
 def test_end_to_end_tiny_run(tmp_path, capsys):
+    import convlib as cl
     import selfie_crop, selfie_explain, selfie_rate, selfie_train
+    from lib.selfie_model import load_model, p_good, prepare
     out = tmp_path / "run"
-    res = selfie_train.main(["--synthetic-dir", str(tmp_path / "data"), "--n-images", "320", "--size", "16",
-                             "--epochs", "2", "--out", str(out), "--no-progress"])
+    argv = ["--synthetic-dir", str(tmp_path / "data"), "--n-images", "320", "--size", "16", "--epochs", "2",
+            "--out", str(out), "--no-progress"]
+    res = selfie_train.main(argv)
     printed = capsys.readouterr().out
-    assert "test accuracy:" in printed and "label ceiling:" in printed and "white border" in printed
-    assert 0.5 < res["ceiling"] <= 1 and 0 <= res["test_accuracy"] <= 1
+    assert f"test accuracy: {100 * res['test_accuracy']:.1f}% (label ceiling: {100 * res['ceiling']:.1f}%)" in printed
+    assert "white border" in printed
     for name in ("model.npz", "curves.png", "continuum.png", "best.png", "worst.png", "tsne.png",
                  "filters.png", "rules.png"):
         assert (out / name).stat().st_size > 0, name
-    assert Image.open(out / "continuum.png").size[0] > 100
     assert not [f for f in os.listdir(out) if f.startswith(".tmp")]
+    # the reported figures are the saved model's, on the held-out split: recompute them independently
+    d = selfie_train.prepare_data(selfie_train.parse_args(argv))
+    te = d["split"][2]
+    net, meta = load_model(str(out / "model.npz"))
+    assert "synthetic selfies" in capsys.readouterr().err             # the tools say what it was trained on
+    pred = cl.predict_proba(net, d["xn"][te]).argmax(1)
+    assert res["test_accuracy"] == pytest.approx(np.mean(pred == d["labels"][te]), abs=1e-12)
+    ideal = sd.ideal_labels(d["info"]["quality"], d["info"]["groups"])[d["kept"]][te]
+    assert res["ceiling"] == pytest.approx(np.mean(ideal == d["labels"][te]), abs=1e-12)
+    # rate, crop and explain give the numbers the model gives for the same file
     selfie = str(tmp_path / "data" / "selfie_00000.png")
+    img = Image.open(selfie).convert("RGB")
+    whole = float(p_good(net, prepare([img], meta))[0])
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
     results = selfie_rate.main([selfie, "--model", str(out / "model.npz")])
-    assert 0 <= results[0][1] <= 1
+    assert results == [(selfie, pytest.approx(whole, abs=1e-6))]
     with pytest.raises(SystemExit):
         selfie_rate.main([selfie, str(tmp_path / "broken.jpg"), "--model", str(out / "model.npz")])
-    box, best = selfie_crop.main([selfie, "--model", str(out / "model.npz"), "--scales", "3", "--steps", "3"])
-    assert 0 <= best <= 1 and (out / "crop_selfie_00000.png").exists()
+    (left, top, side), best = selfie_crop.main([selfie, "--model", str(out / "model.npz"), "--scales", "3",
+                                                "--steps", "3"])
+    crop = img.crop((left, top, left + side, top + side))
+    assert best == pytest.approx(float(p_good(net, prepare([crop], meta))[0]), abs=1e-6)
+    assert best >= whole - 1e-6                                      # the whole (square) image is a candidate
+    assert (out / "crop_selfie_00000.png").exists()
     heat = selfie_explain.main([selfie, "--model", str(out / "model.npz")])
-    assert heat.shape == (16, 16) and heat.max() > 0
+    from lib.selfie_model import saliency
+    want = np.abs(saliency(net, prepare([img], meta))[0]).max(axis=0)
+    np.testing.assert_allclose(heat, want, rtol=1e-6)
+    assert Image.open(out / "explain_selfie_00000.png").size[0] > 2 * 300   # two panels at display size
     # the cached data is reused: same folder, no regeneration
     stamp = os.path.getmtime(tmp_path / "data" / "generator.json")
     sd.generate(str(tmp_path / "data"), n=320, size=16, seed=0, progress=False)
     assert os.path.getmtime(tmp_path / "data" / "generator.json") == stamp
+
+
+def test_saliency_is_the_gradient_of_p_good():
+    import convlib as cl
+    from convlib.gradcheck import numerical_grad
+    from lib.selfie_model import build_net, p_good, saliency
+    cl.manual_seed(0)
+    net = build_net(16, blocks=2, width=(3, 4), hidden=5).to(np.float64).eval()
+    x = np.random.default_rng(0).standard_normal((2, 3, 16, 16))
+    want = numerical_grad(lambda: p_good(net, x), x, np.ones(2))
+    np.testing.assert_allclose(saliency(net, x), want, rtol=1e-5, atol=1e-9)
+
+
+def test_pictures_name_labels_ranks_and_agreement():
+    from lib import plots
+    from lib.selfie_report import _ranked, rule_bars
+    p = np.array([0.9, 0.2, 0.7, 0.4])
+    labels = np.array([1, 1, 0, 0])
+    imgs = np.zeros((4, 3, 8, 8))
+    captions = []
+    orig_grid = plots.grid
+    plots.grid = lambda images, cols, caps, **kw: captions.append((caps, kw["caption_colors"]))
+    try:
+        _ranked(imgs, p, labels, np.argsort(-p), "best")
+    finally:
+        plots.grid = orig_grid
+    caps, colors = captions[0]
+    assert caps == ["#1 good", "#2 bad", "#3 bad", "#4 good"]
+    assert colors == [plots.GOOD_GREEN, plots.BAD_RED, plots.GOOD_GREEN, plots.BAD_RED]
+    rows = [("a", 10, 0.7, 0.4, "do", "yes"), ("b", 10, 0.7, 0.4, "don't", "NO"), ("c", 10, 0.3, 0.5, "", "")]
+    assert [bar[3] for bar in rule_bars(rows)] == [plots.GOOD_GREEN, plots.BAD_RED, plots.GREY]
+
+
+def test_tsne_grid_layout_fills_every_slot_and_keeps_order():
+    from lib.plots import grid_layout, nice_ticks
+    xy = np.random.default_rng(0).standard_normal((50, 2))
+    slots = grid_layout(xy)
+    assert len({tuple(s) for s in slots}) == 50 and slots.max(0).tolist() == [7, 6]   # 8 per row, 7 rows
+    for r in range(7):
+        row = np.flatnonzero(slots[:, 1] == r)
+        assert np.all(np.diff(xy[row[np.argsort(slots[row, 0])], 0]) >= 0)      # left to right by x
+    assert max(xy[slots[:, 1] == 0, 1]) <= min(xy[slots[:, 1] == 1, 1])          # rows go down by y
+    assert nice_ticks(0.583, 0.647) == ([0.59, 0.6, 0.61, 0.62, 0.63, 0.64], 2)
+    assert nice_ticks(0.0, 1.0) == ([0.0, 0.25, 0.5, 0.75, 1.0], 2)
+    assert nice_ticks(0.2, 2.7) == ([0.5, 1.0, 1.5, 2.0, 2.5], 1)
 
 
 def test_each_data_source_gets_its_own_output_folder():

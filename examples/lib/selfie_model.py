@@ -38,7 +38,19 @@ def load_model(path):
     missing = [k for k in ("size", "fit", "mean", "std", "classes") if k not in meta]
     if missing:
         raise ValueError(f"{path}: not a selfie model (metadata lacks {missing})")
+    if trained_on_synthetic(meta):
+        print(f"note: {SYNTHETIC_NOTE}", file=sys.stderr)
     return net, meta
+
+
+SYNTHETIC_NOTE = ("this model was trained on the built-in synthetic selfies (generated cartoons); on real "
+                  "photographs its verdicts mean little. Train on your own photos with: "
+                  "python examples/selfie_train.py --data DIR")
+
+
+def trained_on_synthetic(meta):
+    """True for a model trained on the built-in synthetic selfies (recorded in its metadata)."""
+    return meta.get("source") == "synthetic"
 
 
 def prepare(images, meta):

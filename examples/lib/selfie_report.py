@@ -72,28 +72,49 @@ def rules_table(rules, p):
     return rows, "\n".join(lines)
 
 
-def write_pictures(net, hist, xn, imgs, out, seed):
+def _ranked(imgs, p, labels, idx, title, good_word="good"):
+    """A grid of images ``idx`` captioned with their rank and true label, green where the net
+    (P(good) >= 0.5) agrees with the label, red where it does not."""
+    right = (p[idx] >= 0.5) == (labels[idx] == 1)
+    names = ["good" if labels[i] == 1 else "bad" for i in idx]
+    rank = lambda i: int(np.flatnonzero(np.argsort(-p) == i)[0]) + 1
+    return plots.grid(imgs[idx], 8, [f"#{rank(i)} {n}" for i, n in zip(idx, names)], cell=80,
+                      caption_colors=[plots.GOOD_GREEN if r else plots.BAD_RED for r in right],
+                      title=[title, f"caption: rank by P(good) among {len(p)} held-out selfies, then the "
+                             "true label; green: the net agrees with it, red: it does not"])
+
+
+def write_pictures(net, hist, xn, imgs, labels, out, seed):
     """curves, continuum, best, worst, t-SNE and filters PNGs for held-out images ``imgs``
-    (normalised ``xn``); returns P(good) of each (T,)."""
+    (3, S, S) in [0, 1], normalised ``xn`` and true ``labels`` (T,) 0/1; returns P(good) (T,)."""
     p = p_good(net, xn)                                              # (T,) P(good) on held-out selfies
     order = np.argsort(-p)
     plots.save_png(plots.curves(hist), os.path.join(out, "curves.png"))
     rows, cols = 6, 12
     picks = order[np.linspace(0, len(order) - 1, min(len(order), rows * cols)).astype(int)]
     plots.save_png(plots.grid(imgs[picks], cols, [f"{v:.2f}" for v in p[picks]], cell=64,
-                              title="held-out selfies from best (top left) to worst (bottom right), P(good)"),
+                              borders=[plots.GOOD_GREEN if labels[i] == 1 else plots.BAD_RED for i in picks],
+                              title=["held-out selfies from best (top left) to worst (bottom right)",
+                                     "caption: P(good); frame: the true label, green good, red bad"]),
                    os.path.join(out, "continuum.png"))
     k = min(48, len(order) // 2)                                     # best and worst never overlap
-    plots.save_png(plots.grid(imgs[order[:k]], 8, [f"{v:.2f}" for v in p[order[:k]]], cell=80,
-                              title=f"best {k} held-out selfies"), os.path.join(out, "best.png"))
-    plots.save_png(plots.grid(imgs[order[::-1][:k]], 8, [f"{v:.2f}" for v in p[order[::-1][:k]]], cell=80,
-                              title=f"worst {k} held-out selfies"), os.path.join(out, "worst.png"))
+    plots.save_png(_ranked(imgs, p, labels, order[:k], f"the net's best {k} held-out selfies"),
+                   os.path.join(out, "best.png"))
+    plots.save_png(_ranked(imgs, p, labels, order[::-1][:k], f"the net's worst {k} held-out selfies"),
+                   os.path.join(out, "worst.png"))
     feats = net[:-1](xn[:1500])                                      # (T, hidden) last hidden layer
-    xy = tsne(feats, seed=seed)
-    plots.save_png(plots.mosaic(imgs[:1500], xy, cells=min(30, max(4, int(np.sqrt(len(xy)) * 1.2)))),
-                   os.path.join(out, "tsne.png"))
-    plots.save_png(plots.filters_image(net[0].weight.data), os.path.join(out, "filters.png"))
+    plots.save_png(plots.mosaic(imgs[:1500], tsne(feats, seed=seed), p[:1500]), os.path.join(out, "tsne.png"))
+    one = int(order[0])                                              # the best selfie: its first-layer maps
+    maps = net[:2](xn[one:one + 1])[0]                               # (F, S, S) after conv + ReLU
+    plots.save_png(plots.filters_image(net[0].weight.data, imgs[one], maps), os.path.join(out, "filters.png"))
     return p
+
+
+def rule_bars(table_rows):
+    """Bars for rules.png: (name, P(good) with, note, colour by agreement with the post)."""
+    color = {"yes": plots.GOOD_GREEN, "NO": plots.BAD_RED, "": plots.GREY}
+    return [(name, pw, f"{pw:.2f} vs {pn:.2f}   {post or '-':6s} {agrees or '-'}", color[agrees])
+            for name, _, pw, pn, post, agrees in table_rows]
 
 
 def write_rules(rules, p, out):
@@ -103,9 +124,12 @@ def write_rules(rules, p, out):
         return False
     table_rows, table = rules_table(rules, p)
     print("\nmean P(good) on held-out selfies, by attribute (the rules the net learned):\n" + table)
-    plots.save_png(plots.bar_chart([(r[0], r[2], f"vs {r[3]:.2f} {('post: ' + r[4]) if r[4] else ''}")
-                                    for r in table_rows], "mean P(good) with each attribute"),
-                   os.path.join(out, "rules.png"))
+    chart = plots.bar_chart(rule_bars(table_rows), None, xlabel="mean P(good) with the attribute (the line: 0.5)",
+                            columns="with vs without   post   net agrees")
+    plots.save_png(plots.header(chart, [
+        "mean P(good) of held-out selfies with each attribute: the rules the net learned",
+        "bar colour: green, the net agrees with the post; red, it does not; grey, the post gives no verdict"]),
+        os.path.join(out, "rules.png"))
     return True
 
 
