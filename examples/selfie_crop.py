@@ -5,11 +5,10 @@ candidate scored by the net in batches. Writes the original and the best crop si
 """
 import sys
 
-import numpy as np
 from PIL import ImageDraw
 
 from lib import plots
-from lib.selfie_model import best_crop, image_command, p_good, prepare, trained_on_synthetic
+from lib.selfie_model import find_crop, image_command, trained_on_synthetic
 
 
 def main(argv=None):
@@ -18,10 +17,8 @@ def main(argv=None):
         (("--steps",), dict(type=int, default=9, help="positions per axis for each size"))])
     if args.scales < 1 or args.steps < 1:
         sys.exit("error: --scales and --steps must be >= 1")
-    score = lambda crops: p_good(net, prepare(crops, meta))
-    (left, top, side), best, scores = best_crop(img, score, np.linspace(0.5, 1.0, args.scales), args.steps)
-    whole = float(score([img])[0])
-    print(f"searched {len(scores)} square crops; whole image P(good) = {whole:.3f}")
+    (left, top, side), best, whole, n = find_crop(net, meta, img, args.scales, args.steps)
+    print(f"searched {n} square crops; whole image P(good) = {whole:.3f}")
     print(f"best crop: left={left} top={top} side={side} P(good) = {best:.3f}")
     shown = img.copy()
     ImageDraw.Draw(shown).rectangle((left, top, left + side, top + side), outline=(255, 40, 40),

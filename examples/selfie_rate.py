@@ -10,17 +10,7 @@ import sys
 
 from convlib.data import list_images
 
-from lib.selfie_model import load_model, open_image, p_good, prepare
-
-
-def verdict(p):
-    if p >= 0.75:
-        return "great selfie: post it"
-    if p >= 0.5:
-        return "good selfie"
-    if p >= 0.25:
-        return "meh: try more light, a tighter crop, or a filter"
-    return "bad selfie: the net would not like it"
+from lib.selfie_model import load_model, open_image, p_good, prepare, verdict
 
 
 def main(argv=None):

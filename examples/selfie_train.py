@@ -27,7 +27,7 @@ from convlib.data import RandomFlip, channel_stats, load_images, normalise
 
 from lib import selfie_data as sd
 from lib import selfie_report as report
-from lib.selfie_model import build_net
+from lib.selfie_model import build_net, p_good
 
 
 def parse_args(argv=None):
@@ -144,8 +144,10 @@ def main(argv=None):
     if "quality" in d["info"]:                                       # the ideal judge, on the same test images
         ideal = sd.ideal_labels(d["info"]["quality"], d["info"]["groups"])[d["kept"]][te]
         ceiling = float(np.mean(ideal == d["labels"][te]))
+    held_out = np.sort(p_good(net, d["xn"][te]))                     # (T,) for percentiles (selfie_web.py)
     meta = dict(classes=["bad", "good"], size=args.size, fit=args.fit, mean=d["mean"], std=d["std"],
-                source=d["source"], test_accuracy=test_acc, label_ceiling=ceiling, epochs=args.epochs)
+                source=d["source"], test_accuracy=test_acc, label_ceiling=ceiling, epochs=args.epochs,
+                held_out_p_good=[round(float(v), 5) for v in held_out])
     cl.save(net, os.path.join(args.out, "model.npz"), metadata=meta)
     net.to("cpu")                                                    # the pictures run on the host
     p = report.write_pictures(net, hist, d["xn"][te], d["x"][te], d["labels"][te], args.out, args.seed)

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 import convlib as cl
-from convlib.data import image_to_array, normalise
+from convlib.data import image_to_array, normalise, square
 
 GOOD = 1                                                            # class index of "good"
 
@@ -102,6 +102,45 @@ def best_crop(image, score_fn, scales=np.linspace(0.4, 1.0, 7), steps=7, batch=6
     k = int(np.argmax(scores))
     return boxes[k], float(scores[k]), scores
 
+
+
+def explain(net, meta, image, show=320):
+    """What the net looks at in a PIL image: (heat (S, S) = max over colours of |d P(good) /
+    d pixel|, P(good), the square the net rates at ``show`` px, that square with the heat over it)."""
+    from . import plots
+    x = prepare([image], meta)                                       # (1, 3, S, S)
+    heat = np.abs(saliency(net, x)[0]).max(axis=0)                   # (S, S)
+    photo = square(image.convert("RGB"), meta["fit"]).resize((show, show))
+    return heat, float(p_good(net, x)[0]), photo, plots.heatmap_overlay(photo, heat)
+
+
+def find_crop(net, meta, image, scales=9, steps=9):
+    """The best square crop of a PIL image, searched from half the short side to all of it
+    (``scales`` sizes, ``steps`` x ``steps`` positions each): ((left, top, side), P(good) of
+    that crop, P(good) of the whole image, number of crops scored)."""
+    score = lambda crops: p_good(net, prepare(crops, meta))
+    box, best, scores = best_crop(image, score, np.linspace(0.5, 1.0, scales), steps)
+    return box, best, float(score([image])[0]), len(scores)
+
+
+def verdict(p):
+    """A one-line verdict on P(good), like the post's bot."""
+    if p >= 0.75:
+        return "great selfie: post it"
+    if p >= 0.5:
+        return "good selfie"
+    if p >= 0.25:
+        return "meh: try more light, a tighter crop, or a filter"
+    return "bad selfie: the net would not like it"
+
+
+def percentile(meta, p):
+    """Where P(good) ``p`` ranks among the model's held-out selfies (% of them below it), or
+    None for a model file that did not record them."""
+    held_out = meta.get("held_out_p_good")
+    if not held_out:
+        return None
+    return float(100 * np.mean(np.asarray(held_out) < p))
 
 
 def open_image(path):

@@ -102,8 +102,9 @@ def write_pictures(net, hist, xn, imgs, labels, out, seed):
                    os.path.join(out, "best.png"))
     plots.save_png(_ranked(imgs, p, labels, order[::-1][:k], f"the net's worst {k} held-out selfies"),
                    os.path.join(out, "worst.png"))
-    feats = net[:-1](xn[:1500])                                      # (T, hidden) last hidden layer
-    plots.save_png(plots.mosaic(imgs[:1500], tsne(feats, seed=seed), p[:1500]), os.path.join(out, "tsne.png"))
+    m = min(len(p), 900)                                             # a 30 x 30 map at most
+    feats = net[:-1](xn[:m])                                         # (m, hidden) last hidden layer
+    plots.save_png(plots.mosaic(imgs[:m], tsne(feats, seed=seed), p[:m]), os.path.join(out, "tsne.png"))
     one = int(order[0])                                              # the best selfie: its first-layer maps
     maps = net[:2](xn[one:one + 1])[0]                               # (F, S, S) after conv + ReLU
     plots.save_png(plots.filters_image(net[0].weight.data, imgs[one], maps), os.path.join(out, "filters.png"))
