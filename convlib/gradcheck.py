@@ -43,8 +43,9 @@ def _compare(name, analytic, numeric, tol):
     err = np.abs(analytic - numeric) / np.maximum(scale, floor)
     worst = np.unravel_index(np.argmax(err), err.shape) if err.size else ()
     if err.size and err[worst] > tol:
-        raise AssertionError(f"{name}: relative error {err[worst]:.3g} > {tol:g} at index {worst}: "
-                             f"analytic {analytic[worst]!r}, numerical {numeric[worst]!r}")
+        raise AssertionError(f"{name}: relative error {err[worst]:.3g} > {tol:g} at index "
+                             f"{tuple(int(i) for i in worst)}: analytic {float(analytic[worst])!r}, "
+                             f"numerical {float(numeric[worst])!r}")
     return float(err[worst]) if err.size else 0.0
 
 

@@ -21,6 +21,7 @@ from .model import Sequential, layer_to_json
 
 FORMAT = 1
 _HEADER = "__convlib__"
+_EXTRA = "extra."                                                    # prefix of save(extra=...) arrays
 
 
 def _layer_classes():
@@ -48,10 +49,10 @@ def layer_from_json(spec):
         raise ValueError(f"model file: cannot build {spec['type']} from {kwargs}: {e}") from None
 
 
-def save(net, path, metadata=None):
-    """Write ``net`` (architecture, parameters, buffers) and JSON-able ``metadata`` to ``path``.
-
-    The file appears complete or not at all. Returns the path written.
+def save(net, path, metadata=None, extra=None):
+    """Write ``net`` (architecture, parameters, buffers) and JSON-able ``metadata`` to ``path``;
+    ``extra`` {name: array} is stored beside them (a checkpoint's optimizer state, say) and read
+    back by ``load_extra``. The file appears complete or not at all. Returns the path written.
     """
     path = os.fspath(path)
     try:
@@ -62,6 +63,7 @@ def save(net, path, metadata=None):
     if _HEADER in arrays:
         raise ValueError(f"save: the key {_HEADER!r} is reserved")
     arrays[_HEADER] = np.frombuffer(header.encode(), dtype=np.uint8)
+    arrays.update({_EXTRA + k: np.asarray(v) for k, v in (extra or {}).items()})
     with atomic_file(path, ".npz") as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
         f.flush()
@@ -95,14 +97,26 @@ def load(path, with_metadata=False):
     not an npz/zip archive, truncated, missing header, unknown format version, unknown layer,
     missing or mis-shaped arrays. Never unpickles.
     """
+    net, metadata, _ = load_extra(path)
+    return (net, metadata) if with_metadata else net
+
+
+def load_extra(path):
+    """(net in eval mode, metadata, {name: array} saved as ``extra``) from a file ``save`` wrote;
+    the same checks and errors as ``load``."""
     path = os.fspath(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             if _HEADER not in z.files:
                 raise ValueError(f"{path}: not a convlib model file (no {_HEADER} header; "
                                  f"arrays found: {z.files[:5]})")
-            header = json.loads(z[_HEADER].tobytes().decode())
-            arrays = {k: z[k] for k in z.files if k != _HEADER}
+            entries = {k: z[k] for k in z.files}
+        odd = [k for k, v in entries.items() if not isinstance(v, np.ndarray)]
+        if odd:                                                     # np.load gives raw bytes for non-.npy entries
+            raise ValueError(f"{path}: corrupt model file (entries that are not arrays: {odd[:5]})")
+        header = json.loads(entries.pop(_HEADER).tobytes().decode())
+        extra = {k[len(_EXTRA):]: entries.pop(k) for k in list(entries) if k.startswith(_EXTRA)}
+        arrays = entries
     except FileNotFoundError:
         raise
     except ValueError as e:
@@ -111,18 +125,19 @@ def load(path, with_metadata=False):
         if "pickle" in str(e):                                      # numpy would offer to unpickle: never
             raise ValueError(f"{path}: not a convlib model file (not an .npz archive of plain arrays)") from None
         raise ValueError(f"{path}: not a readable convlib model file ({e})") from None
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError, UnicodeDecodeError) as e:
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError, UnicodeDecodeError, NotImplementedError,
+            RuntimeError) as e:
         raise ValueError(f"{path}: corrupt or truncated model file ({type(e).__name__}: {e})") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise ValueError(f"{path}: unsupported model file format {header.get('format')!r} "
-                         f"(this convlib reads format {FORMAT})")
+        found = header.get("format") if isinstance(header, dict) else None
+        raise ValueError(f"{path}: unsupported model file format {found!r} (this convlib reads format {FORMAT})")
     try:
         net = layer_from_json(header["arch"])
         floats = [a.dtype for a in arrays.values() if a.dtype.kind == "f"]
         if floats:
             net.to(floats[0])                                       # keep the saved precision
         net.load_state_dict(arrays)
-    except (ValueError, KeyError) as e:
-        raise ValueError(f"{path}: {e}") from None
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:   # whatever a damaged header does
+        raise ValueError(f"{path}: {type(e).__name__ + ': ' if not isinstance(e, ValueError) else ''}{e}") from None
     net.eval()
-    return (net, header.get("metadata", {})) if with_metadata else net
+    return net, header.get("metadata", {}), extra

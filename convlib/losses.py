@@ -4,9 +4,8 @@ from .backend import is_array, kernels_for, to_host
 
 def _check_logits(logits, name):
     if not is_array(logits) or logits.ndim != 2 or logits.dtype.kind != "f":
-        raise ValueError(f"{name}: expected float logits of shape (N, K), got "
-                         f"{getattr(logits, 'shape', type(logits).__name__)} "
-                         f"{getattr(logits, 'dtype', '')}")
+        got = f"{logits.shape} {logits.dtype}" if is_array(logits) else type(logits).__name__
+        raise ValueError(f"{name}: expected float logits of shape (N, K), got {got}")
     if not kernels_for(logits).all_finite(logits):
         raise ValueError(f"{name}: logits hold NaN or infinite values")
 

@@ -10,7 +10,9 @@ where they live, keeping its state (momentum, moments) there too.
 """
 import math
 
-from .backend import kernels_for
+import numpy as np
+
+from .backend import device_of, kernels_for, to_device, to_host
 
 
 def _check_hyper(name, **values):
@@ -45,6 +47,29 @@ class Optimizer:
         self.t += 1
         for p, state in zip(self.params, self.state):
             self._update(p, p.grad, state)
+
+    def state_dict(self):
+        """{"lr", "t", "state": [{name: host array} per parameter]}: the learning rate, the step
+        count and each parameter's buffers (momentum, Adam's moments), copied."""
+        return {"lr": self.lr, "t": self.t,
+                "state": [{k: np.array(to_host(v), copy=True) for k, v in s.items()} for s in self.state]}
+
+    def load_state_dict(self, state):
+        """Restore what ``state_dict`` returned, onto the parameters' device; ValueError if it
+        does not fit these parameters (count or shapes)."""
+        bufs = state["state"]
+        if len(bufs) != len(self.params):
+            raise ValueError(f"{type(self).__name__}.load_state_dict: state for {len(bufs)} parameters, "
+                             f"this optimizer has {len(self.params)}")
+        for i, (p, s) in enumerate(zip(self.params, bufs)):
+            for k, v in s.items():
+                if np.shape(v) != p.shape:
+                    raise ValueError(f"{type(self).__name__}.load_state_dict: buffer {k!r} of parameter {i} "
+                                     f"has shape {np.shape(v)}, the parameter {p.shape}")
+        self.state = [{k: to_device(np.array(v, p.data.dtype), device_of(p.data)) for k, v in s.items()}
+                      for p, s in zip(self.params, bufs)]
+        self.lr, self.t = float(state["lr"]), int(state["t"])
+        return self
 
 
 class SGD(Optimizer):
@@ -111,6 +136,14 @@ class Schedule:
         self.t += 1
         self.optimizer.lr = self.lr_at(self.t)
         return self.optimizer.lr
+
+    def state_dict(self):
+        return {"t": self.t, "base_lr": self.base_lr}
+
+    def load_state_dict(self, state):
+        self.t, self.base_lr = int(state["t"]), float(state["base_lr"])
+        self.optimizer.lr = self.lr_at(self.t)
+        return self
 
 
 class ConstantLR(Schedule):

@@ -1,13 +1,18 @@
 """Training loop: ``fit``, ``evaluate`` and ``predict_proba``."""
 import math
+import os
+import signal
+import threading
 import time
 
 import numpy as np
 
 from .backend import to_device, to_host
+from .io import load_extra, save
 from .losses import softmax, softmax_cross_entropy
 from .optim import SGD
 from .progress import Progress
+from .rng import get_rng
 
 
 class History(dict):
@@ -44,7 +49,7 @@ def iterate_batches(x, y, batch_size, shuffle=False, rng=None):
 
 def fit(net, train, val=None, *, epochs=10, batch_size=32, optimizer=None, schedule=None,
         loss_fn=softmax_cross_entropy, augment=None, seed=0, restore_best=True, progress=True,
-        on_epoch_end=None):
+        on_epoch_end=None, checkpoint=None, resume=False):
     """Train ``net`` and return a ``History``.
 
     Args:
@@ -56,6 +61,12 @@ def fit(net, train, val=None, *, epochs=10, batch_size=32, optimizer=None, sched
         augment: ``augment(xb, rng) -> xb`` applied to each training batch of arrays.
         restore_best: with ``val``, load the weights of the best validation epoch at the end.
         on_epoch_end: ``callback(epoch, history)`` after each epoch.
+        checkpoint: a file path. After every epoch the run is written there atomically (weights,
+            optimizer and schedule state, random generators, epoch, history); Ctrl-C finishes
+            the step in progress, writes it and raises KeyboardInterrupt saying how to go on.
+        resume: with an existing ``checkpoint``, continue that run where it stopped: the final
+            weights are bit for bit those of an uninterrupted run with the same arguments (a
+            batch iterable must yield the same batches again).
     Batches come from the host (augmented there) and are copied to ``net.device``; on a GPU a
     step copies nothing back but the logits (for the accuracy) and the loss.
     Raises FloatingPointError naming the epoch and step when the logits or loss become NaN/inf.
@@ -78,53 +89,136 @@ def fit(net, train, val=None, *, epochs=10, batch_size=32, optimizer=None, sched
     optimizer = optimizer or SGD(net.parameters(), lr=0.01, momentum=0.9)
     hist = History(loss=[], acc=[], val_loss=[], val_acc=[], lr=[], seconds=[])
     best_state, device = None, net.device
-    for epoch in range(1, epochs + 1):
-        net.train()
-        t0, tot_loss, tot_correct, seen = time.perf_counter(), 0.0, 0, 0
-        with Progress(n_batches, f"epoch {epoch}/{epochs}", "batch", enabled=progress) as bar:
-            for step, (xb, yb) in enumerate(batches(), 1):
-                if augment is not None:
-                    xb = augment(xb, rng)
-                logits = net(to_device(xb, device))
-                host_logits = to_host(logits)                       # (N, K): the accuracy is counted here
-                if not np.all(np.isfinite(host_logits)):
-                    raise FloatingPointError(
-                        f"fit: the logits became NaN or infinite at epoch {epoch}, step {step} "
-                        f"(lr={optimizer.lr:g}); lower the learning rate or check the inputs")
-                loss, dlogits = loss_fn(logits, yb)
-                if not math.isfinite(loss):
-                    raise FloatingPointError(f"fit: the loss became {loss} at epoch {epoch}, step {step} "
-                                             f"(lr={optimizer.lr:g}); lower the learning rate")
-                optimizer.zero_grad()
-                net.backward(dlogits, input_grad=False)
-                optimizer.step()
-                n = len(yb)
-                seen += n
-                tot_loss += loss * n
-                tot_correct += int((host_logits.argmax(1) == yb).sum())
-                bar.update(1, loss=tot_loss / seen, acc=tot_correct / seen)
-            if seen == 0:
-                raise ValueError("fit: the training data yielded no batches")
-            hist["loss"].append(tot_loss / seen)
-            hist["acc"].append(tot_correct / seen)
-            hist["lr"].append(optimizer.lr)
-            if val is not None:
-                vl, va = evaluate(net, *val, batch_size=max(batch_size, 256))
-                hist["val_loss"].append(vl)
-                hist["val_acc"].append(va)
-                bar.set(val_acc=va)
-                if hist.best_val_acc is None or va > hist.best_val_acc:
-                    hist.best_val_acc, hist.best_epoch = va, epoch
-                    best_state = net.state_dict() if restore_best else None
-            hist["seconds"].append(time.perf_counter() - t0)
-        if schedule is not None:
-            schedule.step()
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, hist)
+    at = dict(epoch=1, step=0)                                      # where this run starts
+    if checkpoint is not None and resume and os.path.exists(checkpoint):
+        hist, best_state, at = _restore(checkpoint, net, optimizer, schedule, rng)
+    with _CtrlC(enabled=checkpoint is not None) as interrupted:
+        for epoch in range(at["epoch"], epochs + 1):
+            net.train()
+            t0 = time.perf_counter()
+            skip = at["step"] if epoch == at["epoch"] else 0           # steps a resumed epoch already did
+            tot_loss, tot_correct, seen = at["totals"] if skip else (0.0, 0, 0)
+            epoch_rng = at["epoch_rng"] if skip else rng.bit_generator.state
+            rng.bit_generator.state = epoch_rng
+            todo = batches()
+            for _ in range(skip):                                    # the same order, minus the done steps
+                next(todo)
+            if skip:
+                rng.bit_generator.state, get_rng().bit_generator.state = at["rng"], at["global_rng"]
+            with Progress(n_batches, f"epoch {epoch}/{epochs}", "batch", enabled=progress) as bar:
+                bar.n = skip
+                for step, (xb, yb) in enumerate(todo, skip + 1):
+                    if augment is not None:
+                        xb = augment(xb, rng)
+                    logits = net(to_device(xb, device))
+                    host_logits = to_host(logits)                   # (N, K): the accuracy is counted here
+                    if not np.all(np.isfinite(host_logits)):
+                        raise FloatingPointError(
+                            f"fit: the logits became NaN or infinite at epoch {epoch}, step {step} "
+                            f"(lr={optimizer.lr:g}); lower the learning rate or check the inputs")
+                    loss, dlogits = loss_fn(logits, yb)
+                    if not math.isfinite(loss):
+                        raise FloatingPointError(f"fit: the loss became {loss} at epoch {epoch}, step {step} "
+                                                 f"(lr={optimizer.lr:g}); lower the learning rate")
+                    optimizer.zero_grad()
+                    net.backward(dlogits, input_grad=False)
+                    optimizer.step()
+                    n = len(yb)
+                    seen += n
+                    tot_loss += loss * n
+                    tot_correct += int((host_logits.argmax(1) == yb).sum())
+                    bar.update(1, loss=tot_loss / seen, acc=tot_correct / seen)
+                    if interrupted:
+                        _save(checkpoint, net, optimizer, schedule, rng, hist, best_state, epoch=epoch,
+                              step=step, totals=(tot_loss, tot_correct, seen), epoch_rng=epoch_rng)
+                        raise KeyboardInterrupt(
+                            f"fit: stopped after epoch {epoch}, step {step}; {checkpoint} holds the run: "
+                            f"continue it with fit(..., checkpoint={checkpoint!r}, resume=True)")
+                if seen == 0:
+                    raise ValueError("fit: the training data yielded no batches")
+                hist["loss"].append(tot_loss / seen)
+                hist["acc"].append(tot_correct / seen)
+                hist["lr"].append(optimizer.lr)
+                if val is not None:
+                    vl, va = evaluate(net, *val, batch_size=max(batch_size, 256))
+                    hist["val_loss"].append(vl)
+                    hist["val_acc"].append(va)
+                    bar.set(val_acc=va)
+                    if hist.best_val_acc is None or va > hist.best_val_acc:
+                        hist.best_val_acc, hist.best_epoch = va, epoch
+                        best_state = net.state_dict() if restore_best else None
+                hist["seconds"].append(time.perf_counter() - t0)
+            if schedule is not None:
+                schedule.step()
+            if checkpoint is not None:
+                _save(checkpoint, net, optimizer, schedule, rng, hist, best_state, epoch=epoch + 1, step=0)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, hist)
     if best_state is not None:
         net.load_state_dict(best_state)
     net.eval()
     return hist
+
+
+class _CtrlC:
+    """``with _CtrlC() as interrupted``: inside, Ctrl-C appends to the list ``interrupted``
+    instead of raising, so the step in progress can finish (main thread only, where Python
+    delivers signals; ``enabled=False`` leaves Ctrl-C alone)."""
+
+    def __init__(self, enabled=True):
+        self.enabled, self.flag, self.old = enabled, [], None
+
+    def __enter__(self):
+        if self.enabled and threading.current_thread() is threading.main_thread():
+            self.old = signal.signal(signal.SIGINT, lambda *_: self.flag.append(1))
+        return self.flag
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            signal.signal(signal.SIGINT, self.old)
+
+
+def _save(path, net, optimizer, schedule, rng, hist, best_state, epoch, step, totals=None, epoch_rng=None):
+    """Write a checkpoint: the net with its weights, plus in metadata and extra arrays everything
+    else a run needs to go on from (epoch, step) exactly."""
+    opt = optimizer.state_dict()
+    extra = {f"optimizer.{i}.{k}": v for i, s in enumerate(opt["state"]) for k, v in s.items()}
+    extra.update({f"best.{k}": v for k, v in (best_state or {}).items()})
+    state = dict(epoch=epoch, step=step, totals=totals, epoch_rng=epoch_rng, rng=rng.bit_generator.state,
+                 global_rng=get_rng().bit_generator.state, optimizer={"lr": opt["lr"], "t": opt["t"]},
+                 schedule=schedule.state_dict() if schedule is not None else None,
+                 history=dict(hist), best_epoch=hist.best_epoch, best_val_acc=hist.best_val_acc,
+                 has_best=best_state is not None)
+    save(net, path, metadata={"checkpoint": state}, extra=extra)
+
+
+def _restore(path, net, optimizer, schedule, rng):
+    """Load a checkpoint written by ``_save`` into net, optimizer, schedule and the generators;
+    returns (history, best state or None, where to start)."""
+    saved, meta, extra = load_extra(path)
+    state = meta.get("checkpoint")
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a fit() checkpoint (a model file without training state)")
+    try:
+        net.load_state_dict(saved.state_dict())
+    except ValueError as e:
+        raise ValueError(f"{path}: the checkpoint does not fit this net: {e}") from None
+    bufs = [{} for _ in optimizer.params]
+    for k, v in extra.items():
+        if k.startswith("optimizer."):
+            i, name = k[len("optimizer."):].split(".", 1)
+            bufs[int(i)][name] = v
+    optimizer.load_state_dict(dict(state["optimizer"], state=bufs))
+    if schedule is not None and state["schedule"] is not None:
+        schedule.load_state_dict(state["schedule"])
+    rng.bit_generator.state = state["rng"]
+    get_rng().bit_generator.state = state["global_rng"]
+    hist = History(state["history"])
+    hist.best_epoch, hist.best_val_acc = state["best_epoch"], state["best_val_acc"]
+    best = {k[len("best."):]: v for k, v in extra.items() if k.startswith("best.")} if state["has_best"] else None
+    at = dict(epoch=state["epoch"], step=state["step"], epoch_rng=state["epoch_rng"], rng=state["rng"],
+              global_rng=state["global_rng"], totals=tuple(state["totals"] or (0.0, 0, 0)))
+    return hist, best, at
 
 
 def _batched_eval(net, x, batch_size):

@@ -14,7 +14,11 @@ runs/selfie-dataset/ or runs/selfie-posts/ for the others: model.npz, curves.png
 best.png, worst.png, tsne.png, filters.png, rules.png (where the data has attributes), and
 run.json listing them; files an earlier run listed there and this one does not write are removed,
 so no picture of another run is left looking like this one's. Then: selfie_rate.py,
-selfie_crop.py and selfie_explain.py use model.npz.
+selfie_crop.py, selfie_explain.py and selfie_web.py use model.npz.
+
+Training writes OUT/checkpoint.npz after every epoch; Ctrl-C finishes the step in progress,
+saves it and stops. The same command with --resume goes on from there and ends with the same
+weights as an uninterrupted run (the checkpoint is removed when the run completes).
 """
 import argparse
 import os
@@ -52,6 +56,8 @@ def parse_args(argv=None):
     ap.add_argument("--min-followers", type=int, help="posts labeller: drop users below")
     ap.add_argument("--max-followers", type=int, help="posts labeller: drop users above")
     ap.add_argument("--max-tags", type=int, help="posts labeller: drop images with more tags")
+    ap.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT/checkpoint.npz "
+                    "(same options)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     for name in ("n_images", "size", "epochs", "batch_size"):
@@ -106,6 +112,7 @@ def train(args, d):
     hist = cl.fit(net, (d["xn"][tr], d["labels"][tr]), val=(d["xn"][va], d["labels"][va]), epochs=args.epochs,
                   batch_size=args.batch_size, optimizer=opt, schedule=cl.optim.CosineLR(opt, total=args.epochs, warmup=1),
                   augment=RandomFlip(), seed=args.seed, progress=not args.no_progress,
+                  checkpoint=os.path.join(args.out, "checkpoint.npz"), resume=args.resume,
                   on_epoch_end=lambda e, h: print(f"epoch {e}: loss {h['loss'][-1]:.4f} "
                                                   f"train acc {h['acc'][-1]:.3f} val acc {h['val_acc'][-1]:.3f}"))
     return net, hist
@@ -137,7 +144,11 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     cl.manual_seed(args.seed)
     d = prepare_data(args)
-    net, hist = train(args, d)
+    try:
+        net, hist = train(args, d)
+    except KeyboardInterrupt as e:
+        raise SystemExit(f"\ninterrupted ({e}).\nTo go on, run the same command with --resume.") from None
+    os.remove(os.path.join(args.out, "checkpoint.npz"))             # the run is complete: model.npz holds it
     te = d["split"][2]
     _, test_acc = cl.evaluate(net, d["xn"][te], d["labels"][te])
     ceiling = None

@@ -123,3 +123,80 @@ def test_loading_a_non_model_never_suggests_unpickling(tmp_path, content):
     with pytest.raises(ValueError) as e:
         cl.load(path)
     assert "not a convlib model file" in str(e.value) and "pickle" not in str(e.value)
+
+
+def _corruptions(data, rng):
+    """300 damaged copies of a model file's bytes: byte flips, truncations, zip entries swapped,
+    replaced by raw bytes or by other arrays, and an unsupported compression method."""
+    import io as _io
+    import zipfile
+    with zipfile.ZipFile(_io.BytesIO(data)) as z:
+        names = z.namelist()
+        members = {n: z.read(n) for n in names}
+
+    def rezip(entries):
+        buf = _io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            for n, b in entries:
+                z.writestr(n, b)
+        return buf.getvalue()
+    out = []
+    for i in range(300):
+        kind = i % 6
+        if kind == 0:                                               # flip 1-3 bytes anywhere
+            b = bytearray(data)
+            for pos in rng.integers(0, len(b), rng.integers(1, 4)):
+                b[pos] ^= int(rng.integers(1, 256))
+            out.append(bytes(b))
+        elif kind == 1:                                             # truncate
+            out.append(data[: int(rng.integers(0, len(data)))])
+        elif kind == 2:                                             # two entries' contents swapped
+            a, c = rng.choice(len(names), 2, replace=False)
+            swapped = dict(members)
+            swapped[names[a]], swapped[names[c]] = members[names[c]], members[names[a]]
+            out.append(rezip(swapped.items()))
+        elif kind == 3:                                             # an entry replaced by raw bytes, or renamed
+            k = names[int(rng.integers(len(names)))]
+            entries = dict(members)
+            if rng.random() < 0.5:
+                entries[k] = rng.bytes(int(rng.integers(0, 64)))
+            else:
+                entries[k[:-4] + ".bin"] = entries.pop(k)           # np.load returns raw bytes for it
+            out.append(rezip(entries.items()))
+        elif kind == 4:                                             # an entry replaced by another array
+            k = names[int(rng.integers(len(names)))]
+            buf = _io.BytesIO()
+            others = [np.zeros(3, "<U2"), np.ones((2, 2), bool), np.arange(5), np.zeros(()),
+                      np.full(4, np.nan, np.float32)]
+            np.save(buf, others[int(rng.integers(len(others)))])
+            entries = dict(members)
+            entries[k] = buf.getvalue()
+            out.append(rezip(entries.items()))
+        else:                                                       # compression method 99 (unsupported)
+            b = bytearray(data)
+            b[8:10] = (99).to_bytes(2, "little")
+            at = b.find(b"PK\x01\x02")
+            if at >= 0:
+                b[at + 10:at + 12] = (99).to_bytes(2, "little")
+            out.append(bytes(b))
+    return out
+
+
+def test_damaged_model_files_fail_with_a_value_error_naming_the_file(tmp_path):
+    """Loading any damaged model file either works or raises ValueError naming the file; no
+    other exception escapes (zipfile's NotImplementedError, np.load's raw bytes, ...)."""
+    cl.manual_seed(0)
+    net = cl.Sequential(cl.Conv2d(1, 2, 3), cl.BatchNorm2d(2), cl.ReLU(), cl.Flatten(), cl.Linear(8, 2))
+    path = tmp_path / "m.npz"
+    cl.save(net, path)
+    kinds = {}
+    for i, data in enumerate(_corruptions(path.read_bytes(), np.random.default_rng(0))):
+        bad = tmp_path / f"bad{i}.npz"
+        bad.write_bytes(data)
+        try:
+            cl.load(bad)
+            kinds["loaded"] = kinds.get("loaded", 0) + 1
+        except ValueError as e:
+            assert str(e).startswith(str(bad)), str(e)
+            kinds["ValueError"] = kinds.get("ValueError", 0) + 1
+    assert kinds["ValueError"] > 250                               # nearly every damage is noticed

@@ -277,3 +277,61 @@ def test_a_run_removes_only_the_files_an_earlier_run_listed(tmp_path):
     (tmp_path.parent / "escape.txt").write_text("keep")
     record_run(str(tmp_path), ["model.npz"])
     assert (tmp_path.parent / "escape.txt").exists()                # never outside the folder
+
+
+def test_an_interrupted_run_resumes_to_the_same_model(tmp_path, monkeypatch):
+    import convlib as cl
+    import selfie_train
+    argv = ["--synthetic-dir", str(tmp_path / "data"), "--n-images", "320", "--size", "16", "--epochs", "3",
+            "--no-progress"]
+    want = selfie_train.main(argv + ["--out", str(tmp_path / "a")])
+    fit = cl.fit
+
+    def interrupted_fit(*args, on_epoch_end=None, **kwargs):        # Ctrl-C right after epoch 2's checkpoint
+        def stop(epoch, hist):
+            on_epoch_end(epoch, hist)
+            if epoch == 2:
+                raise KeyboardInterrupt("pressed")
+        return fit(*args, on_epoch_end=stop, **kwargs)
+    monkeypatch.setattr(selfie_train.cl, "fit", interrupted_fit)
+    with pytest.raises(SystemExit, match="run the same command with --resume"):
+        selfie_train.main(argv + ["--out", str(tmp_path / "b")])
+    assert (tmp_path / "b" / "checkpoint.npz").exists()
+    monkeypatch.setattr(selfie_train.cl, "fit", fit)
+    got = selfie_train.main(argv + ["--out", str(tmp_path / "b"), "--resume"])
+    assert got["test_accuracy"] == want["test_accuracy"] and got["history"]["loss"] == want["history"]["loss"]
+    a, b = cl.load(tmp_path / "a" / "model.npz"), cl.load(tmp_path / "b" / "model.npz")
+    for k, v in a.state_dict().items():
+        np.testing.assert_array_equal(b.state_dict()[k], v)
+    assert not (tmp_path / "b" / "checkpoint.npz").exists()
+
+
+def test_rating_a_folder_ranks_it(tmp_path, capsys):
+    import shutil
+    import selfie_rate
+    import selfie_train
+    from lib.selfie_model import load_model, p_good, prepare
+    selfie_train.main(["--synthetic-dir", str(tmp_path / "data"), "--n-images", "320", "--size", "16",
+                       "--epochs", "1", "--out", str(tmp_path / "run"), "--no-progress"])
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for i in range(25):
+        shutil.copy(tmp_path / "data" / f"selfie_{i:05d}.png", folder / f"s{i:02d}.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    (folder / "notes.txt").write_text("not an image, not listed")
+    capsys.readouterr()
+    model = str(tmp_path / "run" / "model.npz")
+    ranked = selfie_rate.main([str(folder), "--model", model, "--no-progress"])
+    captured = capsys.readouterr()
+    assert "skipped 1 of 26 images that did not decode: broken.jpg" in captured.err
+    assert "rated 25 of 26 images" in captured.out
+    rows = list(csv.DictReader(open(tmp_path / "run" / "ranking_mine.csv")))
+    assert [r["rank"] for r in rows] == [str(i) for i in range(1, 26)]
+    ps = [float(r["p_good"]) for r in rows]
+    assert ps == sorted(ps, reverse=True)
+    net, meta = load_model(model)
+    first = rows[0]["path"]
+    assert float(rows[0]["p_good"]) == pytest.approx(float(p_good(net, prepare([Image.open(first).convert("RGB")],
+                                                                                  meta))[0]), abs=1e-4)
+    assert [(p, round(v, 4)) for p, v in ranked] == [(r["path"], float(r["p_good"])) for r in rows]
+    assert Image.open(tmp_path / "run" / "ranking_mine.png").size[0] > 500

@@ -192,3 +192,21 @@ def test_a_forked_child_gets_its_own_workers(three_threads):
 
 def _sum_shares(n):
     return sum(threads.parallel_for(lambda lo, hi: sum(range(lo, hi)), n))
+
+
+def test_forward_in_eval_mode_is_safe_from_several_threads(three_threads):
+    """A net shared between threads (the web page's requests): each thread's outputs equal the
+    same forward run alone, with batches big enough that the kernels split work over the pool."""
+    from concurrent.futures import ThreadPoolExecutor
+    cl.manual_seed(0)
+    net = cl.Sequential(cl.Conv2d(3, 8, 3, padding=1), cl.BatchNorm2d(8), cl.ReLU(), cl.MaxPool2d(2),
+                        cl.Conv2d(8, 16, 3, padding=1), cl.ReLU(), cl.AvgPool2d(2), cl.Flatten(),
+                        cl.Linear(16 * 8 * 8, 10), cl.Dropout(0.5)).eval()
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal((n, 3, 32, 32)).astype(np.float32) for n in (16, 9, 16, 5, 12, 16)]
+    want = [net(x) for x in xs]
+    with ThreadPoolExecutor(6) as pool:
+        for _ in range(3):
+            got = list(pool.map(net, xs))
+            for g, w in zip(got, want):
+                np.testing.assert_array_equal(g, w)

@@ -105,3 +105,97 @@ def test_fit_takes_a_list_x_y_as_well_as_a_tuple():
         net = cl.Sequential(cl.Linear(4, 2))
         runs.append(cl.fit(net, train, epochs=2, batch_size=4, progress=False)["loss"])
     assert runs[0] == runs[1] and len(runs[0]) == 2
+
+
+# ---------------------------------------------------------------- checkpoints
+def _resumable_run(tmp_path, interrupt=None, crash_after_epoch=None, resume=False, init_seed=0):
+    """A 4-epoch run with Adam, cosine schedule with warm-up, dropout and batch norm; optionally
+    Ctrl-C'd at (epoch, step), or crashing after an epoch, or resuming from its checkpoint."""
+    import os
+    import signal
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((50, 1, 6, 6)).astype(np.float32)
+    y = (x[:, 0, :3].mean((1, 2)) > 0).astype(np.int64)
+    cl.manual_seed(init_seed)
+    net = cl.Sequential(cl.Conv2d(1, 4, 3, padding=1), cl.BatchNorm2d(4), cl.ReLU(), cl.MaxPool2d(2),
+                        cl.Flatten(), cl.Dropout(0.3), cl.Linear(36, 2))
+    opt = cl.optim.Adam(net.parameters(), lr=0.01)
+    sched = cl.optim.CosineLR(opt, total=4, warmup=1)
+    steps = []
+
+    def augment(xb, g):
+        steps.append(1)
+        epoch, step = len(steps) // 4 + 1, len(steps) % 4
+        if interrupt == (epoch, step):
+            os.kill(os.getpid(), signal.SIGINT)                     # as if the user pressed Ctrl-C
+        return cl.data.RandomFlip()(xb, g)
+
+    def crash(epoch, hist):
+        if epoch == 4:
+            hist.last_epoch_state = net.state_dict()                 # before fit restores the best epoch
+        if epoch == crash_after_epoch:
+            raise RuntimeError("power cut")
+    hist = cl.fit(net, (x, y), val=(x[:20], y[:20]), epochs=4, batch_size=13, optimizer=opt, schedule=sched,
+                  augment=augment, progress=False, checkpoint=str(tmp_path / "ckpt.npz"), resume=resume,
+                  on_epoch_end=crash)
+    return net, hist
+
+
+def test_a_resumed_run_ends_bit_for_bit_where_an_uninterrupted_one_does(tmp_path):
+    (tmp_path / "a").mkdir()
+    want, want_hist = _resumable_run(tmp_path / "a")
+    (tmp_path / "b").mkdir()
+    with pytest.raises(KeyboardInterrupt, match=r"stopped after epoch 3, step 2; .*ckpt.npz holds the run: "
+                                                r"continue it with fit\(\.\.\., checkpoint=.*, resume=True\)"):
+        _resumable_run(tmp_path / "b", interrupt=(3, 2))
+    got, hist = _resumable_run(tmp_path / "b", resume=True, init_seed=7)   # other initial weights: loaded
+    for k, v in want.state_dict().items():
+        np.testing.assert_array_equal(got.state_dict()[k], v, err_msg=k)                 # the best epoch's
+        np.testing.assert_array_equal(hist.last_epoch_state[k], want_hist.last_epoch_state[k], err_msg=k)
+    assert hist["loss"] == want_hist["loss"] and hist["val_acc"] == want_hist["val_acc"]
+    assert hist.best_epoch == want_hist.best_epoch and hist["lr"] == want_hist["lr"]
+    (tmp_path / "c").mkdir()
+    with pytest.raises(RuntimeError, match="power cut"):
+        _resumable_run(tmp_path / "c", crash_after_epoch=2)         # the checkpoint after epoch 2 is on disk
+    got, hist = _resumable_run(tmp_path / "c", resume=True, init_seed=7)
+    for k, v in want.state_dict().items():
+        np.testing.assert_array_equal(got.state_dict()[k], v, err_msg=k)
+        np.testing.assert_array_equal(hist.last_epoch_state[k], want_hist.last_epoch_state[k], err_msg=k)
+
+
+def test_checkpoint_errors_say_what_is_wrong(tmp_path):
+    net = cl.Sequential(cl.Linear(3, 2))
+    cl.save(net, tmp_path / "model.npz")
+    x, y = np.zeros((4, 3), np.float32), np.zeros(4, np.int64)
+    with pytest.raises(ValueError, match="not a fit\\(\\) checkpoint"):
+        cl.fit(net, (x, y), epochs=1, progress=False, checkpoint=str(tmp_path / "model.npz"), resume=True)
+    cl.fit(net, (x, y), epochs=1, progress=False, checkpoint=str(tmp_path / "ck.npz"))
+    other = cl.Sequential(cl.Linear(3, 5))
+    with pytest.raises(ValueError, match="the checkpoint does not fit this net"):
+        cl.fit(other, (x, y), epochs=1, progress=False, checkpoint=str(tmp_path / "ck.npz"), resume=True)
+    fresh = cl.fit(cl.Sequential(cl.Linear(3, 2)), (x, y), epochs=1, progress=False,
+                   checkpoint=str(tmp_path / "none.npz"), resume=True)   # nothing to resume: starts afresh
+    assert len(fresh["loss"]) == 1 and (tmp_path / "none.npz").exists()
+
+
+def test_optimizer_state_dict_round_trip():
+    cl.manual_seed(0)
+    a = cl.Linear(3, 2)
+    opt = cl.optim.Adam(a.parameters(), lr=0.1)
+    for _ in range(3):
+        for p in a.parameters():
+            p.grad[:] = 1.0
+        opt.step()
+    sd = opt.state_dict()
+    assert sd["t"] == 3 and set(sd["state"][0]) == {"m", "v"}
+    b = cl.Linear(3, 2)
+    b.load_state_dict(a.state_dict())
+    opt2 = cl.optim.Adam(b.parameters(), lr=0.5).load_state_dict(sd)
+    for o, layer in ((opt, a), (opt2, b)):
+        for p in layer.parameters():
+            p.grad[:] = 0.5
+        o.step()
+    np.testing.assert_array_equal(a.weight.data, b.weight.data)
+    sd["state"][0]["m"] = np.zeros(5)
+    with pytest.raises(ValueError, match="buffer 'm' of parameter 0 has shape"):
+        opt2.load_state_dict(sd)
