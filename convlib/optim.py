@@ -52,7 +52,7 @@ class Optimizer:
         """{"lr", "t", "state": [{name: host array} per parameter]}: the learning rate, the step
         count and each parameter's buffers (momentum, Adam's moments), copied."""
         return {"lr": self.lr, "t": self.t,
-                "state": [{k: np.array(to_host(v), copy=True) for k, v in s.items()} for s in self.state]}
+                "state": [{k: np.array(to_host(v)) for k, v in s.items()} for s in self.state]}
 
     def load_state_dict(self, state):
         """Restore what ``state_dict`` returned, onto the parameters' device; ValueError if it

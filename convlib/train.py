@@ -97,7 +97,7 @@ def fit(net, train, val=None, *, epochs=10, batch_size=32, optimizer=None, sched
             net.train()
             t0 = time.perf_counter()
             skip = at["step"] if epoch == at["epoch"] else 0           # steps a resumed epoch already did
-            tot_loss, tot_correct, seen = at["totals"] if skip else (0.0, 0, 0)
+            tot_loss, tot_correct, seen = tuple(at["totals"]) if skip else (0.0, 0, 0)
             epoch_rng = at["epoch_rng"] if skip else rng.bit_generator.state
             rng.bit_generator.state = epoch_rng
             todo = batches()
@@ -161,11 +161,11 @@ def fit(net, train, val=None, *, epochs=10, batch_size=32, optimizer=None, sched
 
 
 class _CtrlC:
-    """``with _CtrlC() as interrupted``: inside, Ctrl-C appends to the list ``interrupted``
+    """``with _CtrlC(enabled) as interrupted``: inside, Ctrl-C appends to the list ``interrupted``
     instead of raising, so the step in progress can finish (main thread only, where Python
-    delivers signals; ``enabled=False`` leaves Ctrl-C alone)."""
+    delivers signals; ``enabled`` False leaves Ctrl-C alone)."""
 
-    def __init__(self, enabled=True):
+    def __init__(self, enabled):
         self.enabled, self.flag, self.old = enabled, [], None
 
     def __enter__(self):
@@ -217,7 +217,7 @@ def _restore(path, net, optimizer, schedule, rng):
     hist.best_epoch, hist.best_val_acc = state["best_epoch"], state["best_val_acc"]
     best = {k[len("best."):]: v for k, v in extra.items() if k.startswith("best.")} if state["has_best"] else None
     at = dict(epoch=state["epoch"], step=state["step"], epoch_rng=state["epoch_rng"], rng=state["rng"],
-              global_rng=state["global_rng"], totals=tuple(state["totals"] or (0.0, 0, 0)))
+              global_rng=state["global_rng"], totals=state["totals"])   # epoch_rng, totals: mid-epoch only
     return hist, best, at
 
 

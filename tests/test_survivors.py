@@ -444,3 +444,79 @@ def test_check_layer_passes_eps_to_the_parameter_checks():
     check_layer(net, x)
     with pytest.raises(AssertionError, match=r"^0.bias: relative error"):
         check_layer(net, x, eps=1e-3)                                # only the bias step crosses the kink
+
+
+# ---------------------------------------------------------------- checkpoints and optimizer state
+# Catches: resume on by default, Ctrl-C caught without a checkpoint, a schedule or best weights
+# expected where the run had none, optimizer state that aliases the live buffers or keeps the
+# saved dtype, load messages losing the class, the entry names or the exception type.
+def test_checkpoint_resume_is_off_by_default_and_ctrl_c_without_one_is_immediate(tmp_path):
+    import os
+    import signal
+    x, y = _data(40)
+    ck = str(tmp_path / "ck.npz")
+    first = cl.fit(_net(), (x, y), epochs=2, progress=False, checkpoint=ck)
+    again = cl.fit(_net(), (x, y), epochs=2, progress=False, checkpoint=ck)     # not resumed: trains 2 epochs
+    assert again["loss"] == first["loss"]
+    calls = []
+
+    def press(xb, rng):
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return xb
+    with pytest.raises(KeyboardInterrupt) as e:
+        cl.fit(_net(), (x, y), epochs=1, batch_size=8, progress=False, augment=press)
+    assert len(calls) == 1 and "stopped after" not in str(e.value)  # no checkpoint: Python's own Ctrl-C
+
+
+def test_resume_without_schedule_or_best_weights(tmp_path):
+    x, y = _data(40)
+    ck = str(tmp_path / "ck.npz")
+    net = _net()
+    opt = cl.optim.SGD(net.parameters(), lr=0.1)
+    cl.fit(net, (x, y), epochs=1, optimizer=opt, schedule=cl.optim.StepLR(opt, 1), progress=False, checkpoint=ck)
+    net2 = _net()
+    hist = cl.fit(net2, (x, y), epochs=2, optimizer=cl.optim.SGD(net2.parameters(), lr=0.1), progress=False,
+                  checkpoint=ck, resume=True)                        # no schedule now, no val: no best weights
+    assert len(hist["loss"]) == 2 and hist.best_epoch is None
+
+
+def test_optimizer_state_dict_is_a_copy_and_loads_in_the_parameters_dtype():
+    p = cl.Parameter(np.ones(2, np.float32))
+    opt = cl.optim.SGD([p], lr=0.1, momentum=0.9)
+    p.grad[:] = 1.0
+    opt.step()
+    sd = opt.state_dict()
+    opt.step()
+    np.testing.assert_array_equal(sd["state"][0]["buf"], [1.0, 1.0])   # not the live buffer
+    sd["state"][0]["buf"] = np.full(2, 0.5, np.float64)
+    opt.load_state_dict(sd)
+    assert opt.state[0]["buf"].dtype == np.float32
+    with pytest.raises(ValueError, match=r"^SGD.load_state_dict: state for 2 parameters, this optimizer has 1$"):
+        opt.load_state_dict(dict(sd, state=[{}, {}]))
+    with pytest.raises(ValueError, match=r"^SGD.load_state_dict: buffer 'buf' of parameter 0 has shape \(3,\), "
+                                         r"the parameter \(2,\)$"):
+        opt.load_state_dict(dict(sd, state=[{"buf": np.zeros(3)}]))
+
+
+def test_load_messages_for_odd_entries_and_headers(tmp_path):
+    import zipfile
+    net = _net()
+    cl.save(net, tmp_path / "m.npz")
+    with zipfile.ZipFile(tmp_path / "m.npz") as z, zipfile.ZipFile(tmp_path / "odd.npz", "w") as out:
+        for name in z.namelist():
+            out.writestr(name, z.read(name))
+        out.writestr("notes.txt", b"not an array")                  # np.load hands this back as bytes
+    with pytest.raises(ValueError, match=r"odd.npz: corrupt model file \(entries that are not arrays: "
+                                         r"\['notes.txt'\]\)$"):
+        cl.load(tmp_path / "odd.npz")
+    np.savez(tmp_path / "list.npz", __convlib__=np.frombuffer(b"[1, 2]", np.uint8))
+    with pytest.raises(ValueError, match=r"list.npz: unsupported model file format None"):
+        cl.load(tmp_path / "list.npz")
+    path = _header_file(tmp_path, {"type": "Sequential", "layers": 5})
+    with pytest.raises(ValueError, match=r"m.npz: TypeError: 'int' object is not iterable$"):
+        cl.load(path)
+    path = _header_file(tmp_path, {"type": "Linear", "in_features": 2})
+    with pytest.raises(ValueError, match=r"m.npz: model file: cannot build Linear"):
+        cl.load(path)
