@@ -2,10 +2,10 @@
 and the reference itself agrees with a direct loop over every output (a second, naive oracle)."""
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from convlib.kernels import cpu, reference as ref
-from strategies import seeds, window_geometry
+from strategies import large_geometry, pool_values, seeds, window_geometry
 
 TOL = {np.float32: dict(rtol=1e-4, atol=1e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
 
@@ -160,3 +160,68 @@ def test_batchnorm_kernels_match_reference(dtype, shape, training, rng):
     for got, want in zip(runs["cpu"], runs["ref"]):
         assert got.dtype == dtype and got.shape == want.shape
         np.testing.assert_allclose(got, want, **tol)
+
+
+# ---------------------------------------------------------------- the "large" profile
+# Shapes past the threading thresholds (see strategies.large_geometry), on few examples, with
+# three worker threads (uneven shares); conv padding up to the kernel size; pools with ties and
+# NaNs on the 2x2 fast path and on the general one.
+@pytest.fixture
+def three_threads():
+    import convlib as cl
+    before = cl.get_num_threads()
+    cl.set_num_threads(3)
+    yield
+    cl.set_num_threads(before)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(g=large_geometry(conv=True), seed=seeds)
+def test_conv2d_large_threaded_matches_reference(three_threads, g, seed):
+    rng = np.random.default_rng(seed)
+    x, w, b = _conv_args(g, rng, np.float64, F=5)
+    out_r, cache_r = ref.conv2d_forward(x, w, b, g["stride"], g["padding"])
+    out_c, cache_c = cpu.conv2d_forward(x, w, b, g["stride"], g["padding"])
+    np.testing.assert_allclose(out_c, out_r, **TOL[np.float64])
+    dout = rng.standard_normal(out_r.shape)
+    for got, want in zip(cpu.conv2d_backward(dout, cache_c), ref.conv2d_backward(dout, cache_r)):
+        np.testing.assert_allclose(got, want, **TOL[np.float64])
+
+
+@given(g=window_geometry(conv=True), seed=seeds)
+def test_conv2d_padding_beyond_half_the_kernel(g, seed):
+    rng = np.random.default_rng(seed)
+    x, w, b = _conv_args(g, rng, np.float64)
+    out_r, cache_r = ref.conv2d_forward(x, w, b, g["stride"], g["padding"])
+    np.testing.assert_allclose(out_r, _naive_conv(x, w, b, g["stride"], g["padding"]), rtol=1e-10, atol=1e-12)
+    out_c, cache_c = cpu.conv2d_forward(x, w, b, g["stride"], g["padding"])
+    np.testing.assert_allclose(out_c, out_r, **TOL[np.float64])
+    dout = rng.standard_normal(out_r.shape)
+    for got, want in zip(cpu.conv2d_backward(dout, cache_c), ref.conv2d_backward(dout, cache_r)):
+        np.testing.assert_allclose(got, want, **TOL[np.float64])
+
+
+def _pool_both_ways(x, geometry):
+    args = (geometry["kernel"], geometry["stride"], geometry["padding"])
+    out_r, cache_r = ref.maxpool2d_forward(x, *args)
+    out_c, cache_c = cpu.maxpool2d_forward(x, *args)
+    np.testing.assert_array_equal(out_c, out_r)                     # NaN where the reference has NaN
+    dout = np.random.default_rng(0).standard_normal(out_r.shape)
+    np.testing.assert_array_equal(cpu.maxpool2d_backward(dout, cache_c), ref.maxpool2d_backward(dout, cache_r))
+
+
+@given(g=window_geometry(max_size=9), seed=seeds, nan_rate=st.sampled_from([0.0, 0.05, 0.3]),
+       fast=st.booleans())
+def test_maxpool_ties_and_nans_on_both_paths(g, seed, nan_rate, fast):
+    if fast:                                                        # the 2x2 stride 2 fast path
+        g = dict(g, kernel=(2, 2), stride=(2, 2), padding=(0, 0), H=max(g["H"], 2), W=max(g["W"], 2))
+    x = pool_values(np.random.default_rng(seed), (g["N"], g["C"], g["H"], g["W"]), nan_rate)
+    _pool_both_ways(x, g)
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(g=large_geometry(), seed=seeds, fast=st.booleans())
+def test_maxpool_large_threaded_ties_and_nans(three_threads, g, seed, fast):
+    if fast:
+        g = dict(g, kernel=(2, 2), stride=(2, 2), padding=(0, 0))
+    _pool_both_ways(pool_values(np.random.default_rng(seed), (g["N"], g["C"], g["H"], g["W"]), 0.02), g)
