@@ -50,7 +50,7 @@ def _compare(name, analytic, numeric, tol):
 
 
 def check_layer(layer, x, tol=1e-5, eps=1e-6, seed=0):
-    """Check a layer's dx and every parameter gradient against central differences.
+    """Check a layer's dx and every trainable parameter's gradient against central differences.
 
     The layer is deep-copied and cast to float64 (the original is untouched); ``x`` is cast
     to float64. A random upstream gradient is used, and convlib's generator is reseeded
@@ -71,7 +71,8 @@ def check_layer(layer, x, tol=1e-5, eps=1e-6, seed=0):
     dx = layer.backward(dout)
     errors = {"x": _compare("dx", dx, numerical_grad(f, x, dout, eps), tol)}
     for name, p in layer.named_parameters():
-        errors[name] = _compare(name, p.grad, numerical_grad(f, p.data, dout, eps), tol)
+        if p.requires_grad:                                         # frozen ones have no gradient to check
+            errors[name] = _compare(name, p.grad, numerical_grad(f, p.data, dout, eps), tol)
     return errors
 
 

@@ -12,6 +12,7 @@ kernel contract by name, ``k = kernels_for(x); k.conv2d_forward(...)``, and its 
 the functions of ``kernels/reference.py`` that hold its maths.
 """
 import math
+from collections import namedtuple
 
 import numpy as np
 
@@ -20,18 +21,28 @@ from .rng import get_rng
 
 
 class Parameter:
-    """A trainable array ``data`` and its gradient ``grad`` (same shape and dtype)."""
+    """A trainable array ``data`` and its gradient ``grad`` (same shape and dtype).
 
-    def __init__(self, data):
+    ``requires_grad=False`` freezes it (as in torch): backward adds nothing into ``grad`` and
+    optimizers leave ``data`` untouched (``Layer.requires_grad_`` sets it for a whole layer).
+    """
+
+    def __init__(self, data, requires_grad=True):
         self.data = np.ascontiguousarray(data)
         self.grad = np.zeros_like(self.data)
+        self.requires_grad = bool(requires_grad)
 
     @property
     def shape(self):
         return self.data.shape
 
     def __repr__(self):
-        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+        frozen = "" if self.requires_grad else ", requires_grad=False"
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype}{frozen})"
+
+
+IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+IncompatibleKeys.__doc__ = "What ``load_state_dict`` did not match: key lists, named and ordered as torch's."
 
 
 def _pair(value, name, layer, minimum):
@@ -89,15 +100,24 @@ class Layer:
         """{name: host array copy} of every parameter and buffer, keys and order as in ``torch.nn``."""
         return {n: np.array(to_host(a), copy=True) for n, a in self.named_state()}
 
-    def load_state_dict(self, state):
-        """Copy arrays in by name; ValueError on a missing, unexpected or mis-shaped key."""
+    def load_state_dict(self, state, strict=True):
+        """Copy arrays in by name (in place: optimizers keep their references).
+
+        ``strict=True``: ValueError on a missing or unexpected key. ``strict=False`` loads the
+        keys both sides have and reports the others. Either way a key whose shape differs, or
+        that holds NaN/inf, raises ValueError before anything is copied. Returns
+        ``IncompatibleKeys(missing_keys, unexpected_keys)``, as torch does.
+        """
         params = dict(self.named_parameters())
         buffers = dict(self.named_buffers())
-        want = set(params) | set(buffers)
-        missing, unexpected = sorted(want - set(state)), sorted(set(state) - want)
-        if missing or unexpected:
-            raise ValueError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
-        for name in sorted(want):
+        want = [n for n, _ in self.named_state()]                   # state_dict order, as torch lists them
+        keys = IncompatibleKeys([n for n in want if n not in state], [k for k in state if k not in params
+                                                                      and k not in buffers])
+        if strict and (keys.missing_keys or keys.unexpected_keys):
+            raise ValueError(f"load_state_dict: missing keys {keys.missing_keys}, "
+                             f"unexpected keys {keys.unexpected_keys}")
+        loads = []
+        for name in (n for n in want if n in state):
             have = params[name].data if name in params else buffers[name]
             new = to_host(state[name])
             if new.shape != have.shape:
@@ -105,7 +125,16 @@ class Layer:
                                  f"the model expects {have.shape}")
             if not np.all(np.isfinite(new)):
                 raise ValueError(f"load_state_dict: {name!r} holds NaN or infinite values")
-            copy_into(have, new)                                    # in place: optimizers keep their references
+            loads.append((have, new))
+        for have, new in loads:                                     # all checked: nothing half-loaded
+            copy_into(have, new)
+        return keys
+
+    def requires_grad_(self, requires_grad=True):
+        """Freeze (False) or unfreeze (True) every parameter of this layer; returns the layer.
+        ``net[:3].requires_grad_(False)`` freezes the first three layers of a Sequential."""
+        for p in self.parameters():
+            p.requires_grad = bool(requires_grad)
         return self
 
     def train(self, mode=True):
@@ -156,11 +185,12 @@ class Layer:
             kernels_for(p.grad).zero_(p.grad)
 
     def _add_grads(self, dw, db):
-        """weight.grad += dw and bias.grad += db (layers with those parameters), where they live."""
+        """weight.grad += dw and bias.grad += db (layers with those parameters), where they
+        live; a frozen parameter's grad stays as it is."""
         k = kernels_for(dw)
-        k.accumulate(self.weight.grad, dw)
-        if self.bias is not None:
-            k.accumulate(self.bias.grad, db)
+        for p, g in ((self.weight, dw), (self.bias, db)):
+            if p is not None and p.requires_grad:
+                k.accumulate(p.grad, g)
 
     # ---- input checks: every layer validates before it computes
     def output_shape(self, shape):

@@ -27,6 +27,16 @@ class Sequential(Layer):
         """A layer by index, or a Sequential of the same layer objects for a slice (``net[:-1]``)."""
         return Sequential(*self.layers[i]) if isinstance(i, slice) else self.layers[i]
 
+    def __setitem__(self, i, layer):
+        """Replace layer ``i`` (an int, negative counts from the end), e.g. a new last Linear
+        for other classes: ``net[-1] = Linear(64, 10)``."""
+        if not isinstance(layer, Layer):
+            raise ValueError(f"Sequential: can only hold convlib layers, got {type(layer).__name__}")
+        if not isinstance(i, (int, np.integer)) or isinstance(i, bool):
+            raise ValueError(f"Sequential: replace one layer by an int index, got {i!r}")
+        self.layers[i] = layer
+        self._plan = None                                           # the next backward needs a new forward
+
     def __len__(self):
         return len(self.layers)
 
@@ -49,10 +59,18 @@ class Sequential(Layer):
 
     def _run(self, units, method, arg, input_grad=True):
         """Run ``arg`` through the units, prefixing a layer's ValueError with its index."""
+        first = 0
+        if method == "backward" and not input_grad:                 # no layer below the first trainable
+            trains = [i for i, layer in enumerate(self.layers)      # one needs a gradient: stop there
+                      if any(p.requires_grad for p in layer.parameters())]
+            first = trains[0] if trains else len(self.layers)
+            units = [(i, unit) for i, unit in units if i >= first]
+            if not units:                                           # everything frozen: nothing to do
+                return None
         for i, unit in units:
             try:
                 if method == "backward":                            # the first layer's dx only if asked
-                    arg = unit.backward(arg, need_dx=input_grad or i > 0)
+                    arg = unit.backward(arg, need_dx=input_grad or i > first)
                 else:
                     arg = getattr(unit, method)(arg)
             except ValueError as e:
@@ -69,7 +87,8 @@ class Sequential(Layer):
 
         ``input_grad=False`` (or ``need_dx=False``, the layer contract's name) skips the input
         gradient where the first layer can (``fit`` does this: nobody needs d loss / d image
-        during training) and may return None then.
+        during training) and may return None then; it also stops below the first layer with a
+        trainable parameter, since frozen layers under it need no gradient (fine-tuning).
         """
         plan = getattr(self, "_plan", None)
         if plan is None:

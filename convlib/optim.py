@@ -1,9 +1,9 @@
 """Optimizers and learning-rate schedules.
 
 One contract, stated once. An optimizer holds the Parameters, a learning rate ``lr`` and
-``weight_decay``; ``step()`` updates every ``p.data`` from its ``p.grad`` and ``zero_grad()``
-clears the gradients. A schedule changes ``optimizer.lr``: ``step()`` once per epoch (or per
-batch, your choice) sets ``lr = base_lr * factor(t)``, after an optional linear warm-up of
+``weight_decay``; ``step()`` updates every ``p.data`` from its ``p.grad`` (skipping frozen
+ones, ``requires_grad=False``) and ``zero_grad()`` clears the gradients. A schedule changes
+``optimizer.lr``: ``step()`` once per epoch (or per batch, your choice) sets ``lr = base_lr * factor(t)``, after an optional linear warm-up of
 ``warmup`` steps. Update rules are torch's, so results can be compared; the arithmetic is in
 the kernel sets (``sgd_step``, ``adam_step``), so an optimizer updates parameters on the device
 where they live, keeping its state (momentum, moments) there too.
@@ -44,9 +44,12 @@ class Optimizer:
         return state[name]
 
     def step(self):
+        """Update every parameter from its grad; frozen ones (``requires_grad=False``) are
+        left as they are, weight decay included."""
         self.t += 1
         for p, state in zip(self.params, self.state):
-            self._update(p, p.grad, state)
+            if p.requires_grad:
+                self._update(p, p.grad, state)
 
     def state_dict(self):
         """{"lr", "t", "state": [{name: host array} per parameter]}: the learning rate, the step

@@ -58,3 +58,38 @@ def test_optimizers_match_torch(rng):
             opt.step()
             topt.step()
         np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_load_state_dict_strict_false_and_frozen_params_match_torch(rng):
+    """The same partial state dict gives torch's missing/unexpected keys (names and order), and
+    a frozen first layer with Adam + weight decay trains the rest as torch does."""
+    from torch import nn
+    cl.manual_seed(0)
+    net = cl.Sequential(cl.Conv2d(2, 3, 3), cl.ReLU(), cl.Flatten(), cl.Linear(3 * 4 * 4, 4), cl.ReLU(),
+                        cl.Linear(4, 2))
+    tnet = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 4), nn.ReLU(),
+                         nn.Linear(4, 2)).double()
+    partial = {k: v for k, v in net.state_dict().items() if not k.startswith("5.")}
+    partial["9.weight"] = np.zeros(3)
+    keys = net.load_state_dict(partial, strict=False)
+    tkeys = tnet.load_state_dict({k: torch.from_numpy(v) for k, v in partial.items()}, strict=False)
+    assert keys.missing_keys == tkeys.missing_keys == ["5.weight", "5.bias"]
+    assert keys.unexpected_keys == tkeys.unexpected_keys == ["9.weight"]
+
+    tnet.load_state_dict({k: torch.from_numpy(v) for k, v in net.state_dict().items()})
+    net.to(np.float64)
+    net[0].requires_grad_(False)
+    tnet[0].requires_grad_(False)
+    opt = cl.optim.Adam(net.parameters(), lr=0.05, weight_decay=0.1)
+    topt = torch.optim.Adam(tnet.parameters(), lr=0.05, weight_decay=0.1)
+    x, y = rng.standard_normal((6, 2, 6, 6)), np.array([0, 1, 1, 0, 1, 0])
+    for _ in range(3):
+        opt.zero_grad()
+        topt.zero_grad()
+        net.backward(cl.softmax_cross_entropy(net(x), y)[1], input_grad=False)
+        nn.functional.cross_entropy(tnet(torch.from_numpy(x)), torch.from_numpy(y)).backward()
+        opt.step()
+        topt.step()
+    tstate = tnet.state_dict()
+    for name, v in net.state_dict().items():
+        np.testing.assert_allclose(v, tstate[name].numpy(), rtol=1e-9, atol=1e-12, err_msg=name)
