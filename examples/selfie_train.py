@@ -16,6 +16,15 @@ run.json listing them; files an earlier run listed there and this one does not w
 so no picture of another run is left looking like this one's. Then: selfie_rate.py,
 selfie_crop.py, selfie_explain.py and selfie_web.py use model.npz.
 
+With real data (--data, --selfie-dataset, --posts), images in which the face filter
+(selfie_faces.py; trained first if runs/faces/model.npz is missing) finds no face are dropped
+before labelling and counted in the summary; --no-face-filter keeps them.
+
+Fine-tuning, the post's recipe: ``--pretrained runs/selfie-pretrain/model.npz --freeze 6`` starts
+from a net selfie_pretrain.py trained on cleanly labelled attributes and trains only the layers
+after the first six (two conv blocks); ``--n-labelled N`` keeps N labelled selfies for training.
+selfie_finetune.py measures it against training from scratch.
+
 Training writes OUT/checkpoint.npz after every epoch; Ctrl-C finishes the step in progress,
 saves it and stops. The same command with --resume goes on from there and ends with the same
 weights as an uninterrupted run (the checkpoint is removed when the run completes).
@@ -50,37 +59,66 @@ def parse_args(argv=None):
     ap.add_argument("--epochs", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=0.02)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="the split, the initial weights and the batch order")
+    ap.add_argument("--data-seed", type=int, default=0, help="which synthetic selfies are generated")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--min-age-days", type=float, default=30, help="posts labeller: minimum age")
     ap.add_argument("--min-followers", type=int, help="posts labeller: drop users below")
     ap.add_argument("--max-followers", type=int, help="posts labeller: drop users above")
     ap.add_argument("--max-tags", type=int, help="posts labeller: drop images with more tags")
+    ap.add_argument("--pretrained", help="start from this model file's weights (e.g. from selfie_pretrain.py); "
+                    "layers whose shapes differ, like a head for other classes, start fresh")
+    ap.add_argument("--freeze", type=int, default=0, help="with --pretrained: keep the first N layers of the "
+                    "net as they are (a block is 3 layers: Conv2d, ReLU, MaxPool2d)")
+    ap.add_argument("--n-labelled", type=int, help="train on only this many labelled images (and a quarter "
+                    "as many for validation); the test images stay the same")
+    ap.add_argument("--no-pictures", action="store_true", help="write model.npz only (for experiments)")
     ap.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT/checkpoint.npz "
                     "(same options)")
+    ap.add_argument("--no-face-filter", action="store_true", help="real data: keep images in which the "
+                    "face filter finds no face (by default they are dropped before labelling)")
+    ap.add_argument("--face-model", default="runs/faces/model.npz", help="the face filter (selfie_faces.py)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    for name in ("n_images", "size", "epochs", "batch_size"):
-        if getattr(args, name) < 1:
+    for name in ("n_images", "size", "epochs", "batch_size", "n_labelled"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.size % 16:
         ap.error(f"--size must be a multiple of 16, got {args.size}")
+    if args.freeze < 0 or (args.freeze and not args.pretrained):
+        ap.error("--freeze N needs --pretrained and N >= 0")
     if not args.lr > 0:
         ap.error(f"--lr must be > 0, got {args.lr}")
     return args
+
+
+def real_data_face_filter(args):
+    """For real data: the face filter (selfie_faces.py's model; trained first if there is none)."""
+    import selfie_faces
+    from lib import faces
+    if not (args.data or args.selfie_dataset or args.posts):
+        return None                                                 # the synthetic selfies all have one
+    if not os.path.isfile(args.face_model):
+        print(f"no face model at {args.face_model}: training one first (python examples/selfie_faces.py "
+              f"--train; skip the filter with --no-face-filter)")
+        selfie_faces.main(["--train", "--out", os.path.dirname(args.face_model) or "."]
+                          + (["--no-progress"] if args.no_progress else []))
+    net, threshold = selfie_faces.load(args.face_model)
+    return faces.face_filter(net, threshold, progress=not args.no_progress)
 
 
 def load_source(args):
     """(paths, labels, info, source name) for the chosen data option."""
     labeller = dict(min_age_days=args.min_age_days, min_followers=args.min_followers,
                     max_followers=args.max_followers, max_tags=args.max_tags)
+    keep = None if args.no_face_filter else real_data_face_filter(args)
     if args.data:
-        return (*sd.from_class_folders(args.data), "folders")
+        return (*sd.from_class_folders(args.data, keep), "folders")
     if args.selfie_dataset:
-        return (*sd.from_selfie_dataset(args.selfie_dataset), "selfie-dataset")
+        return (*sd.from_selfie_dataset(args.selfie_dataset, keep), "selfie-dataset")
     if args.posts:
-        return (*sd.from_posts_csv(args.posts, **labeller), "posts")
-    return (*sd.synthetic(args.synthetic_dir, args.n_images, args.size, args.seed,
+        return (*sd.from_posts_csv(args.posts, keep, **labeller), "posts")
+    return (*sd.synthetic(args.synthetic_dir, args.n_images, args.size, args.data_seed,
                           progress=not args.no_progress, **labeller), "synthetic")
 
 
@@ -94,8 +132,13 @@ def prepare_data(args):
         raise SystemExit(f"error: need at least 20 decodable images of both classes, got {len(labels)} "
                          f"({int(labels.sum())} good)")
     tr, va, te = report.split(labels, args.seed)
+    if args.n_labelled:                                             # few labels: a subset, same test set
+        tr, va = tr[:args.n_labelled], va[:max(1, args.n_labelled // 4)]
     mean, std = channel_stats(x[tr])
-    print(f"{source} data: {len(labels)} images ({int(labels.sum())} good), "
+    if args.pretrained:                                             # the features expect their own scaling
+        mean, std = (pretrained_meta(args)[k] for k in ("mean", "std"))
+    no_face = f", {info['no_face']} dropped: no face found" if info.get("no_face") else ""
+    print(f"{source} data: {len(labels)} images ({int(labels.sum())} good{no_face}), "
           f"train {len(tr)} / val {len(va)} / test {len(te)}")
     return dict(x=x, xn=normalise(x, mean, std), labels=labels, kept=kept, info=info, source=source,
                 split=(tr, va, te), mean=mean, std=std)
@@ -105,6 +148,8 @@ def train(args, d):
     """Build and fit the net; returns (net, history)."""
     tr, va, _ = d["split"]
     net = build_net(args.size)
+    if args.pretrained:
+        from_pretrained(net, args.pretrained, args.freeze)
     if args.device != "cpu":
         net.to(args.device)
     net.summary((3, args.size, args.size))
@@ -116,6 +161,30 @@ def train(args, d):
                   on_epoch_end=lambda e, h: print(f"epoch {e}: loss {h['loss'][-1]:.4f} "
                                                   f"train acc {h['acc'][-1]:.3f} val acc {h['val_acc'][-1]:.3f}"))
     return net, hist
+
+
+def pretrained_meta(args):
+    """The metadata of --pretrained; exits with a message if it does not fit this run."""
+    if not os.path.isfile(args.pretrained):
+        raise SystemExit(f"error: --pretrained {args.pretrained}: no such file (selfie_pretrain.py writes one)")
+    meta = cl.load(args.pretrained, with_metadata=True)[1]
+    if meta.get("size") != args.size or not {"mean", "std"} <= set(meta):
+        raise SystemExit(f"error: --pretrained {args.pretrained} was trained at size {meta.get('size')}, "
+                         f"this run uses --size {args.size}")
+    return meta
+
+
+def from_pretrained(net, path, freeze):
+    """Copy into ``net`` every array of the model at ``path`` that has the same name and shape,
+    start the rest fresh (e.g. a head for other classes), freeze the first ``freeze`` layers."""
+    own = net.state_dict()
+    state = {k: v for k, v in cl.load(path).state_dict().items() if k in own and v.shape == own[k].shape}
+    keys = net.load_state_dict(state, strict=False)
+    if freeze > len(net):
+        raise SystemExit(f"error: --freeze {freeze}: the net has only {len(net)} layers")
+    net[:freeze].requires_grad_(False)
+    print(f"pretrained: {len(state)} arrays from {path}; starting fresh: {', '.join(keys.missing_keys) or 'none'}; "
+          f"frozen: {freeze} layers ({', '.join(type(layer).__name__ for layer in net[:freeze]) or 'none'})")
 
 
 def rules_of(d):
@@ -142,6 +211,8 @@ def main(argv=None):
     t_start = time.perf_counter()
     args.out = args.out or default_out(args)
     os.makedirs(args.out, exist_ok=True)
+    if args.pretrained:
+        pretrained_meta(args)                                       # a mismatch ends here, before any data work
     cl.manual_seed(args.seed)
     d = prepare_data(args)
     try:
@@ -158,12 +229,15 @@ def main(argv=None):
     held_out = np.sort(p_good(net, d["xn"][te]))                     # (T,) for percentiles (selfie_web.py)
     meta = dict(classes=["bad", "good"], size=args.size, fit=args.fit, mean=d["mean"], std=d["std"],
                 source=d["source"], test_accuracy=test_acc, label_ceiling=ceiling, epochs=args.epochs,
-                held_out_p_good=[round(float(v), 5) for v in held_out])
+                held_out_p_good=[round(float(v), 5) for v in held_out], pretrained=args.pretrained,
+                frozen_layers=args.freeze, n_train=len(d["split"][0]))
     cl.save(net, os.path.join(args.out, "model.npz"), metadata=meta)
-    net.to("cpu")                                                    # the pictures run on the host
-    p = report.write_pictures(net, hist, d["xn"][te], d["x"][te], d["labels"][te], args.out, args.seed)
-    wrote = ["model.npz", "curves.png", "continuum.png", "best.png", "worst.png", "tsne.png", "filters.png"]
-    wrote += ["rules.png"] if report.write_rules(rules_of(d), p, args.out) else []
+    wrote = ["model.npz"]
+    if not args.no_pictures:
+        net.to("cpu")                                                # the pictures run on the host
+        p = report.write_pictures(net, hist, d["xn"][te], d["x"][te], d["labels"][te], args.out, args.seed)
+        wrote += ["curves.png", "continuum.png", "best.png", "worst.png", "tsne.png", "filters.png"]
+        wrote += ["rules.png"] if report.write_rules(rules_of(d), p, args.out) else []
     report.record_run(args.out, wrote, source=d["source"])
     minutes = (time.perf_counter() - t_start) / 60
     print(f"\nwrote {args.out}/: {' '.join(wrote)}  ({minutes:.1f} min)")

@@ -335,3 +335,41 @@ def test_rating_a_folder_ranks_it(tmp_path, capsys):
                                                                                   meta))[0]), abs=1e-4)
     assert [(p, round(v, 4)) for p, v in ranked] == [(r["path"], float(r["p_good"])) for r in rows]
     assert Image.open(tmp_path / "run" / "ranking_mine.png").size[0] > 500
+
+
+def test_fine_tuning_from_pretrained_weights(tmp_path, capsys):
+    """selfie_pretrain.py's model starts selfie_train.py: the frozen layers end as they were
+    pretrained, the head (other classes there) starts fresh, the rest trains; --n-labelled
+    trains on that many; mismatched options end in messages."""
+    import convlib as cl
+    import selfie_pretrain
+    import selfie_train
+    data = ["--synthetic-dir", str(tmp_path / "data"), "--size", "16", "--no-progress"]
+    pre = selfie_pretrain.main(data[:2] + ["--n-images", "200", "--size", "16", "--epochs", "1",
+                                           "--seed", "7", "--out", str(tmp_path / "pre"), "--no-progress"])
+    pre_net, pre_meta = cl.load(pre["path"], with_metadata=True)
+    assert pre_net[-1].out_features == 64 and len(pre_meta["classes"]) == 64
+    assert set(pre_meta["attribute_accuracy"]) == {"filtered", "border", "low light", "group", "long hair", "eyewear"}
+    assert selfie_pretrain.attribute_class(dict(filter="bw", border="True", brightness="0.9", n_faces="1",
+                                                long_hair="False", eyewear="glasses")) == 0b100011
+    argv = data + ["--n-images", "320", "--epochs", "1", "--out", str(tmp_path / "ft"), "--no-pictures",
+                   "--pretrained", pre["path"], "--freeze", "6", "--n-labelled", "60"]
+    res = selfie_train.main(argv)
+    printed = capsys.readouterr().out
+    assert "train 60 / val 15 /" in printed and "starting fresh: 15.weight, 15.bias" in printed
+    net, meta = cl.load(str(tmp_path / "ft" / "model.npz"), with_metadata=True)
+    assert meta["pretrained"] == pre["path"] and meta["frozen_layers"] == 6 and meta["n_train"] == 60
+    assert meta["mean"] == pre_meta["mean"]                            # the features' own scaling
+    want, got = pre_net.state_dict(), net.state_dict()
+    for k in ("0.weight", "0.bias", "3.weight", "3.bias"):              # frozen: exactly as pretrained
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    assert not np.array_equal(got["6.weight"], want["6.weight"])        # pretrained, then trained
+    assert got["15.weight"].shape == (2, 64) != want["15.weight"].shape
+    assert sorted(os.listdir(tmp_path / "ft")) == ["model.npz", "run.json"]
+    assert 0 <= res["test_accuracy"] <= 1
+    with pytest.raises(SystemExit):
+        selfie_train.parse_args(["--freeze", "3"])                       # --freeze needs --pretrained
+    with pytest.raises(SystemExit, match="trained at size 16, this run uses --size 32"):
+        selfie_train.main(argv[:argv.index("--size")] + ["--size", "32"] + argv[argv.index("--size") + 2:])
+    with pytest.raises(SystemExit, match="--freeze 40: the net has only 16 layers"):
+        selfie_train.main(argv[:-3] + ["40", "--n-labelled", "60"])

@@ -76,9 +76,10 @@ def nice_ticks(lo, hi, n=5):
     return [round(float(v), digits) for v in np.arange(first, hi + step * 1e-9, step)], digits
 
 
-def line_chart(series, title, xlabel, size=(520, 300), mark=None):
-    """series: {name: list of y} over x = 1..n, with round y ticks, a legend, and an optional
-    ``mark`` = (x, label): a dashed vertical line at epoch x."""
+def line_chart(series, title, xlabel, size=(520, 300), mark=None, xlabels=None):
+    """series: {name: list of y} over x = 1..n (or evenly spaced points named by ``xlabels``),
+    with round y ticks, a legend, and an optional ``mark`` = (x, label): a dashed vertical line
+    at epoch x."""
     W, H = size
     L, R, T, B = 56, 12, 30, 40
     img = Image.new("RGB", size, "white")
@@ -99,7 +100,9 @@ def line_chart(series, title, xlabel, size=(520, 300), mark=None):
         d.text((4, py(v) - 7), f"{v:.{digits}f}", fill="black", font=font(11))
     every = max(1, -(-n // 12))                                      # at most ~12 x labels
     for i in range(0, n, every):
-        d.text((px(i) - 4, H - B + 4), str(i + 1), fill="black", font=font(11))
+        label = str(i + 1) if xlabels is None else str(xlabels[i])
+        x = min(max(px(i) - 3 * len(label), L - 4), W - 6 * len(label) - 2)   # inside the picture
+        d.text((x, H - B + 4), label, fill="black", font=font(11))
     d.text((W // 2 - 20, H - 18), xlabel, fill="black", font=font(12))
     d.text((L, 8), title, fill="black", font=font(14))
     if mark is not None:

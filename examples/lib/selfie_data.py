@@ -280,17 +280,32 @@ def _posts_from_rows(rows, path):
     return posts
 
 
-def from_posts_csv(path, **label_options):
-    """``--posts CSV``: (paths, labels, info) labelled by the post's rule; images relative to the CSV."""
+def _faces_only(paths, face_filter):
+    """(indices of ``paths`` to keep, number dropped): all of them without a ``face_filter``, else
+    those it finds a face in (``face_filter(paths) -> bool (N,)``)."""
+    if face_filter is None:
+        return np.arange(len(paths)), 0
+    keep = np.flatnonzero(face_filter(paths))
+    return keep, len(paths) - len(keep)
+
+
+def from_posts_csv(path, face_filter=None, **label_options):
+    """``--posts CSV``: (paths, labels, info) labelled by the post's rule; images relative to the
+    CSV. With ``face_filter`` the posts whose image shows no face are dropped before labelling
+    (their number is ``info["no_face"]``)."""
     rows = read_csv(path, POST_FIELDS)
-    posts = _posts_from_rows(rows, path)
+    posts = _posts_from_rows(rows, path)                            # every line checked, numbered as in the file
+    base = os.path.dirname(os.path.abspath(path))
+    keep, dropped = _faces_only([os.path.join(base, r["image"]) for r in rows], face_filter)
+    n_read = len(rows)
+    rows, posts = [rows[i] for i in keep], [posts[i] for i in keep]
     idx, labels, groups = label_posts(posts, **label_options)
     if len(idx) == 0:
+        no_face = f", {dropped} without a face" if dropped else ""
         raise ValueError(f"{path}: no complete group of 100 posts is left after the filters "
-                         f"({len(posts)} posts read)")
-    base = os.path.dirname(os.path.abspath(path))
+                         f"({n_read} posts read{no_face})")
     paths = [os.path.join(base, posts[i]["image"]) for i in idx]
-    return paths, labels, dict(groups=groups, rows=[rows[i] for i in idx])
+    return paths, labels, dict(groups=groups, rows=[rows[i] for i in idx], no_face=dropped)
 
 
 def synthetic(folder, n, size, seed, progress=True, **label_options):
@@ -303,8 +318,9 @@ def synthetic(folder, n, size, seed, progress=True, **label_options):
     return paths, labels, info
 
 
-def from_class_folders(root):
-    """``--data DIR`` with ``good/`` and ``bad/`` subfolders -> (paths, labels, info)."""
+def from_class_folders(root, face_filter=None):
+    """``--data DIR`` with ``good/`` and ``bad/`` subfolders -> (paths, labels, info); with
+    ``face_filter``, images without a face are dropped (``info["no_face"]`` of them)."""
     paths, labels = [], []
     for label, name in ((0, "bad"), (1, "good")):
         folder = os.path.join(root, name)
@@ -315,7 +331,8 @@ def from_class_folders(root):
             raise ValueError(f"{folder}: the class folder '{name}' holds no images")
         paths += files
         labels += [label] * len(files)
-    return paths, np.array(labels, dtype=np.int64), {}
+    keep, dropped = _faces_only(paths, face_filter)
+    return [paths[i] for i in keep], np.array(labels, dtype=np.int64)[keep], dict(no_face=dropped)
 
 
 SELFIE_DATASET_ATTRIBUTES = [
@@ -327,12 +344,13 @@ SELFIE_DATASET_ATTRIBUTES = [
     "braces", "wearing_hat", "harsh_lighting", "dim_lighting"]
 
 
-def from_selfie_dataset(root):
+def from_selfie_dataset(root, face_filter=None):
     """``--selfie-dataset DIR``: the public Selfie dataset layout (Kalayeh et al. 2015).
 
     ``selfie_dataset.txt`` lines: image name, popularity score, 36 attributes in {-1, 0, 1}.
     Images are ``images/NAME.jpg`` (or ``NAME.jpg`` beside the text file). Labels: top half by
     popularity good, bottom half bad. Returns (paths, labels, info with per-attribute codes).
+    With ``face_filter``, images without a face are dropped before the halves are drawn.
     """
     txt = os.path.join(root, "selfie_dataset.txt")
     if not os.path.exists(txt):
@@ -356,10 +374,12 @@ def from_selfie_dataset(root):
         raise ValueError(f"{txt}: needs at least two images, found {len(names)}")
     folder = os.path.join(root, "images") if os.path.isdir(os.path.join(root, "images")) else root
     paths = [os.path.join(folder, n if os.path.splitext(n)[1] else n + ".jpg") for n in names]
-    scores = np.array(scores)
+    keep, dropped = _faces_only(paths, face_filter)
+    paths, scores, codes = [paths[i] for i in keep], np.array(scores)[keep], np.array(codes)[keep]
+    if len(paths) < 2:
+        raise ValueError(f"{txt}: {len(paths)} image(s) left after dropping {dropped} without a face")
     order = np.argsort(-scores, kind="stable")
-    labels = np.zeros(len(names), dtype=np.int64)
-    labels[order[:len(names) // 2]] = 1
-    codes = np.array(codes)
+    labels = np.zeros(len(paths), dtype=np.int64)
+    labels[order[:len(paths) // 2]] = 1
     return paths, labels, dict(codes={a: codes[:, j] for j, a in enumerate(SELFIE_DATASET_ATTRIBUTES)},
-                               popularity=scores)
+                               popularity=scores, no_face=dropped)
