@@ -61,9 +61,8 @@ class Sequential(Layer):
         """Run ``arg`` through the units, prefixing a layer's ValueError with its index."""
         first = 0
         if method == "backward" and not input_grad:                 # no layer below the first trainable
-            trains = [i for i, layer in enumerate(self.layers)      # one needs a gradient: stop there
-                      if any(p.requires_grad for p in layer.parameters())]
-            first = trains[0] if trains else len(self.layers)
+            first = next((i for i, layer in enumerate(self.layers)  # one needs a gradient: stop there
+                          if any(p.requires_grad for p in layer.parameters())), len(self.layers))
             units = [(i, unit) for i, unit in units if i >= first]
             if not units:                                           # everything frozen: nothing to do
                 return None
