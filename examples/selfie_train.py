@@ -70,8 +70,8 @@ def parse_args(argv=None):
                     "layers whose shapes differ, like a head for other classes, start fresh")
     ap.add_argument("--freeze", type=int, default=0, help="with --pretrained: keep the first N layers of the "
                     "net as they are (a block is 3 layers: Conv2d, ReLU, MaxPool2d)")
-    ap.add_argument("--n-labelled", type=int, help="train on only this many labelled images (and a quarter "
-                    "as many for validation); the test images stay the same")
+    ap.add_argument("--n-labelled", type=int, help="train on only this many labelled images, drawn at random "
+                    "from the training split (and a quarter as many for validation); the test split stays the same")
     ap.add_argument("--no-pictures", action="store_true", help="write model.npz only (for experiments)")
     ap.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT/checkpoint.npz "
                     "(same options)")
@@ -94,10 +94,10 @@ def parse_args(argv=None):
 
 def real_data_face_filter(args):
     """For real data: the face filter (selfie_faces.py's model; trained first if there is none)."""
-    import selfie_faces
-    from lib import faces
     if not (args.data or args.selfie_dataset or args.posts):
         return None                                                 # the synthetic selfies all have one
+    import selfie_faces
+    from lib import faces
     if not os.path.isfile(args.face_model):
         print(f"no face model at {args.face_model}: training one first (python examples/selfie_faces.py "
               f"--train; skip the filter with --no-face-filter)")
@@ -132,8 +132,10 @@ def prepare_data(args):
         raise SystemExit(f"error: need at least 20 decodable images of both classes, got {len(labels)} "
                          f"({int(labels.sum())} good)")
     tr, va, te = report.split(labels, args.seed)
-    if args.n_labelled:                                             # few labels: a subset, same test set
-        tr, va = tr[:args.n_labelled], va[:max(1, args.n_labelled // 4)]
+    if args.n_labelled:                                             # few labels: a random subset, same test set
+        rng = np.random.default_rng(args.seed)
+        tr = np.sort(rng.choice(tr, min(args.n_labelled, len(tr)), replace=False))
+        va = np.sort(rng.choice(va, min(max(1, args.n_labelled // 4), len(va)), replace=False))
     mean, std = channel_stats(x[tr])
     if args.pretrained:                                             # the features expect their own scaling
         mean, std = (pretrained_meta(args)[k] for k in ("mean", "std"))

@@ -366,6 +366,11 @@ def test_fine_tuning_from_pretrained_weights(tmp_path, capsys):
     assert not np.array_equal(got["6.weight"], want["6.weight"])        # pretrained, then trained
     assert got["15.weight"].shape == (2, 64) != want["15.weight"].shape
     assert sorted(os.listdir(tmp_path / "ft")) == ["model.npz", "run.json"]
+    full = selfie_train.prepare_data(selfie_train.parse_args(data + ["--n-images", "320"]))["split"]
+    few = selfie_train.prepare_data(selfie_train.parse_args(argv))["split"]
+    assert set(few[0]) < set(full[0]) and set(few[1]) < set(full[1])    # drawn from the same split
+    assert few[0].tolist() != full[0][:60].tolist()                     # at random, not the first ones
+    np.testing.assert_array_equal(few[2], full[2])                      # the same test images
     assert 0 <= res["test_accuracy"] <= 1
     with pytest.raises(SystemExit):
         selfie_train.parse_args(["--freeze", "3"])                       # --freeze needs --pretrained
