@@ -125,17 +125,25 @@ def train_command(args):
     return dict(cv_accuracy=acc, checks=rows)
 
 
+def rate_one(net, threshold, path):
+    """``find_face`` on one file (or skimage:NAME); ValueError naming the path if it fails."""
+    g = read(path)
+    try:
+        return faces.find_face(net, g, threshold)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
 def rate_command(args):
     net, threshold = load(args.model)
     results, bad = [], 0
     for path in args.images:
         try:
-            g = read(path)
+            p, (x, y, s), verdict, n = rate_one(net, threshold, path)
         except ValueError as e:
             print(f"skipped: {e}", file=sys.stderr)
             bad += 1
             continue
-        p, (x, y, s), verdict, n = faces.find_face(net, g, threshold)
         print(f"{path}: P(face) = {p_text(p)} {verdict}  box left={x} top={y} side={s} (best of {n} windows)")
         results.append((path, p, verdict, (x, y, s)))
     if bad:

@@ -179,13 +179,15 @@ def test_rating_command_prints_verdicts_and_skips_bad_files(face_model, tmp_path
     out, _ = face_model
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")
+    Image.new("RGB", (900, 100)).save(tmp_path / "strip.png")
     res = selfie_faces.main(["skimage:astronaut", "skimage:moon", str(bad), "skimage:nothing",
-                             "--model", str(out / "model.npz")])
+                             str(tmp_path / "strip.png"), "--model", str(out / "model.npz")])
     text = capsys.readouterr()
     assert [r[2] for r in res] == ["face", "no face"]
     assert "skimage:astronaut: P(face) = " in text.out and " face  box left=" in text.out
     assert "broken.jpg: cannot decode image" in text.err and "no sample photograph 'nothing'" in text.err
-    assert "2 of 4 images could not be read" in text.err
+    assert "strip.png: a 900x100 image is too long and thin to search for a face" in text.err
+    assert "3 of 5 images could not be read" in text.err
     with pytest.raises(SystemExit, match="no face model at"):
         selfie_faces.main(["skimage:moon", "--model", str(tmp_path / "none.npz")])
 

@@ -1,6 +1,6 @@
 """The face filter: a small convlib net that tells a face from anything else in a 24x24 grey
-window, the windows it learns from, and the multi-scale sliding-window search that finds the
-most face-like window of a photo (the post kept only the images in which a ConvNet found a face).
+window, the windows it learns from, and the multi-scale sliding-window search that says whether
+a photo holds a face, and where (the post kept only the images in which a ConvNet found a face).
 
 Training windows, all grey and each standardised to zero mean and unit variance:
 - real faces and non-faces: scikit-image's ``lfw_subset`` (100 + 100, 25x25), augmented
@@ -245,6 +245,8 @@ def face_score(net, g, min_face=0.15, neighbours=3, candidates=50):
     to look like one mostly is not (OpenCV's minNeighbors). Returns (score = logit of P(face),
     best box (left, top, side) in g's pixels, number of windows searched)."""
     H, W = g.shape
+    if max(H, W) > 8 * min(H, W):
+        raise ValueError(f"a {W}x{H} image is too long and thin to search for a face (more than 8:1)")
     f = SEARCH_SIDE / min(H, W)
     small = np.asarray(Image.fromarray(g).resize((max(SIZE, round(W * f)), max(SIZE, round(H * f))),
                                                  Image.BILINEAR), np.float32)                # (h, w)
@@ -373,7 +375,10 @@ def face_filter(net, threshold, progress=True):
                 except (OSError, SyntaxError, ValueError):
                     bar.update(1)
                     continue
-                out[i] = find_face(net, g, threshold)[2] == "face"
+                try:
+                    out[i] = find_face(net, g, threshold)[2] == "face"
+                except ValueError:                                  # too thin to hold a selfie's face
+                    out[i] = False
                 bar.update(1)
         return out
     return keep
