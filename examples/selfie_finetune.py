@@ -12,22 +12,37 @@ seed picks the split, the labelled subset, the initial weights and the batch ord
 import argparse
 import json
 import os
+import subprocess
+import sys
 import time
 
 import numpy as np
-import selfie_pretrain
-import selfie_train
+
+import convlib as cl
+from convlib.io import atomic_file
+
 from lib import plots
 
+HERE = os.path.dirname(os.path.abspath(__file__))
 
-def run(n, seed, pretrained, freeze, epochs):
-    """Test accuracy and label ceiling of one training run (no pictures)."""
-    argv = ["--n-labelled", str(n), "--seed", str(seed), "--epochs", str(epochs), "--no-pictures",
-            "--no-progress", "--out", os.path.join("runs/selfie-finetune/last")]
-    argv += ["--pretrained", pretrained, "--freeze", str(freeze)] if pretrained else []
-    r = selfie_train.main(argv)
-    return dict(n=n, seed=seed, method="fine-tuned" if pretrained else "scratch", acc=r["test_accuracy"],
-                ceiling=r["ceiling"], share=r["test_accuracy"] / r["ceiling"], minutes=r["minutes"])
+
+def command(script, *args):
+    """Run another example command in its own process, as a user would; SystemExit if it fails."""
+    done = subprocess.run([sys.executable, os.path.join(HERE, script), *map(str, args)])
+    if done.returncode:
+        raise SystemExit(f"error: {script} {' '.join(map(str, args))} failed (exit status {done.returncode})")
+
+
+def run(n, seed, pretrained, freeze, epochs, out):
+    """Test accuracy and label ceiling of one selfie_train.py run (no pictures), read back from
+    the model file it writes."""
+    t0 = time.perf_counter()
+    command("selfie_train.py", "--n-labelled", n, "--seed", seed, "--epochs", epochs, "--no-pictures",
+            "--no-progress", "--out", out, *(["--pretrained", pretrained, "--freeze", freeze] if pretrained else []))
+    meta = cl.load(os.path.join(out, "model.npz"), with_metadata=True)[1]
+    acc, ceiling = meta["test_accuracy"], meta["label_ceiling"]
+    return dict(n=n, seed=seed, method="fine-tuned" if pretrained else "scratch", acc=acc, ceiling=ceiling,
+                share=acc / ceiling, minutes=(time.perf_counter() - t0) / 60)
 
 
 def table(results, sizes):
@@ -58,20 +73,20 @@ def main(argv=None):
     t0 = time.perf_counter()
     if not os.path.exists(args.pretrained):
         print(f"no {args.pretrained} yet: pretraining first")
-        args.pretrained = selfie_pretrain.main(["--no-progress"])["path"]
+        command("selfie_pretrain.py", "--no-progress", "--out", os.path.dirname(args.pretrained) or ".")
     results = []
     for n in args.sizes:
         for seed in args.seeds:
             for pretrained in (None, args.pretrained):
-                results.append(run(n, seed, pretrained, args.freeze, args.epochs))
+                results.append(run(n, seed, pretrained, args.freeze, args.epochs, os.path.join(args.out, "last")))
                 r = results[-1]
                 print(f"== {n} labelled, seed {seed}, {r['method']}: {100 * r['acc']:.1f}% "
                       f"= {100 * r['share']:.1f}% of the {100 * r['ceiling']:.1f}% ceiling", flush=True)
     text = table(results, args.sizes)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "table.md"), "w") as f:
+    with atomic_file(os.path.join(args.out, "table.md"), ".md") as tmp, open(tmp, "w") as f:
         f.write(text + "\n")
-    with open(os.path.join(args.out, "results.json"), "w") as f:
+    with atomic_file(os.path.join(args.out, "results.json"), ".json") as tmp, open(tmp, "w") as f:
         json.dump(dict(results=results, freeze=args.freeze, epochs=args.epochs), f, indent=1)
     series = {m: [100 * np.median([r["share"] for r in results if r["n"] == n and r["method"] == m])
                   for n in args.sizes] for m in ("scratch", "fine-tuned")}

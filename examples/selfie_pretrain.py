@@ -17,11 +17,12 @@ import os
 import time
 
 import numpy as np
-from lib import selfie_data as sd
-from lib.selfie_model import build_net
 
 import convlib as cl
 from convlib.data import RandomFlip, channel_stats, load_images, normalise
+
+from lib import selfie_data as sd
+from lib.selfie_model import build_net
 
 ATTRIBUTES = [("filtered", lambda a: a["filter"] != "none"), ("border", lambda a: a["border"] == "True"),
               ("low light", lambda a: float(a["brightness"]) < 0.5), ("group", lambda a: int(a["n_faces"]) > 1),

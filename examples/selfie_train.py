@@ -96,15 +96,12 @@ def real_data_face_filter(args):
     """For real data: the face filter (selfie_faces.py's model; trained first if there is none)."""
     if not (args.data or args.selfie_dataset or args.posts):
         return None                                                 # the synthetic selfies all have one
-    import selfie_faces
-    from lib import faces
+    from lib import faces, faces_report
     if not os.path.isfile(args.face_model):
-        print(f"no face model at {args.face_model}: training one first (python examples/selfie_faces.py "
-              f"--train; skip the filter with --no-face-filter)")
-        selfie_faces.main(["--train", "--out", os.path.dirname(args.face_model) or "."]
-                          + (["--no-progress"] if args.no_progress else []))
-    net, threshold = selfie_faces.load(args.face_model)
-    return faces.face_filter(net, threshold, progress=not args.no_progress)
+        print(f"no face model at {args.face_model}: training one first (as python examples/selfie_faces.py "
+              f"--train does; skip the filter with --no-face-filter)")
+        faces_report.train_filter(os.path.dirname(args.face_model) or ".", progress=not args.no_progress)
+    return faces.face_filter(*faces.load_filter(args.face_model), progress=not args.no_progress)
 
 
 def load_source(args):

@@ -5,9 +5,10 @@ import os
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from lib import faces
 from lib import selfie_data as sd
-from PIL import Image
 
 
 def smooth_image(rng, h=90, w=130):
@@ -195,7 +196,6 @@ def test_rating_command_prints_verdicts_and_skips_bad_files(face_model, tmp_path
 def test_selfie_train_drops_real_images_without_a_face(face_model, tmp_path, capsys):
     """--data with the face filter: crops of the astronaut's face are kept, moon crops dropped
     (and counted) before training; a file that does not decode is left to the image loader."""
-    import selfie_faces
     import selfie_train
     out, _ = face_model
     skdata = faces.skimage_data()
@@ -210,7 +210,7 @@ def test_selfie_train_drops_real_images_without_a_face(face_model, tmp_path, cap
             x, y = rng.integers(0, 300, 2)
             moon.crop((x, y, x + 200, y + 200)).save(tmp_path / cls / f"moon{i}.png")
     (tmp_path / "good" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
-    keep = faces.face_filter(*selfie_faces.load(str(out / "model.npz")), progress=False)
+    keep = faces.face_filter(*faces.load_filter(str(out / "model.npz")), progress=False)
     paths = sorted(str(p) for p in tmp_path.glob("*/*"))
     mask = dict(zip(paths, keep(paths)))
     assert mask[str(tmp_path / "good" / "broken.jpg")]               # left to the image loader

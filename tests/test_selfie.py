@@ -378,3 +378,12 @@ def test_fine_tuning_from_pretrained_weights(tmp_path, capsys):
         selfie_train.main(argv[:argv.index("--size")] + ["--size", "32"] + argv[argv.index("--size") + 2:])
     with pytest.raises(SystemExit, match="--freeze 40: the net has only 16 layers"):
         selfie_train.main(argv[:-3] + ["40", "--n-labelled", "60"])
+
+
+def test_fine_tuning_table_medians_ranges_and_paired_gains():
+    from selfie_finetune import table
+    rows = [dict(n=100, seed=s, method=m, share=v) for s, m, v in
+            [(0, "scratch", 0.70), (0, "fine-tuned", 0.80), (1, "scratch", 0.60), (1, "fine-tuned", 0.75),
+             (2, "scratch", 0.65), (2, "fine-tuned", 0.69)]]
+    lines = table(rows, [100]).splitlines()
+    assert lines[2] == "| 100 | 65.0% [60.0–70.0] | 75.0% [69.0–80.0] | +10.0 pt |"   # gains 10, 15, 4

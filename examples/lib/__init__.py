@@ -7,7 +7,8 @@
 - ``selfie_model``: the selfie ConvNet, loading a trained model, P(good), crops and saliency.
 - ``selfie_report``: the train/val/test split, the rules table and the pictures of a run.
 - ``faces``: the face filter: its training windows (lfw, generator backgrounds, photographs
-  without a person, textures), training with hard-negative mining, the sliding-window search.
+  without a person, textures), training with hard-negative mining, the sliding-window search;
+  ``faces_report``: training it as ``selfie_faces.py --train`` does, and its pictures.
 - ``tsne``: a small t-SNE for the map of held-out selfies.
 
 A script finds this package because Python puts the script's own folder on its path.

@@ -15,6 +15,7 @@ Cross-validation holds out a fifth of lfw and a fifth of the negative images per
 verdict threshold is set just above the score any held-out negative image got.
 """
 import math
+import os
 
 import numpy as np
 from PIL import Image
@@ -28,6 +29,18 @@ CHECKS = {"astronaut": "face", "coffee": "no face", "rocket": "no face", "brick"
           "grass": "no face", "coins": "no face", "moon": "no face"}
 INSTALL = ('the face filter trains on scikit-image\'s bundled photographs: pip install -e ".[faces]" '
            '(or, for selfie_train.py, skip the filter with --no-face-filter)')
+
+
+def load_filter(path):
+    """(net in eval mode, threshold) of a face model written by selfie_faces.py --train; exits
+    saying how to train one if there is none."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: no face model at {path}; train one with: python examples/selfie_faces.py "
+                         f"--train --out {os.path.dirname(path) or '.'}")
+    net, meta = cl.load(path, with_metadata=True)
+    if meta.get("kind") != "face filter":
+        raise SystemExit(f"error: {path} is not a face model (its metadata says {meta.get('kind')!r})")
+    return net.eval(), float(meta["threshold"])
 
 
 def skimage_data():
