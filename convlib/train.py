@@ -7,12 +7,13 @@ import time
 
 import numpy as np
 
+from . import distributed
 from .backend import to_device, to_host
 from .io import load_extra, save
 from .losses import softmax, softmax_cross_entropy
 from .optim import SGD
 from .progress import Progress
-from .rng import get_rng
+from .rng import get_rng, manual_seed
 
 
 class History(dict):
@@ -49,7 +50,7 @@ def iterate_batches(x, y, batch_size, shuffle=False, rng=None):
 
 def fit(net, train, val=None, *, epochs=10, batch_size=32, optimizer=None, schedule=None,
         loss_fn=softmax_cross_entropy, augment=None, seed=0, restore_best=True, progress=True,
-        on_epoch_end=None, checkpoint=None, resume=False):
+        on_epoch_end=None, checkpoint=None, resume=False, comm=None):
     """Train ``net`` and return a ``History``.
 
     Args:
@@ -67,6 +68,15 @@ def fit(net, train, val=None, *, epochs=10, batch_size=32, optimizer=None, sched
         resume: with an existing ``checkpoint``, continue that run where it stopped: the final
             weights are bit for bit those of an uninterrupted run with the same arguments (a
             batch iterable must yield the same batches again).
+        comm: a ``convlib.distributed`` communicator; default ``distributed.world()``, which is
+            MPI when launched by ``mpiexec`` with several ranks and otherwise a no-op. With several
+            ranks, each step's batch (``batch_size`` in all; a batch iterable must yield the same
+            batches on every rank) is split among the ranks, gradients are averaged (so the weights
+            follow the one-process run on the same batches, up to float rounding), batch-norm
+            statistics are averaged each epoch, validation is split too, and only rank 0 shows
+            progress, calls ``on_epoch_end`` and writes the checkpoint (Ctrl-C then ends the run:
+            resume starts from the last epoch's checkpoint). ``comm=distributed.Single()`` trains
+            each rank on its own instead.
     Batches come from the host (augmented there) and are copied to ``net.device``; on a GPU a
     step copies nothing back but the logits (for the accuracy) and the loss.
     Raises FloatingPointError naming the epoch and step when the logits or loss become NaN/inf.
@@ -87,12 +97,23 @@ def fit(net, train, val=None, *, epochs=10, batch_size=32, optimizer=None, sched
     if val is not None:
         val = _check_arrays(*val, "fit(val)")
     optimizer = optimizer or SGD(net.parameters(), lr=0.01, momentum=0.9)
+    comm = distributed.world() if comm is None else comm
+    aug_rng, lead = rng, comm.rank == 0                             # lead: the rank that prints and writes
+    if comm.size > 1:
+        if net.device != "cpu":
+            raise ValueError(f"fit: data-parallel training over MPI runs on the CPU; the net is on {net.device}")
+        distributed.broadcast_state(comm, net)                      # every rank starts from rank 0's weights
+        aug_rng = np.random.default_rng([seed, comm.rank])          # rng stays in step on all ranks (the order)
+        manual_seed(int(get_rng().integers(2 ** 62)) + comm.rank)    # dropout masks differ between ranks
+        progress, checkpoint_writer = progress and lead, lead
+    else:
+        checkpoint_writer = True
     hist = History(loss=[], acc=[], val_loss=[], val_acc=[], lr=[], seconds=[])
     best_state, device = None, net.device
     at = dict(epoch=1, step=0)                                      # where this run starts
     if checkpoint is not None and resume and os.path.exists(checkpoint):
         hist, best_state, at = _restore(checkpoint, net, optimizer, schedule, rng)
-    with _CtrlC(enabled=checkpoint is not None) as interrupted:
+    with _CtrlC(enabled=checkpoint is not None and comm.size == 1) as interrupted:
         for epoch in range(at["epoch"], epochs + 1):
             net.train()
             t0 = time.perf_counter()
@@ -108,27 +129,22 @@ def fit(net, train, val=None, *, epochs=10, batch_size=32, optimizer=None, sched
             with Progress(n_batches, f"epoch {epoch}/{epochs}", "batch", enabled=progress) as bar:
                 bar.n = skip
                 for step, (xb, yb) in enumerate(todo, skip + 1):
+                    n = len(yb)                                     # the whole step's batch, over all ranks
+                    if comm.size > 1:
+                        part = distributed.shard(n, comm)
+                        xb, yb = xb[part], yb[part]
                     if augment is not None:
-                        xb = augment(xb, rng)
-                    logits = net(to_device(xb, device))
-                    host_logits = to_host(logits)                   # (N, K): the accuracy is counted here
-                    if not np.all(np.isfinite(host_logits)):
-                        raise FloatingPointError(
-                            f"fit: the logits became NaN or infinite at epoch {epoch}, step {step} "
-                            f"(lr={optimizer.lr:g}); lower the learning rate or check the inputs")
-                    loss, dlogits = loss_fn(logits, yb)
-                    if not math.isfinite(loss):
-                        raise FloatingPointError(f"fit: the loss became {loss} at epoch {epoch}, step {step} "
-                                                 f"(lr={optimizer.lr:g}); lower the learning rate")
+                        xb = augment(xb, aug_rng)
                     optimizer.zero_grad()
-                    net.backward(dlogits, input_grad=False)
+                    loss, correct = _step(net, xb, yb, loss_fn, epoch, step, optimizer.lr) if len(yb) else (0.0, 0)
+                    loss_sum, correct = distributed.average_grads(comm, optimizer.params, len(yb), n,
+                                                                  extra=(loss * len(yb), correct))
                     optimizer.step()
-                    n = len(yb)
                     seen += n
-                    tot_loss += loss * n
-                    tot_correct += int((host_logits.argmax(1) == yb).sum())
+                    tot_loss += loss_sum
+                    tot_correct += int(correct)
                     bar.update(1, loss=tot_loss / seen, acc=tot_correct / seen)
-                    if interrupted:
+                    if interrupted:                                 # (one process only)
                         _save(checkpoint, net, optimizer, schedule, rng, hist, best_state, epoch=epoch,
                               step=step, totals=(tot_loss, tot_correct, seen), epoch_rng=epoch_rng)
                         raise KeyboardInterrupt(
@@ -139,8 +155,9 @@ def fit(net, train, val=None, *, epochs=10, batch_size=32, optimizer=None, sched
                 hist["loss"].append(tot_loss / seen)
                 hist["acc"].append(tot_correct / seen)
                 hist["lr"].append(optimizer.lr)
+                distributed.average_buffers(comm, net)
                 if val is not None:
-                    vl, va = evaluate(net, *val, batch_size=max(batch_size, 256))
+                    vl, va = _evaluate_shared(net, val, max(batch_size, 256), comm)
                     hist["val_loss"].append(vl)
                     hist["val_acc"].append(va)
                     bar.set(val_acc=va)
@@ -150,14 +167,42 @@ def fit(net, train, val=None, *, epochs=10, batch_size=32, optimizer=None, sched
                 hist["seconds"].append(time.perf_counter() - t0)
             if schedule is not None:
                 schedule.step()
-            if checkpoint is not None:
+            if checkpoint is not None and checkpoint_writer:
                 _save(checkpoint, net, optimizer, schedule, rng, hist, best_state, epoch=epoch + 1, step=0)
-            if on_epoch_end is not None:
+            if on_epoch_end is not None and lead:
                 on_epoch_end(epoch, hist)
     if best_state is not None:
         net.load_state_dict(best_state)
     net.eval()
     return hist
+
+
+def _step(net, xb, yb, loss_fn, epoch, step, lr):
+    """Forward, loss and backward of one batch (gradients added into the parameters' grad);
+    returns (mean loss, number of correct predictions)."""
+    logits = net(to_device(xb, net.device))
+    host_logits = to_host(logits)                                   # (N, K): the accuracy is counted here
+    if not np.all(np.isfinite(host_logits)):
+        raise FloatingPointError(f"fit: the logits became NaN or infinite at epoch {epoch}, step {step} "
+                                 f"(lr={lr:g}); lower the learning rate or check the inputs")
+    loss, dlogits = loss_fn(logits, yb)
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"fit: the loss became {loss} at epoch {epoch}, step {step} "
+                                 f"(lr={lr:g}); lower the learning rate")
+    net.backward(dlogits, input_grad=False)
+    return loss, int((host_logits.argmax(1) == yb).sum())
+
+
+def _evaluate_shared(net, val, batch_size, comm):
+    """(loss, accuracy) over ``val``, each rank evaluating its share (all of it in one process)."""
+    x, y = val
+    if comm.size == 1 or len(y) < comm.size:
+        return evaluate(net, x, y, batch_size=batch_size)
+    part = distributed.shard(len(y), comm)
+    loss, acc = evaluate(net, x[part], y[part], batch_size=batch_size)
+    n = len(y[part])
+    loss_sum, correct = comm.allreduce_sum(np.array([loss * n, acc * n]))
+    return float(loss_sum / len(y)), float(round(correct) / len(y))
 
 
 class _CtrlC:

@@ -25,20 +25,28 @@ from a net selfie_pretrain.py trained on cleanly labelled attributes and trains 
 after the first six (two conv blocks); ``--n-labelled N`` keeps N labelled selfies for training.
 selfie_finetune.py measures it against training from scratch.
 
+Past one machine: ``mpiexec -n N python -m mpi4py examples/selfie_train.py`` trains data-parallel
+over N MPI ranks (convlib.distributed; rank 0 prepares the data first, prints and writes), and
+``--scheduler local:N`` or ``tcp://host:port`` decodes the images and runs the face filter on Dask
+workers (lib/shards.py), with the same results as in one process.
+
 Training writes OUT/checkpoint.npz after every epoch; Ctrl-C finishes the step in progress,
 saves it and stops. The same command with --resume goes on from there and ends with the same
 weights as an uninterrupted run (the checkpoint is removed when the run completes).
 """
 import argparse
 import os
+import sys
 import time
 
 import numpy as np
 
 import convlib as cl
-from convlib.data import RandomFlip, channel_stats, load_images, normalise
+from convlib.data import RandomFlip, channel_stats, normalise
+from convlib.distributed import world
 
 from lib import selfie_data as sd
+from lib import shards
 from lib import selfie_report as report
 from lib.selfie_model import build_net, p_good
 
@@ -78,8 +86,14 @@ def parse_args(argv=None):
     ap.add_argument("--no-face-filter", action="store_true", help="real data: keep images in which the "
                     "face filter finds no face (by default they are dropped before labelling)")
     ap.add_argument("--face-model", default="runs/faces/model.npz", help="the face filter (selfie_faces.py)")
+    ap.add_argument("--scheduler", default="none", help="where images are decoded and searched for faces: "
+                    "none (this process), local:N (a local Dask cluster) or tcp://host:port")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
+    try:
+        shards.check_scheduler(args.scheduler)
+    except ValueError as e:
+        ap.error(str(e))
     for name in ("n_images", "size", "epochs", "batch_size", "n_labelled"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -101,7 +115,9 @@ def real_data_face_filter(args):
         print(f"no face model at {args.face_model}: training one first (as python examples/selfie_faces.py "
               f"--train does; skip the filter with --no-face-filter)")
         faces_report.train_filter(os.path.dirname(args.face_model) or ".", progress=not args.no_progress)
-    return faces.face_filter(*faces.load_filter(args.face_model), progress=not args.no_progress)
+    faces.load_filter(args.face_model)                              # a bad model file ends here, not in a worker
+    return lambda paths: shards.map_shards(shards.faces_found, paths, args.face_model, scheduler=args.scheduler,
+                                           desc="looking for faces", progress=not args.no_progress)[1]
 
 
 def load_source(args):
@@ -123,7 +139,8 @@ def load_source(args):
 def prepare_data(args):
     """Load and label the chosen source, split it, normalise: a dict of what training needs."""
     paths, labels, info, source = load_source(args)
-    x, kept = load_images(paths, args.size, args.fit, progress=not args.no_progress)
+    kept, x = shards.map_shards(shards.decode, paths, args.size, args.fit, scheduler=args.scheduler,
+                                desc="loading images", progress=not args.no_progress)
     labels = labels[kept]
     if len(np.unique(labels)) < 2 or len(labels) < 20:
         raise SystemExit(f"error: need at least 20 decodable images of both classes, got {len(labels)} "
@@ -209,15 +226,23 @@ def main(argv=None):
     args = parse_args(argv)
     t_start = time.perf_counter()
     args.out = args.out or default_out(args)
+    comm = world()                                                  # MPI ranks under mpiexec, else one process
+    if comm.rank:                                                   # rank 0 prints, writes and prepares first
+        sys.stdout, args.no_progress = open(os.devnull, "w"), True
+        comm.barrier()                                              # ... then the others read its cache
     os.makedirs(args.out, exist_ok=True)
     if args.pretrained:
         pretrained_meta(args)                                       # a mismatch ends here, before any data work
     cl.manual_seed(args.seed)
     d = prepare_data(args)
+    if not comm.rank:
+        comm.barrier()
     try:
         net, hist = train(args, d)
     except KeyboardInterrupt as e:
         raise SystemExit(f"\ninterrupted ({e}).\nTo go on, run the same command with --resume.") from None
+    if comm.rank:
+        return None                                                 # the same net as rank 0's, which writes it
     os.remove(os.path.join(args.out, "checkpoint.npz"))             # the run is complete: model.npz holds it
     te = d["split"][2]
     _, test_acc = cl.evaluate(net, d["xn"][te], d["labels"][te])

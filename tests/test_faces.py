@@ -1,6 +1,7 @@
 """The face filter (examples/selfie_faces.py): windows and boxes, the loaders dropping images
 without a face before labelling, and the trained filter on real photographs."""
 import csv
+import importlib.util
 import os
 
 import numpy as np
@@ -224,3 +225,9 @@ def test_selfie_train_drops_real_images_without_a_face(face_model, tmp_path, cap
     assert (f"folders data: {sum(mask.values()) - 1} images ({kept_good} good, {dropped} dropped: no face found)"
             in printed.out)
     assert f"skipped 1 of {sum(mask.values())} images that did not decode: broken.jpg" in printed.err
+    if importlib.util.find_spec("distributed"):                      # the same stages on 2 Dask workers
+        selfie_train.main(["--data", str(tmp_path), "--face-model", str(out / "model.npz"), "--size", "16",
+                           "--epochs", "1", "--no-pictures", "--no-progress", "--out", str(tmp_path / "run2"),
+                           "--scheduler", "local:2"])
+        assert (f"folders data: {sum(mask.values()) - 1} images ({kept_good} good, {dropped} dropped: no face "
+                f"found)" in capsys.readouterr().out)

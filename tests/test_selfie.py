@@ -76,6 +76,33 @@ def test_labeller_filters_and_tag_bonus():
         sd.label_posts(posts, group=3)
 
 
+def _label_posts_plainly(posts, group, **limits):
+    """The rule as the post states it, in plain Python: the oracle of the NumPy labeller."""
+    keep = [i for i, p in enumerate(posts) if p["age_days"] > 30 and p["tags"] <= limits.get("max_tags", 10**9)]
+    keep.sort(key=lambda i: (posts[i]["followers"] * (1 + 0.05 * posts[i]["tags"]), i))
+    out = []
+    for g in range(len(keep) // group):
+        members = keep[g * group:(g + 1) * group]
+        good = set(sorted(members, key=lambda i: (-posts[i]["likes"], i))[:group // 2])
+        out += [(i, int(i in good), g) for i in members]
+    return [np.array(c, dtype=np.int64) for c in zip(*out)]
+
+
+@pytest.mark.parametrize("group,limits", [(10, {}), (100, {}), (4, {"max_tags": 2})])
+def test_labeller_matches_the_plain_rule_with_ties(group, limits):
+    """Many equal audiences and like counts (ties go to the earlier post), lists or columns."""
+    rng = np.random.default_rng(group)
+    n = 3000
+    cols = dict(followers=rng.integers(1, 60, n), likes=rng.integers(0, 8, n), tags=rng.poisson(1.0, n),
+                age_days=rng.integers(1, 100, n))
+    posts = [{k: int(v[i]) for k, v in cols.items()} for i in range(n)]
+    want = _label_posts_plainly(posts, group, **limits)
+    for given in (posts, cols):
+        got = sd.label_posts(given, group=group, **limits)
+        for w, g in zip(want, got):
+            np.testing.assert_array_equal(g, w)
+
+
 def test_label_ceiling_is_one_when_likes_follow_quality():
     q = np.arange(200.0)
     labels = np.r_[np.zeros(50), np.ones(50), np.zeros(50), np.ones(50)].astype(int)

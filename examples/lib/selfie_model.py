@@ -28,9 +28,10 @@ def build_net(size, blocks=4, width=(16, 32, 64, 64), hidden=64, batchnorm=False
                          cl.Linear(hidden, 2))
 
 
-def load_model(path):
+def load_model(path, note=True):
     """(net in eval mode, metadata) from a model file written by selfie_train.py; exits with a
-    message saying which command trains one if there is no file at ``path``."""
+    message saying which command trains one if there is no file at ``path``. ``note``: say so
+    on stderr when the model was trained on the synthetic selfies."""
     if not os.path.isfile(path):
         sys.exit(f"error: no trained model at {path}; train one first with: python examples/selfie_train.py"
                  + ("" if path == "runs/selfie/model.npz" else f" --out {os.path.dirname(path) or '.'}"))
@@ -38,7 +39,7 @@ def load_model(path):
     missing = [k for k in ("size", "fit", "mean", "std", "classes") if k not in meta]
     if missing:
         raise ValueError(f"{path}: not a selfie model (metadata lacks {missing})")
-    if trained_on_synthetic(meta):
+    if note and trained_on_synthetic(meta):
         print(f"note: {SYNTHETIC_NOTE}", file=sys.stderr)
     return net, meta
 
