@@ -109,7 +109,7 @@ def fit(net, train, val=None, *, epochs=10, batch_size=32, optimizer=None, sched
     else:
         checkpoint_writer = True
     hist = History(loss=[], acc=[], val_loss=[], val_acc=[], lr=[], seconds=[])
-    best_state, device = None, net.device
+    best_state = None
     at = dict(epoch=1, step=0)                                      # where this run starts
     if checkpoint is not None and resume and os.path.exists(checkpoint):
         hist, best_state, at = _restore(checkpoint, net, optimizer, schedule, rng)
