@@ -50,3 +50,14 @@ def test_flip_averaging_makes_predictions_mirror_invariant(rng):
     plain = fashion_mnist.predict(net, x, flip=False)
     assert not np.allclose(fashion_mnist.predict(net, mirrored, flip=False), plain, atol=1e-4)
     np.testing.assert_allclose(p.sum(1), 1, rtol=1e-5)
+
+
+def test_fashion_example_without_validation_and_with_label_smoothing(tmp_path, rng, capsys):
+    data = tmp_path / "fm"
+    _fake_dataset(str(data), rng)
+    acc, hist = fashion_mnist.main(["--data-dir", str(data), "--out", str(tmp_path / "out"), "--epochs", "2",
+                                    "--batch-size", "32", "--val", "0", "--label-smoothing", "0.1", "--no-progress"])
+    out = capsys.readouterr().out
+    assert "last epoch kept" in out and hist["val_acc"] == [] and acc > 0.9
+    assert hist["loss"][-1] > 0.1 * np.log(10) * 0.5                # smoothing keeps the loss off zero
+    assert (tmp_path / "out" / "curves.png").stat().st_size > 0

@@ -167,3 +167,18 @@ def test_bad_inputs_name_the_layer():
 def test_rel_error():
     assert rel_error([1.0, 2.0], [1.0, 2.0]) == 0.0
     assert abs(rel_error([1.0], [1.1]) - 0.1 / 2.1) < 1e-12
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.5])
+def test_label_smoothing_gradient_and_limits(rng, eps):
+    """Finite differences (float64), the plain loss at eps 0, the uniform target's value, and errors."""
+    logits, y = rng.standard_normal((5, 4)) * 3, rng.integers(0, 4, 5)
+    assert check_loss(lambda z, t: cl.softmax_cross_entropy(z, t, label_smoothing=eps), logits, y) < 1e-6
+    plain, smooth = cl.softmax_cross_entropy(logits, y), cl.softmax_cross_entropy(logits, y, label_smoothing=eps)
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    want = -((1 - eps) * logp[np.arange(5), y] + eps * logp.mean(1)).mean()
+    assert abs(smooth[0] - want) < 1e-12 and abs(smooth[0] - plain[0]) > 1e-3
+    np.testing.assert_allclose(smooth[1].sum(1), 0, atol=1e-12)     # softmax and target both sum to 1
+    for bad in (-0.1, 1.0, "0.1"):
+        with pytest.raises(ValueError, match="label_smoothing must be a number in"):
+            cl.softmax_cross_entropy(logits, y, label_smoothing=bad)

@@ -93,3 +93,13 @@ def test_load_state_dict_strict_false_and_frozen_params_match_torch(rng):
     tstate = tnet.state_dict()
     for name, v in net.state_dict().items():
         np.testing.assert_allclose(v, tstate[name].numpy(), rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+def test_label_smoothing_matches_torch(rng):
+    logits, y = rng.standard_normal((6, 5)) * 2, rng.integers(0, 5, 6)
+    t = torch.tensor(logits, requires_grad=True)
+    tloss = torch.nn.CrossEntropyLoss(label_smoothing=0.1)(t, torch.from_numpy(y))
+    tloss.backward()
+    loss, dlogits = cl.softmax_cross_entropy(logits, y, label_smoothing=0.1)
+    assert abs(loss - tloss.item()) < 1e-12
+    np.testing.assert_allclose(dlogits, t.grad.numpy(), atol=1e-12)
