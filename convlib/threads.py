@@ -204,8 +204,8 @@ _local = threading.local()
 
 def workspace(name, shape, dtype):
     """A scratch array reused from call to call (one per name, dtype and thread), grown when a
-    bigger one is asked for. Column matrices live here: one image's at a time per thread, so
-    they stay in the core's L2 cache between being written and being multiplied."""
+    bigger one is asked for. Column matrices live here, a small group of images' at a time per
+    thread, so they stay in the core's L2 cache between being written and being multiplied."""
     key = (name, np.dtype(dtype).str)
     size = int(np.prod(shape))
     buffers = _local.__dict__.setdefault("buffers", {})
