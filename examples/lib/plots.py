@@ -128,9 +128,10 @@ def curves(hist):
     the epoch whose weights fit() kept marked."""
     best = getattr(hist, "best_epoch", None)
     mark = (best, f"kept: epoch {best}") if best else None
+    keep = lambda series: {name: s for name, s in series.items() if len(s)}   # no validation: train only
     return side_by_side([
-        line_chart({"train loss": hist["loss"], "val loss": hist["val_loss"]}, "loss", "epoch", mark=mark),
-        line_chart({"train acc": hist["acc"], "val acc": hist["val_acc"]}, "accuracy", "epoch", mark=mark)])
+        line_chart(keep({"train loss": hist["loss"], "val loss": hist["val_loss"]}), "loss", "epoch", mark=mark),
+        line_chart(keep({"train acc": hist["acc"], "val acc": hist["val_acc"]}), "accuracy", "epoch", mark=mark)])
 
 
 def side_by_side(images, captions=None):
@@ -274,19 +275,23 @@ def heatmap_overlay(photo, heat):
     return Image.fromarray((rgb * 255).astype(np.uint8))
 
 
-def confusion_image(cm, names, cell=44):
+def confusion_image(cm, names, title="", cell=44):
     """Confusion matrix (K, K) of counts, rows = true class, columns = predicted, shaded by the
-    row-normalised rate, with the counts written in."""
+    row-normalised rate (blue: correct, red: mistakes), with the counts written in, under a
+    title and a one-line key."""
     K = len(names)
-    L, T = 110, 110
+    L, T = 110, 150                                                  # left labels; title, key and column labels
     img = Image.new("RGB", (L + K * cell + 10, T + K * cell + 10), "white")
     d = ImageDraw.Draw(img)
+    d.text((6, 6), title, fill="black", font=font(14))
+    d.text((6, 26), "rows: true class, columns: predicted; shade: share of the row "
+           "(blue correct, red mistaken)", fill=(90, 90, 90), font=font(11))
     rates = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     for i in range(K):
         d.text((6, T + i * cell + cell // 2 - 6), names[i][:14], fill="black", font=font(11))
-        label = Image.new("RGB", (T - 10, 14), "white")
+        label = Image.new("RGB", (T - 50, 14), "white")
         ImageDraw.Draw(label).text((0, 0), names[i][:14], fill="black", font=font(11))
-        img.paste(label.rotate(90, expand=True), (L + i * cell + cell // 2 - 7, 4))
+        img.paste(label.rotate(90, expand=True), (L + i * cell + cell // 2 - 7, 44))
         for j in range(K):
             v = rates[i, j]
             shade = (int(255 * (1 - v)), int(255 * (1 - 0.6 * v)), 255) if i == j else \
@@ -294,5 +299,5 @@ def confusion_image(cm, names, cell=44):
             x0, y0 = L + j * cell, T + i * cell
             d.rectangle((x0, y0, x0 + cell - 1, y0 + cell - 1), fill=shade, outline=(200, 200, 200))
             d.text((x0 + 4, y0 + cell // 2 - 6), str(int(cm[i, j])), fill="black", font=font(11))
-    d.text((L, T - 16), "predicted ->", fill="gray", font=font(11))
+    d.text((6, T - 16), "true \\ predicted", fill="gray", font=font(11))
     return img
