@@ -155,14 +155,14 @@ def test_parallel_for_from_two_threads_and_nested(three_threads):
     assert got == [499500] * 4
 
 
-@pytest.mark.parametrize("C,side", [(1, 28), (3, 64), (4, 12)], ids=["grouped 1x28x28", "one by one 3x64x64",
-                                                                   "one by one 4x12x12"])
-def test_conv_paths_for_tiny_and_large_images_match_reference(C, side, three_threads):
-    """Tiny first layers go a group of images per call (forward, and backward without dx);
-    larger ones one image at a time: both against the reference, over uneven shares."""
+@pytest.mark.parametrize("C,side,group", [(1, 28, 33), (8, 40, 2), (3, 100, 1)],
+                         ids=["one partial group 1x28x28", "groups of 2 8x40x40", "one by one 3x100x100"])
+def test_conv_paths_for_tiny_and_large_images_match_reference(C, side, group, three_threads):
+    """Images go a group per call (about 2**18 column values): a group larger than a share, groups
+    of two with a partial last one, and one image per call, each against the reference over the
+    uneven shares of 7 images on 3 threads (3, 3, 1), forward and backward with and without dx."""
     from convlib.kernels.cpu import _group
-    rows = C * 9 + 1
-    assert (_group(rows, side * side) > 1) == (C == 1)
+    assert _group(C * 9 + 1, side * side) == group
     rng = np.random.default_rng(C)
     x, w, b = rng.standard_normal((7, C, side, side)), rng.standard_normal((5, C, 3, 3)), rng.standard_normal(5)
     out_r, cache_r = ref.conv2d_forward(x, w, b, (1, 1), (1, 1))
