@@ -61,3 +61,19 @@ def test_fashion_example_without_validation_and_with_label_smoothing(tmp_path, r
     assert "last epoch kept" in out and hist["val_acc"] == [] and acc > 0.9
     assert hist["loss"][-1] > 0.1 * np.log(10) * 0.5                # smoothing keeps the loss off zero
     assert (tmp_path / "out" / "curves.png").stat().st_size > 0
+
+
+def test_width_and_dropout_options_build_the_asked_net_and_refuse_bad_values(capsys):
+    net = fashion_mnist.build_net((4, 6, 8))
+    convs = [layer for layer in net if type(layer).__name__ == "Conv2d"]
+    assert [c.weight.data.shape[0] for c in convs] == [4, 6, 8]
+    assert net(np.zeros((2, 1, 28, 28), np.float32)).shape == (2, 10)   # the classifier follows the width
+    for bad in ("16,32", "16,0,64", "a,b,c"):
+        with pytest.raises(SystemExit):
+            fashion_mnist.main(["--width", bad])
+        assert "--width: expected three positive integers" in capsys.readouterr().err
+    assert fashion_mnist.build_net(dropout=0.3)[-2].p == 0.3
+    for bad in ("1", "-0.1", "x"):
+        with pytest.raises(SystemExit):
+            fashion_mnist.main(["--dropout", bad])
+        assert "--dropout: expected a number in [0, 1)" in capsys.readouterr().err
