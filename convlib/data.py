@@ -179,6 +179,26 @@ class RandomCrop:
                   rows[:, None, :, None], cols[:, None, None, :]]
 
 
+class Cutout:
+    """Zero a ``size`` x ``size`` square at a random centre of each image (clipped at the
+    borders) with probability p: DeVries & Taylor 2017. Zero is the mean of normalised data."""
+
+    def __init__(self, size, p=1.0):
+        if not isinstance(size, int) or size < 1 or not 0 <= p <= 1:
+            raise ValueError(f"Cutout: size must be an int >= 1 and p in [0, 1], got {size!r}, {p!r}")
+        self.size, self.p = size, p
+
+    def __call__(self, x, rng):
+        N, C, H, W = x.shape
+        top = rng.integers(0, H, N) - self.size // 2                # (N,) the square's corner
+        left = rng.integers(0, W, N) - self.size // 2               # (N,)
+        on = rng.random(N) < self.p                                 # (N,)
+        rows = (np.arange(H) >= top[:, None]) & (np.arange(H) < top[:, None] + self.size)     # (N, H)
+        cols = (np.arange(W) >= left[:, None]) & (np.arange(W) < left[:, None] + self.size)  # (N, W)
+        hole = on[:, None, None] & rows[:, :, None] & cols[:, None, :]                          # (N, H, W)
+        return np.where(hole[:, None], np.zeros((), x.dtype), x)
+
+
 class ColorJitter:
     """Scale brightness by U(1-b, 1+b) and contrast about each image's mean by U(1-c, 1+c)."""
 

@@ -285,7 +285,12 @@ def evaluate(net, x, y, batch_size=256, loss_fn=softmax_cross_entropy):
     return loss, float((logits.argmax(1) == y).mean())
 
 
-def predict_proba(net, x, batch_size=256):
-    """Class probabilities (N, K) of ``net`` in eval mode for inputs x (N, ...)."""
+def predict_proba(net, x, batch_size=256, flip=False):
+    """Class probabilities (N, K) of ``net`` in eval mode for inputs x (N, ...). ``flip=True``
+    (images x (N, C, H, W)): the mean over each image and its mirror image, test-time
+    augmentation for a net trained with ``RandomFlip``."""
     x = _check_inputs(x, "predict_proba")
-    return softmax(_batched_eval(net, x, batch_size))
+    if flip and x.ndim != 4:
+        raise ValueError(f"predict_proba: flip=True needs images (N, C, H, W), got shape {x.shape}")
+    p = softmax(_batched_eval(net, x, batch_size))
+    return (p + softmax(_batched_eval(net, x[..., ::-1], batch_size))) / 2 if flip else p

@@ -38,7 +38,7 @@ import time
 import numpy as np
 
 import convlib as cl
-from convlib.data import Compose, RandomCrop, RandomFlip, read_idx
+from convlib.data import Compose, Cutout, RandomCrop, RandomFlip, read_idx
 
 from lib import plots
 
@@ -70,13 +70,6 @@ def build_net(width=(16, 32, 64), dropout=0.1):
         c = f
     return cl.Sequential(*layers, cl.Flatten(), cl.Linear(c * 7 * 7, 128), cl.BatchNorm1d(128), cl.ReLU(),
                          cl.Dropout(dropout), cl.Linear(128, 10))
-
-
-def predict(net, x, flip=True):
-    """Class probabilities (N, 10) for x (N, 1, 28, 28); with ``flip``, the mean over each image
-    and its mirror image (test-time augmentation matching the training flips)."""
-    p = cl.predict_proba(net, x, batch_size=500)
-    return (p + cl.predict_proba(net, x[:, :, :, ::-1], batch_size=500)) / 2 if flip else p
 
 
 def _width(text):
@@ -113,6 +106,7 @@ def main(argv=None):
     ap.add_argument("--limit", type=int, default=0, help="use only this many training images (quick runs)")
     ap.add_argument("--crop", type=int, default=0, help="random-crop padding (0: no crop augmentation)")
     ap.add_argument("--no-flip", action="store_true")
+    ap.add_argument("--cutout", type=int, default=0, help="zero a random square of this side (0: no cutout)")
     ap.add_argument("--label-smoothing", type=float, default=0.1, help="target (1 - eps) onehot + eps / 10")
     ap.add_argument("--width", type=_width, default=(16, 32, 64), help="the three conv blocks' filters, e.g. 24,48,96")
     ap.add_argument("--dropout", type=_probability, default=0.1, help="dropout before the last Linear, in [0, 1)")
@@ -144,7 +138,8 @@ def main(argv=None):
     net.summary((1, 28, 28))
     opt = cl.optim.SGD(net.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     sched = cl.optim.CosineLR(opt, total=args.epochs, warmup=1)
-    augment = Compose(([RandomCrop(args.crop)] if args.crop else []) + ([] if args.no_flip else [RandomFlip()]))
+    augment = Compose(([RandomCrop(args.crop)] if args.crop else []) + ([] if args.no_flip else [RandomFlip()])
+                      + ([Cutout(args.cutout)] if args.cutout else []))
     loss_fn = functools.partial(cl.softmax_cross_entropy, label_smoothing=args.label_smoothing)
     hist = cl.fit(net, (xtr[tr], ytr[tr]), val=val, epochs=args.epochs, batch_size=args.batch_size, loss_fn=loss_fn,
                   optimizer=opt, schedule=sched, augment=augment, seed=args.seed, progress=not args.no_progress,
@@ -152,8 +147,8 @@ def main(argv=None):
                                                   f"{h['acc'][-1]:.4f}"
                                                   + (f" val acc {h['val_acc'][-1]:.4f}" if val else "")
                                                   + f" ({h['seconds'][-1]:.0f} s)"))
-    plain = float((predict(net, xte, flip=False).argmax(1) == yte).mean())
-    pred = predict(net, xte, flip=not args.no_flip).argmax(1)
+    plain = float((cl.predict_proba(net, xte, 500).argmax(1) == yte).mean())
+    pred = cl.predict_proba(net, xte, 500, flip=not args.no_flip).argmax(1)     # mean over each image and its mirror
     acc = float((pred == yte).mean())
     print(f"test accuracy without flip averaging: {100 * plain:.2f}%")
     os.makedirs(args.out, exist_ok=True)

@@ -64,6 +64,27 @@ def test_random_crop_shifts_within_padding(rng):
     np.testing.assert_array_equal(data.RandomCrop(0)(x, rng), x)
 
 
+def test_cutout_zeroes_one_clipped_square_per_image(rng):
+    x = rng.random((200, 2, 9, 8)).astype(np.float32) + 1           # no zeros of its own
+    out = data.Cutout(4)(x, np.random.default_rng(2))
+    assert out.shape == x.shape and out.dtype == x.dtype
+    holes = out == 0
+    np.testing.assert_array_equal(holes[:, 0], holes[:, 1])         # the same square in every channel
+    np.testing.assert_array_equal(out[~holes], x[~holes])           # the rest untouched
+    for h in holes[:, 0]:
+        rows, cols = np.flatnonzero(h.any(1)), np.flatnonzero(h.any(0))
+        assert len(rows) and len(cols) and len(rows) <= 4 and len(cols) <= 4
+        assert h[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].all() and h.sum() == len(rows) * len(cols)
+    sizes = holes[:, 0].sum(axis=(1, 2))
+    assert (sizes == 16).mean() > 0.3 and (sizes < 16).any()        # whole squares inside, clipped at edges
+    corners = [h.nonzero() for h in holes[:, 0]]
+    assert {int(r.min()) for r, _ in corners} == set(range(7))      # centres on every row: tops -2..6
+    half = data.Cutout(4, p=0.5)(x, np.random.default_rng(2))
+    assert 60 < (half == 0).any(axis=(1, 2, 3)).sum() < 140
+    with pytest.raises(ValueError, match="size must be an int >= 1"):
+        data.Cutout(0)
+
+
 def test_color_jitter_ranges_and_compose_determinism(rng):
     x = rng.random((50, 3, 4, 4)).astype(np.float32)
     out = data.ColorJitter(brightness=0.2)(x, np.random.default_rng(0))

@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pytest
 
+import convlib as cl
 from convlib.data import write_idx
 
 import fashion_mnist                                     # examples/ is on pytest's path (setup.cfg)
@@ -42,14 +43,15 @@ def test_fashion_example_missing_data_says_how_to_get_it(tmp_path, capsys):
 
 def test_flip_averaging_makes_predictions_mirror_invariant(rng):
     net = fashion_mnist.build_net()
-    net.eval()
     x = rng.standard_normal((4, 1, 28, 28)).astype(np.float32)
     mirrored = np.ascontiguousarray(x[:, :, :, ::-1])               # left-right
-    p = fashion_mnist.predict(net, x)
-    np.testing.assert_allclose(fashion_mnist.predict(net, mirrored), p, rtol=1e-5, atol=1e-6)
-    plain = fashion_mnist.predict(net, x, flip=False)
-    assert not np.allclose(fashion_mnist.predict(net, mirrored, flip=False), plain, atol=1e-4)
-    np.testing.assert_allclose(p.sum(1), 1, rtol=1e-5)
+    p = cl.predict_proba(net, x, flip=True)
+    np.testing.assert_allclose(cl.predict_proba(net, mirrored, flip=True), p, rtol=1e-5, atol=1e-6)
+    plain = cl.predict_proba(net, x)
+    assert not np.allclose(cl.predict_proba(net, mirrored), plain, atol=1e-4)
+    np.testing.assert_allclose(p, (plain + cl.predict_proba(net, mirrored)) / 2, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="flip=True needs images"):
+        cl.predict_proba(net, x.reshape(4, -1), flip=True)
 
 
 def test_fashion_example_without_validation_and_with_label_smoothing(tmp_path, rng, capsys):
