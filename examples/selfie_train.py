@@ -245,12 +245,13 @@ def main(argv=None):
         return None                                                 # the same net as rank 0's, which writes it
     os.remove(os.path.join(args.out, "checkpoint.npz"))             # the run is complete: model.npz holds it
     te = d["split"][2]
-    _, test_acc = cl.evaluate(net, d["xn"][te], d["labels"][te])
+    held_out = p_good(net, d["xn"][te])                              # (T,)
+    test_acc = float(np.mean((held_out >= 0.5) == d["labels"][te]))
     ceiling = None
     if "quality" in d["info"]:                                       # the ideal judge, on the same test images
         ideal = sd.ideal_labels(d["info"]["quality"], d["info"]["groups"])[d["kept"]][te]
         ceiling = float(np.mean(ideal == d["labels"][te]))
-    held_out = np.sort(p_good(net, d["xn"][te]))                     # (T,) for percentiles (selfie_web.py)
+    held_out = np.sort(held_out)                                    # for percentiles (selfie_web.py)
     meta = dict(classes=["bad", "good"], size=args.size, fit=args.fit, mean=d["mean"], std=d["std"],
                 source=d["source"], test_accuracy=test_acc, label_ceiling=ceiling, epochs=args.epochs,
                 held_out_p_good=[round(float(v), 5) for v in held_out], pretrained=args.pretrained,

@@ -61,8 +61,9 @@ def prepare(images, meta):
 
 
 def p_good(net, x, batch_size=256):
-    """P(good) (N,) for normalised inputs x (N, 3, S, S)."""
-    return cl.predict_proba(net, x, batch_size)[:, GOOD]
+    """P(good) (N,) for normalised inputs x (N, 3, S, S): the mean over each image and its mirror
+    image (the net trains on random flips; averaging the two views is a point more accurate)."""
+    return cl.predict_proba(net, x, batch_size, flip=True)[:, GOOD]
 
 
 def saliency(net, x):
