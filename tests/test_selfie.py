@@ -244,11 +244,11 @@ def test_end_to_end_tiny_run(tmp_path, capsys):
 def test_saliency_is_the_gradient_of_p_good():
     import convlib as cl
     from convlib.gradcheck import numerical_grad
-    from lib.selfie_model import build_net, p_good, saliency
+    from lib.selfie_model import GOOD, build_net, saliency
     cl.manual_seed(0)
     net = build_net(16, blocks=2, width=(3, 4), hidden=5).to(np.float64).eval()
     x = np.random.default_rng(0).standard_normal((2, 3, 16, 16))
-    want = numerical_grad(lambda: p_good(net, x), x, np.ones(2))
+    want = numerical_grad(lambda: cl.predict_proba(net, x)[:, GOOD], x, np.ones(2))   # the image as it is, unmirrored
     np.testing.assert_allclose(saliency(net, x), want, rtol=1e-5, atol=1e-9)
 
 

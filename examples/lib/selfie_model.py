@@ -67,7 +67,8 @@ def p_good(net, x, batch_size=256):
 
 
 def saliency(net, x):
-    """d P(good) / d pixels for x (N, 3, S, S), through net.backward -> (N, 3, S, S).
+    """d P(good) / d pixels for x (N, 3, S, S), through net.backward -> (N, 3, S, S); P(good) of
+    the image as it is (``p_good`` also averages in the mirror image).
 
     With p = softmax(logits), dp_good/dlogits = p_good * (onehot_good - p).
     """
