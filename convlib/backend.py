@@ -85,8 +85,8 @@ def to_device(x, device="cuda"):
         return to_host(x)
     if is_cuda_array(x):
         return x
-    from numba import cuda
-    return cuda.to_device(np.ascontiguousarray(x))
+    from .kernels.cuda_memory import upload
+    return upload(x)
 
 
 def to_host(x):

@@ -164,7 +164,7 @@ class RandomCrop:
     """Zero-pad by ``padding`` on each side, then take a random crop of the original size."""
 
     def __init__(self, padding):
-        if not isinstance(padding, int) or padding < 0:
+        if not isinstance(padding, int) or isinstance(padding, bool) or padding < 0:
             raise ValueError(f"RandomCrop: padding must be an int >= 0, got {padding!r}")
         self.padding = padding
 
@@ -184,7 +184,7 @@ class Cutout:
     borders) with probability p: DeVries & Taylor 2017. Zero is the mean of normalised data."""
 
     def __init__(self, size, p=1.0):
-        if not isinstance(size, int) or size < 1 or not 0 <= p <= 1:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1 or not 0 <= p <= 1:
             raise ValueError(f"Cutout: size must be an int >= 1 and p in [0, 1], got {size!r}, {p!r}")
         self.size, self.p = size, p
 

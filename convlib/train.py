@@ -10,7 +10,7 @@ import numpy as np
 from . import distributed
 from .backend import to_device, to_host
 from .io import load_extra, save
-from .losses import softmax, softmax_cross_entropy
+from .losses import loss_rows, smoothing_of, softmax, softmax_cross_entropy
 from .optim import SGD
 from .progress import Progress
 from .rng import get_rng, manual_seed
@@ -179,18 +179,28 @@ def fit(net, train, val=None, *, epochs=10, batch_size=32, optimizer=None, sched
 
 def _step(net, xb, yb, loss_fn, epoch, step, lr):
     """Forward, loss and backward of one batch (gradients added into the parameters' grad);
-    returns (mean loss, number of correct predictions)."""
+    returns (mean loss, number of correct predictions). The built-in loss brings both back in
+    one copy (on a GPU the step's only wait for the device), read after backward is queued;
+    a loss of your own gets the logits checked and counted on a host copy first."""
     logits = net(to_device(xb, net.device))
-    host_logits = to_host(logits)                                   # (N, K): the accuracy is counted here
-    if not np.all(np.isfinite(host_logits)):
-        raise FloatingPointError(f"fit: the logits became NaN or infinite at epoch {epoch}, step {step} "
-                                 f"(lr={lr:g}); lower the learning rate or check the inputs")
-    loss, dlogits = loss_fn(logits, yb)
-    if not math.isfinite(loss):
+    smoothing = smoothing_of(loss_fn)
+    if smoothing is None:
+        host_logits = to_host(logits)                               # (N, K): the accuracy is counted here
+        if not np.all(np.isfinite(host_logits)):
+            raise FloatingPointError(f"fit: the logits became NaN or infinite at epoch {epoch}, step {step} "
+                                     f"(lr={lr:g}); lower the learning rate or check the inputs")
+        loss, dlogits = loss_fn(logits, yb)
+        correct = int((host_logits.argmax(1) == yb).sum())
+        net.backward(dlogits, input_grad=False)
+    else:
+        rows, dlogits = loss_rows(logits, yb, smoothing)
+        net.backward(dlogits, input_grad=False)
+        rows = to_host(rows)                                        # (2, N): loss and hit of each row
+        loss, correct = float(rows[0].mean()), int(rows[1].sum())
+    if not math.isfinite(loss):                                     # raised before the optimizer step
         raise FloatingPointError(f"fit: the loss became {loss} at epoch {epoch}, step {step} "
-                                 f"(lr={lr:g}); lower the learning rate")
-    net.backward(dlogits, input_grad=False)
-    return loss, int((host_logits.argmax(1) == yb).sum())
+                                 f"(lr={lr:g}); lower the learning rate or check the inputs")
+    return loss, correct
 
 
 def _evaluate_shared(net, val, batch_size, comm):

@@ -14,7 +14,7 @@ import convlib as cl
 if not cl.cuda_available():
     pytest.skip("numba.cuda has neither a GPU nor the simulator here", allow_module_level=True)
 
-from numba import cuda                                             # noqa: E402
+from numba import config, cuda                                     # noqa: E402
 
 from convlib.kernels import cuda as K                              # noqa: E402
 
@@ -102,3 +102,73 @@ def test_input_on_the_wrong_device_is_a_clear_error(rng):
     net = small_net().to("cuda")
     with pytest.raises(ValueError, match="parameters are on cuda but the input is on cpu"):
         net(rng.standard_normal((1, 2, 4, 4)).astype(np.float32))
+
+
+def test_pool_reuses_a_block_only_when_no_view_of_its_array_is_left():
+    from convlib.kernels import cuda_memory as pool
+    if not pool.ENABLED:
+        pytest.skip("CONVLIB_CUDA_POOL=0 turns the pool off")
+    pool.release()
+    a = pool.empty((3, 50), np.float32)                             # 600 bytes: a 1024-byte block
+    view = a.reshape(150)[10:20]
+    address = host_address(view)
+    del a
+    b = pool.empty(200, np.float32)                                 # the same size: must not be a's block
+    assert host_address(b) not in range(address - 40, address + 600)
+    del view
+    reuses = pool.stats["reuses"]
+    c = pool.empty((16, 16), np.float32)                            # now a's block is free again
+    assert pool.stats["reuses"] == reuses + 1 and host_address(c) == address - 40
+    c.copy_to_device(np.arange(256, dtype=np.float32).reshape(16, 16))
+    np.testing.assert_array_equal(host(c.reshape(256))[:3], [0, 1, 2])
+
+
+def host_address(a):
+    return a._ary.__array_interface__["data"][0]                    # the simulator's arrays are NumPy's
+
+
+@pytest.mark.skipif(not config.ENABLE_CUDASIM, reason="counted by instrumenting numba's CUDA simulator")
+def test_a_training_step_on_cuda_waits_once_and_allocates_nothing_after_the_first(monkeypatch):
+    """What fit() does per step on the reference net (64 px, batch 32, as benchmarked), counted
+    in the simulator with the kernels stubbed out: the counts are of the host code's calls
+    (launches, device allocations, copies to the host), which do not depend on what the
+    kernels compute; with nothing computed every array stays finite (zeros)."""
+    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+    from numba.cuda.simulator.kernel import FakeCUDAKernel
+
+    from lib.selfie_model import build_net
+    counts = dict(launches=0, allocations=0, copies_to_host=0)
+    run = FakeCUDAKernel.__call__
+
+    def launch(kernel, *args):
+        if kernel._device:                                          # a device function, inside a kernel
+            return run(kernel, *args)
+        counts["launches"] += 1
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            counts[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+    monkeypatch.setattr(FakeCUDAKernel, "__call__", launch)
+    monkeypatch.setattr(cuda, "device_array", counted("allocations", lambda shape, dtype=np.float64, **_:
+                                                      FakeCUDAArray(np.zeros(shape, dtype))))
+    monkeypatch.setattr(cuda, "to_device", counted("allocations", cuda.to_device))
+    monkeypatch.setattr(FakeCUDAArray, "copy_to_host", counted("copies_to_host", FakeCUDAArray.copy_to_host))
+
+    cl.manual_seed(0)
+    net = build_net(64).to("cuda")
+    opt = cl.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    per_step, step = [], opt.step
+
+    def counted_step():                                             # fit calls it once per step, last
+        step()
+        per_step.append(dict(counts))
+        counts.update(launches=0, allocations=0, copies_to_host=0)
+    opt.step = counted_step
+    x = np.random.default_rng(0).standard_normal((4 * 32, 3, 64, 64)).astype(np.float32)
+    cl.fit(net, (x, np.arange(4 * 32) % 2), epochs=1, batch_size=32, optimizer=opt, progress=False)
+    assert len(per_step) == 4 and per_step[1] == per_step[2] == per_step[3]
+    assert per_step[0]["allocations"] > 0 and per_step[1]["allocations"] == 0   # the pool serves every step
+    assert per_step[1]["copies_to_host"] == 1                       # the loss and the correct count
+    assert per_step[1]["launches"] <= 105                           # issue 17's aim: <= 45

@@ -81,8 +81,11 @@ def test_cutout_zeroes_one_clipped_square_per_image(rng):
     assert {int(r.min()) for r, _ in corners} == set(range(7))      # centres on every row: tops -2..6
     half = data.Cutout(4, p=0.5)(x, np.random.default_rng(2))
     assert 60 < (half == 0).any(axis=(1, 2, 3)).sum() < 140
-    with pytest.raises(ValueError, match="size must be an int >= 1"):
-        data.Cutout(0)
+    for bad in (0, True, 2.0):
+        with pytest.raises(ValueError, match="size must be an int >= 1"):
+            data.Cutout(bad)
+    with pytest.raises(ValueError, match="padding must be an int >= 0"):
+        data.RandomCrop(True)
 
 
 def test_color_jitter_ranges_and_compose_determinism(rng):

@@ -47,7 +47,8 @@ OPS = {
     # loss
     "log_softmax": "logits (N,K) -> log-probabilities (N,K)",
     "softmax": "logits (N,K) -> probabilities (N,K)",
-    "softmax_cross_entropy": "logits (N,K), y int (N,) -> mean loss (float), dlogits (N,K)",
+    "softmax_cross_entropy": "logits (N,K), y int (N,), label_smoothing -> rows (2,N) float64 (each row's "
+                             "loss, 1.0 where its first maximum is at y), dlogits (N,K)",
     "all_finite": "x (...) -> bool: no NaN or infinity",
     # gradients and optimizer updates (in place)
     "zeros_like": "a -> zeros of a's shape and dtype, on a's device",

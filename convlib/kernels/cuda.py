@@ -25,6 +25,7 @@ import math
 import numpy as np
 from numba import config, cuda, float32, float64, uint64
 
+from .cuda_memory import empty as _empty, upload
 from .reference import out_size
 
 __all__ = [
@@ -46,10 +47,6 @@ MAX_BLOCKS = 4 if SIM else 65535
 def _launch(n):
     """[blocks, threads] for a grid-stride kernel over n items."""
     return max(1, min(MAX_BLOCKS, -(-n // TPB))), TPB
-
-
-def _empty(shape, dtype):
-    return cuda.device_array(shape, dtype=dtype)
 
 
 def _flat(a):
@@ -83,7 +80,9 @@ def _add(dst, src):
 
 
 def zeros_like(a):
-    out = _empty(a.shape, a.dtype)
+    """Zeros like a, outside the memory pool: this is persistent state (gradients, optimizer
+    buffers), which would otherwise keep blocks that a training step's temporaries use."""
+    out = cuda.device_array(a.shape, a.dtype)
     zero_(out)
     return out
 
@@ -109,7 +108,7 @@ def _finite_flag(a, flag):
 
 def all_finite(x):
     """True when no element is NaN or infinite (one int comes back to the host)."""
-    flag = cuda.to_device(np.ones(1, np.int32))
+    flag = upload(np.ones(1, np.int32))
     if x.size:
         _finite_flag[_launch(x.size)](_flat(x), flag)
     return bool(flag.copy_to_host()[0])
@@ -685,52 +684,80 @@ def batchnorm_backward(dout, cache):
 
 
 # ---------------------------------------------------------------- softmax and loss
+@cuda.jit(device=True)
+def _max_lse(logits, n):
+    """Row n's maximum, the index of its first maximum, and log(sum(exp(row - max)))."""
+    mx, arg = logits[n, 0], 0
+    for k in range(1, logits.shape[1]):
+        if logits[n, k] > mx:
+            mx, arg = logits[n, k], k
+    s = 0.0
+    for k in range(logits.shape[1]):
+        s += math.exp(logits[n, k] - mx)
+    return mx, arg, math.log(s)
+
+
 @cuda.jit
-def _log_softmax(logits, y, exp, out, losses):
-    """Per row: out = log_softmax(logits) (its exp if ``exp``); with labels y (not empty),
-    out = (softmax - onehot(y)) / N and losses[n] = -log p[y[n]]."""
+def _log_softmax(logits, out):
+    for n in range(cuda.grid(1), logits.shape[0], cuda.gridsize(1)):
+        mx, _, lse = _max_lse(logits, n)
+        for k in range(logits.shape[1]):
+            out[n, k] = logits[n, k] - mx - lse
+
+
+@cuda.jit
+def _softmax(logits, out):
+    for n in range(cuda.grid(1), logits.shape[0], cuda.gridsize(1)):
+        mx, _, lse = _max_lse(logits, n)
+        for k in range(logits.shape[1]):
+            out[n, k] = math.exp(logits[n, k] - mx - lse)
+
+
+@cuda.jit
+def _cross_entropy(logits, y, eps, rows, dlogits):
+    """Per row n, for the target t = (1 - eps) onehot(y) + eps / K: rows[0, n] = the loss
+    (NaN if a logit is not finite), rows[1, n] = 1 where the first maximum is at y[n];
+    dlogits[n] = (softmax - t) / N."""
     N, K = logits.shape
     for n in range(cuda.grid(1), N, cuda.gridsize(1)):
-        mx = logits[n, 0]
-        for k in range(1, K):
-            mx = max(mx, logits[n, k])
-        s = 0.0
+        mx, arg, lse = _max_lse(logits, n)
+        loss, finite = 0.0, True
         for k in range(K):
-            s += math.exp(logits[n, k] - mx)
-        lse = math.log(s)
-        for k in range(K):
+            finite = finite and math.isfinite(logits[n, k])
             lp = logits[n, k] - mx - lse
-            if y.size:
-                out[n, k] = (math.exp(lp) - (1 if k == y[n] else 0)) / N
-                if k == y[n]:
-                    losses[n] = -lp
-            else:
-                out[n, k] = math.exp(lp) if exp else lp
+            t = eps / K + (1 - eps if k == y[n] else 0)
+            loss -= t * lp
+            dlogits[n, k] = (math.exp(lp) - t) / N
+        rows[0, n] = loss if finite else math.nan
+        rows[1, n] = 1 if finite and arg == y[n] else 0
 
 
-def _rows(logits, y, exp):
+def _rowwise(kernel, logits):
+    """out (N, K) = kernel(logits (N, K)), one thread per row."""
     out = _empty(logits.shape, logits.dtype)
-    losses = _empty(logits.shape[0], np.float64)
     if logits.shape[0]:
-        _log_softmax[_launch(logits.shape[0])](logits, y, exp, out, losses)
-    return out, losses
+        kernel[_launch(logits.shape[0])](logits, out)
+    return out
 
 
 def log_softmax(logits):
     """logits (N, K) -> log-probabilities (N, K), via log-sum-exp with the row max subtracted."""
-    return _rows(logits, _constant("no labels", np.zeros(0, np.int64)), False)[0]
+    return _rowwise(_log_softmax, logits)
 
 
 def softmax(logits):
     """logits (N, K) -> probabilities (N, K)."""
-    return _rows(logits, _constant("no labels", np.zeros(0, np.int64)), True)[0]
+    return _rowwise(_softmax, logits)
 
 
-def softmax_cross_entropy(logits, y):
-    """logits (N, K) on the device, y int (N,) on the host -> (mean loss, dlogits (N, K) on the device)."""
-    yd = cuda.to_device(np.ascontiguousarray(y, dtype=np.int64))
-    dlogits, losses = _rows(logits, yd, False)
-    return float(losses.copy_to_host().mean()), dlogits
+def softmax_cross_entropy(logits, y, label_smoothing):
+    """logits (N, K) on the device, y int (N,) on the host -> rows (2, N) float64, dlogits (N, K),
+    both on the device (see reference.softmax_cross_entropy); nothing comes back to the host."""
+    N = logits.shape[0]
+    rows, dlogits = _empty((2, N), np.float64), _empty(logits.shape, logits.dtype)
+    if N:
+        _cross_entropy[_launch(N)](logits, upload(np.asarray(y, np.int64)), float(label_smoothing), rows, dlogits)
+    return rows, dlogits
 
 
 # ---------------------------------------------------------------- optimizer updates

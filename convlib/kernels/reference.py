@@ -246,14 +246,23 @@ def log_softmax(logits):
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
-def softmax_cross_entropy(logits, y):
-    """logits (N, K), y int (N,) -> (mean loss, dlogits (N, K)). Finite for any finite logits."""
-    N = logits.shape[0]
-    logp = log_softmax(logits)                                      # (N, K)
-    loss = -logp[np.arange(N), y].mean()
-    dlogits = np.exp(logp)
-    dlogits[np.arange(N), y] -= 1
-    return float(loss), dlogits / N
+def softmax_cross_entropy(logits, y, label_smoothing):
+    """logits (N, K), y int (N,), label_smoothing eps -> rows (2, N) float64, dlogits (N, K).
+
+    With the target t = (1 - eps) onehot(y) + eps / K (torch's label smoothing) and p the softmax:
+    rows[0] = each row's loss -sum_k t_k log p_k (NaN where a logit is not finite), rows[1] = 1
+    where the row's first maximum is at y (0 where a logit is not finite): the accuracy comes out
+    of the same pass, and one copy brings both back from a GPU. dlogits = (p - t) / N, the
+    gradient of the mean loss."""
+    N, K = logits.shape
+    with np.errstate(invalid="ignore"):                             # a non-finite row is NaN
+        logp = log_softmax(logits)                                  # (N, K)
+    target = np.full((N, K), label_smoothing / K)                   # (N, K)
+    target[np.arange(N), y] += 1 - label_smoothing
+    finite = np.isfinite(logits).all(axis=1)                        # (N,)
+    rows = np.stack([np.where(finite, -(target * logp).sum(axis=1), np.nan),
+                     finite & (logits.argmax(axis=1) == y)]).astype(np.float64)  # (2, N)
+    return rows, ((np.exp(logp) - target) / N).astype(logits.dtype)
 
 
 def softmax(logits):
