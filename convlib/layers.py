@@ -16,7 +16,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from .backend import check_device, copy_into, device_of, is_array, kernels_for, to_device, to_host
+from .backend import check_device, copy_into, device_of, is_array, is_cuda_array, kernels_for, to_device, to_host
 from .rng import get_rng
 
 
@@ -25,12 +25,41 @@ class Parameter:
 
     ``requires_grad=False`` freezes it (as in torch): backward adds nothing into ``grad`` and
     optimizers leave ``data`` untouched (``Layer.requires_grad_`` sets it for a whole layer).
+    Layers add gradients with ``add_grad``. On the GPU ``zero_grad`` launches nothing: the next
+    ``add_grad`` takes its array as the gradient (no zeroing and adding passes), and reading
+    ``grad`` before that zeroes it then.
     """
 
     def __init__(self, data, requires_grad=True):
         self.data = np.ascontiguousarray(data)
-        self.grad = np.zeros_like(self.data)
+        self._grad, self._zero_pending = np.zeros_like(self.data), False
         self.requires_grad = bool(requires_grad)
+
+    @property
+    def grad(self):
+        if self._zero_pending:
+            kernels_for(self._grad).zero_(self._grad)
+            self._zero_pending = False
+        return self._grad
+
+    @grad.setter
+    def grad(self, value):
+        self._grad, self._zero_pending = value, False
+
+    def zero_grad(self):
+        """grad = 0 (on the GPU when it is next read or added to)."""
+        if is_cuda_array(self._grad):
+            self._zero_pending = True
+        else:
+            kernels_for(self._grad).zero_(self._grad)
+
+    def add_grad(self, g):
+        """grad += g, where g (shaped like data, on its device) is handed over: after zero_grad
+        on the GPU it becomes the gradient itself."""
+        if self._zero_pending:
+            self.grad = g
+        else:
+            kernels_for(g).accumulate(self._grad, g)
 
     @property
     def shape(self):
@@ -182,15 +211,14 @@ class Layer:
 
     def zero_grad(self):
         for p in self.parameters():
-            kernels_for(p.grad).zero_(p.grad)
+            p.zero_grad()
 
     def _add_grads(self, dw, db):
         """weight.grad += dw and bias.grad += db (layers with those parameters), where they
         live; a frozen parameter's grad stays as it is."""
-        k = kernels_for(dw)
         for p, g in ((self.weight, dw), (self.bias, db)):
             if p is not None and p.requires_grad:
-                k.accumulate(p.grad, g)
+                p.add_grad(g)
 
     # ---- input checks: every layer validates before it computes
     def output_shape(self, shape):

@@ -35,7 +35,7 @@ class Optimizer:
 
     def zero_grad(self):
         for p in self.params:
-            kernels_for(p.grad).zero_(p.grad)
+            p.zero_grad()
 
     def _buffer(self, state, name, p):
         """The state array ``name`` of parameter p, zeros where p lives on first use."""

@@ -126,32 +126,34 @@ def _gemm_kernel(dtype):
         @cuda.jit
         def gemm(a, b, c, ta, tb):
             """c (M, N) = op(a) @ op(b), op(a) = a.T if ta else a (same for b). Each block
-            computes a TILE x TILE tile of c, staging TILE-wide slabs of op(a) and op(b) in
+            computes TILE x TILE tiles of c (a column of tiles, striding over the rows, so any M
+            fits the grid's 65,535 y-blocks), staging TILE-wide slabs of op(a) and op(b) in
             shared memory; each thread one element of the tile."""
             sa = cuda.shared.array((TILE, TILE), nbtype)
             sb = cuda.shared.array((TILE, TILE), nbtype)
             tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
-            row = cuda.blockIdx.y * TILE + ty
             col = cuda.blockIdx.x * TILE + tx
             M, N = c.shape
             K = a.shape[0] if ta else a.shape[1]
-            acc = nbtype(0)
-            for k0 in range(0, K, TILE):
-                ka, kb = k0 + tx, k0 + ty
-                if row < M and ka < K:
-                    sa[ty, tx] = a[ka, row] if ta else a[row, ka]
-                else:
-                    sa[ty, tx] = 0
-                if kb < K and col < N:
-                    sb[ty, tx] = b[col, kb] if tb else b[kb, col]
-                else:
-                    sb[ty, tx] = 0
-                cuda.syncthreads()
-                for k in range(TILE):
-                    acc += sa[ty, k] * sb[k, tx]
-                cuda.syncthreads()
-            if row < M and col < N:
-                c[row, col] = acc
+            for row0 in range(cuda.blockIdx.y * TILE, M, cuda.gridDim.y * TILE):   # the same for the whole block
+                row = row0 + ty
+                acc = nbtype(0)
+                for k0 in range(0, K, TILE):
+                    ka, kb = k0 + tx, k0 + ty
+                    if row < M and ka < K:
+                        sa[ty, tx] = a[ka, row] if ta else a[row, ka]
+                    else:
+                        sa[ty, tx] = 0
+                    if kb < K and col < N:
+                        sb[ty, tx] = b[col, kb] if tb else b[kb, col]
+                    else:
+                        sb[ty, tx] = 0
+                    cuda.syncthreads()
+                    for k in range(TILE):
+                        acc += sa[ty, k] * sb[k, tx]
+                    cuda.syncthreads()
+                if row < M and col < N:
+                    c[row, col] = acc
         _GEMMS[dtype] = gemm
     return _GEMMS[dtype]
 
@@ -165,8 +167,9 @@ def matmul(a, b, ta=False, tb=False, out=None):
         raise ValueError(f"matmul: inner sizes differ: {a.shape}{'.T' if ta else ''} @ "
                          f"{b.shape}{'.T' if tb else ''}")
     out = _empty((M, N), a.dtype) if out is None else out
-    grid = (-(-N // TILE), -(-M // TILE))
-    _gemm_kernel(np.dtype(a.dtype))[grid, (TILE, TILE)](a, b, out, ta, tb)
+    if M and N:                                                     # a grid of zero blocks fails on a GPU
+        grid = (-(-N // TILE), min(MAX_BLOCKS, -(-M // TILE)))
+        _gemm_kernel(np.dtype(a.dtype))[grid, (TILE, TILE)](a, b, out, ta, tb)
     return out
 
 
@@ -225,12 +228,26 @@ def _mean_var(x, mean, var):
         mean[c], var[c] = mu, q / (N * L)
 
 
+@cuda.jit
+def _bias_sums(d3, out):
+    """d3 (N, C, L), one block per channel: out[c] = the sum of d3[:, c], added up in float64."""
+    N, C, L = d3.shape
+    c, t = cuda.blockIdx.x, cuda.threadIdx.x
+    shared = cuda.shared.array(RB, float64)
+    s = 0.0
+    for k in range(t, N * L, RB):
+        s += d3[k // L, c, k % L]
+    s = _block_sum(shared, t, s)
+    if t == 0:
+        out[c] = s
+
+
 def _sum_over_channels(d3):
-    """d3 (N, C, L) -> float64 (C,) sums over N and L (bias gradients)."""
-    C = d3.shape[1]
-    s, unused = _empty(C, np.float64), _empty(C, np.float64)
-    _channel_sums[C, RB](d3, d3, _constant(("zeros", C, "<f8"), np.zeros(C)), s, unused)
-    return s
+    """d3 (N, C, L) -> (C,) sums over N and L in d3's dtype (bias gradients)."""
+    out = _empty(d3.shape[1], d3.dtype)
+    if d3.shape[1]:
+        _bias_sums[d3.shape[1], RB](d3, out)
+    return out
 
 
 _CONSTANTS = {}
@@ -335,7 +352,7 @@ def conv2d_backward(dout, cache, need_dx=True):
     d3 = dout.reshape((N, F, OH * OW))                              # (N, F, OH*OW)
     dout2 = _empty((F, N * OH * OW), dout.dtype)                    # (F, N*OH*OW)
     _from_nchw[_launch(dout2.size)](d3, dout2)
-    db = _as(_sum_over_channels(d3), dout.dtype) if has_bias else None
+    db = _sum_over_channels(d3) if has_bias else None
     cols = _cols(x, KH, KW, stride, padding, OH, OW)                # (C*KH*KW, N*OH*OW)
     dw = matmul(dout2, cols, tb=True).reshape(w.shape)              # (F, C, KH, KW)
     if not need_dx:
@@ -463,7 +480,7 @@ def linear_backward(dout, cache, need_dx=True):
     """dout (N, OUT) -> dx (N, IN) or None, dw (OUT, IN), db (OUT,) or None."""
     x, w, has_bias = cache
     N, F = dout.shape
-    db = _as(_sum_over_channels(dout.reshape((N, F, 1))), dout.dtype) if has_bias else None
+    db = _sum_over_channels(dout.reshape((N, F, 1))) if has_bias else None
     return (matmul(dout, w) if need_dx else None), matmul(dout, x, ta=True), db
 
 
@@ -540,12 +557,12 @@ def relu_backward(dout, out):
 
 
 def leaky_relu_forward(x, slope):
-    return _map(_leaky, x, args=(slope,)), (x, slope)
+    return _map(_leaky, x, args=(x.dtype.type(slope),)), (x, slope)
 
 
 def leaky_relu_backward(dout, cache):
     x, slope = cache
-    return _map(_leaky_bwd, dout, x, args=(slope,))
+    return _map(_leaky_bwd, dout, x, args=(dout.dtype.type(slope),))
 
 
 def sigmoid_forward(x):
@@ -607,7 +624,7 @@ def dropout_forward(x, p, rng):
     out, mask = _empty(x.shape, x.dtype), _empty(x.shape, x.dtype)
     seed = np.uint64(rng.integers(0, 2 ** 32))
     if x.size:
-        _dropout[_launch(x.size)](_flat(x), p, 1 / (1 - p), seed, _flat(out), _flat(mask))
+        _dropout[_launch(x.size)](_flat(x), p, x.dtype.type(1 / (1 - p)), seed, _flat(out), _flat(mask))
     return out, mask
 
 
@@ -796,5 +813,6 @@ def sgd_step(p, g, buf, lr, momentum, weight_decay, nesterov):
 
 def adam_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, t):
     """Adam / AdamW step t in place on device arrays; see reference.adam_step."""
-    _adam[_launch(p.size)](_flat(p), _flat(g), _flat(m), _flat(v), lr, beta1, beta2, eps, weight_decay,
-                           decoupled, 1 - beta1 ** t, 1 - beta2 ** t)
+    f = p.dtype.type                                                # scalars in p's precision
+    _adam[_launch(p.size)](_flat(p), _flat(g), _flat(m), _flat(v), f(lr), f(beta1), f(beta2), f(eps),
+                           f(weight_decay), decoupled, f(1 - beta1 ** t), f(1 - beta2 ** t))
