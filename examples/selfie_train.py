@@ -35,6 +35,7 @@ saves it and stops. The same command with --resume goes on from there and ends w
 weights as an uninterrupted run (the checkpoint is removed when the run completes).
 """
 import argparse
+import functools
 import os
 import sys
 import time
@@ -67,6 +68,7 @@ def parse_args(argv=None):
     ap.add_argument("--epochs", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=0.02)
+    ap.add_argument("--label-smoothing", type=float, default=0.0, help="target (1 - eps) onehot + eps / 2")
     ap.add_argument("--seed", type=int, default=0, help="the split, the initial weights and the batch order")
     ap.add_argument("--data-seed", type=int, default=0, help="which synthetic selfies are generated")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -103,6 +105,8 @@ def parse_args(argv=None):
         ap.error("--freeze N needs --pretrained and N >= 0")
     if not args.lr > 0:
         ap.error(f"--lr must be > 0, got {args.lr}")
+    if not 0 <= args.label_smoothing < 1:
+        ap.error(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
     return args
 
 
@@ -172,7 +176,8 @@ def train(args, d):
     opt = cl.optim.SGD(net.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
     hist = cl.fit(net, (d["xn"][tr], d["labels"][tr]), val=(d["xn"][va], d["labels"][va]), epochs=args.epochs,
                   batch_size=args.batch_size, optimizer=opt, schedule=cl.optim.CosineLR(opt, total=args.epochs, warmup=1),
-                  augment=RandomFlip(), seed=args.seed, progress=not args.no_progress,
+                  augment=RandomFlip(), seed=args.seed,
+                  loss_fn=functools.partial(cl.softmax_cross_entropy, label_smoothing=args.label_smoothing), progress=not args.no_progress,
                   checkpoint=os.path.join(args.out, "checkpoint.npz"), resume=args.resume,
                   on_epoch_end=lambda e, h: print(f"epoch {e}: loss {h['loss'][-1]:.4f} "
                                                   f"train acc {h['acc'][-1]:.3f} val acc {h['val_acc'][-1]:.3f}"))

@@ -5,9 +5,10 @@ machine without a GPU.
     pip install -e ".[test,gpu]"         # numba-cuda and its NVVM compiler; no GPU or driver needed
     python tests/ptx_check.py [--cc 9.0]
 
-Step 1 runs tests/test_cuda.py in a child process under NUMBA_ENABLE_CUDASIM=1 and records the
-argument types of each kernel launch; step 2 compiles each (kernel, types) pair with
-``numba.cuda.compile_ptx`` for the given compute capability (9.0: H100/H200) and reports failures.
+Step 1 runs tests/test_cuda.py and tests/test_contract.py in a child process under
+NUMBA_ENABLE_CUDASIM=1 and records the argument types of each kernel launch; step 2 compiles
+each (kernel, types) pair with ``numba.cuda.compile_ptx`` for the given compute capability (9.0:
+H100/H200) and reports failures.
 Not a pytest module (the name does not start with test_): it needs the gpu extra.
 """
 import argparse
@@ -38,7 +39,8 @@ def record(path):
         return launch(self, *args)
     simk.FakeCUDAKernel.__call__ = recording_call
     sys.path.insert(0, os.path.dirname(HERE))                        # convlib, installed or not
-    if pytest.main(["-q", "-p", "no:cacheprovider", os.path.join(HERE, "test_cuda.py")]):
+    if pytest.main(["-q", "-p", "no:cacheprovider", os.path.join(HERE, "test_cuda.py"),
+                    os.path.join(HERE, "test_contract.py")]):
         sys.exit("the CUDA tests failed in the simulator: fix them first")
     with open(path, "wb") as f:
         pickle.dump(calls, f)

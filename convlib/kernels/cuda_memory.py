@@ -94,17 +94,27 @@ if config.ENABLE_CUDASIM:
         weakref.finalize(owner, _give_back, block)
         return FakeCUDAArray(owner)
 else:
+    import itertools
+
     from numba.cuda.cudadrv.devicearray import DeviceNDArray
-    from numba.cuda.cudadrv.driver import MemoryPointer
+    from numba.cuda.cudadrv.driver import AutoFreePointer
+
+    _lent, _keys = {}, itertools.count()       # key -> pointer of a lent block (arrays hold weak proxies)
 
     def _view(block, shape, dtype, nbytes):
-        """A device array over ``block``'s memory whose pointer gives the block back when it is
-        collected; reshapes and slices of the array share or keep that pointer."""
+        """A device array over ``block``'s memory, built as numba builds its own: a reference-
+        counted pointer that every reshape or slice of the array counts; when the count drops
+        to zero the block goes back on the free list."""
+        key = next(_keys)
         mem = block.gpu_data
-        ptr = MemoryPointer(mem.context, mem.device_pointer, nbytes,
-                            finalizer=functools.partial(_give_back, block))
+        _lent[key] = ptr = AutoFreePointer(mem.context, mem.device_pointer, nbytes,
+                                           finalizer=functools.partial(_returned, key, block))
         strides, step = [], dtype.itemsize                              # C order
         for n in reversed(shape):
             strides.insert(0, step)
             step *= n
-        return DeviceNDArray(shape, tuple(strides), dtype, gpu_data=ptr)
+        return DeviceNDArray(shape, tuple(strides), dtype, gpu_data=ptr.own())
+
+    def _returned(key, block):
+        del _lent[key]
+        _give_back(block)
