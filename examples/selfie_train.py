@@ -43,7 +43,7 @@ import time
 import numpy as np
 
 import convlib as cl
-from convlib.data import RandomFlip, channel_stats, normalise
+from convlib.data import Compose, Cutout, RandomFlip, channel_stats, normalise
 from convlib.distributed import world
 
 from lib import selfie_data as sd
@@ -69,6 +69,7 @@ def parse_args(argv=None):
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=0.02)
     ap.add_argument("--label-smoothing", type=float, default=0.0, help="target (1 - eps) onehot + eps / 2")
+    ap.add_argument("--cutout", type=int, default=0, help="zero a random N x N square of each training image")
     ap.add_argument("--seed", type=int, default=0, help="the split, the initial weights and the batch order")
     ap.add_argument("--data-seed", type=int, default=0, help="which synthetic selfies are generated")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -105,6 +106,8 @@ def parse_args(argv=None):
         ap.error("--freeze N needs --pretrained and N >= 0")
     if not args.lr > 0:
         ap.error(f"--lr must be > 0, got {args.lr}")
+    if args.cutout < 0:
+        ap.error(f"--cutout must be >= 0, got {args.cutout}")
     if not 0 <= args.label_smoothing < 1:
         ap.error(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
     return args
@@ -176,7 +179,7 @@ def train(args, d):
     opt = cl.optim.SGD(net.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
     hist = cl.fit(net, (d["xn"][tr], d["labels"][tr]), val=(d["xn"][va], d["labels"][va]), epochs=args.epochs,
                   batch_size=args.batch_size, optimizer=opt, schedule=cl.optim.CosineLR(opt, total=args.epochs, warmup=1),
-                  augment=RandomFlip(), seed=args.seed,
+                  augment=Compose([RandomFlip()] + ([Cutout(args.cutout)] if args.cutout else [])), seed=args.seed,
                   loss_fn=functools.partial(cl.softmax_cross_entropy, label_smoothing=args.label_smoothing), progress=not args.no_progress,
                   checkpoint=os.path.join(args.out, "checkpoint.npz"), resume=args.resume,
                   on_epoch_end=lambda e, h: print(f"epoch {e}: loss {h['loss'][-1]:.4f} "
@@ -250,13 +253,13 @@ def main(argv=None):
         return None                                                 # the same net as rank 0's, which writes it
     os.remove(os.path.join(args.out, "checkpoint.npz"))             # the run is complete: model.npz holds it
     te = d["split"][2]
-    held_out = p_good(net, d["xn"][te])                              # (T,)
-    test_acc = float(np.mean((held_out >= 0.5) == d["labels"][te]))
+    p_test = p_good(net, d["xn"][te])                                # (T,) P(good) of the held-out selfies
+    test_acc = float(np.mean((p_test >= 0.5) == d["labels"][te]))
     ceiling = None
     if "quality" in d["info"]:                                       # the ideal judge, on the same test images
         ideal = sd.ideal_labels(d["info"]["quality"], d["info"]["groups"])[d["kept"]][te]
         ceiling = float(np.mean(ideal == d["labels"][te]))
-    held_out = np.sort(held_out)                                    # for percentiles (selfie_web.py)
+    held_out = np.sort(p_test)                                      # for percentiles (selfie_web.py)
     meta = dict(classes=["bad", "good"], size=args.size, fit=args.fit, mean=d["mean"], std=d["std"],
                 source=d["source"], test_accuracy=test_acc, label_ceiling=ceiling, epochs=args.epochs,
                 held_out_p_good=[round(float(v), 5) for v in held_out], pretrained=args.pretrained,
@@ -265,9 +268,9 @@ def main(argv=None):
     wrote = ["model.npz"]
     if not args.no_pictures:
         net.to("cpu")                                                # the pictures run on the host
-        p = report.write_pictures(net, hist, d["xn"][te], d["x"][te], d["labels"][te], args.out, args.seed)
+        report.write_pictures(net, hist, d["xn"][te], d["x"][te], d["labels"][te], p_test, args.out, args.seed)
         wrote += ["curves.png", "continuum.png", "best.png", "worst.png", "tsne.png", "filters.png"]
-        wrote += ["rules.png"] if report.write_rules(rules_of(d), p, args.out) else []
+        wrote += ["rules.png"] if report.write_rules(rules_of(d), p_test, args.out) else []
     report.record_run(args.out, wrote, source=d["source"])
     minutes = (time.perf_counter() - t_start) / 60
     print(f"\nwrote {args.out}/: {' '.join(wrote)}  ({minutes:.1f} min)")

@@ -293,6 +293,16 @@ def test_each_data_source_gets_its_own_output_folder():
     assert outs == ["runs/selfie", "runs/selfie-folders", "runs/selfie-dataset", "runs/selfie-posts"]
 
 
+@pytest.mark.parametrize("argv, message", [(["--cutout", "-1"], "--cutout must be >= 0"),
+                                           (["--label-smoothing", "1"], "--label-smoothing must be in"),
+                                           (["--lr", "0"], "--lr must be > 0")])
+def test_bad_training_options_name_the_option(argv, message, capsys):
+    import selfie_train
+    with pytest.raises(SystemExit):
+        selfie_train.parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
 def test_a_run_removes_only_the_files_an_earlier_run_listed(tmp_path):
     from lib.selfie_report import record_run
     for name in ("model.npz", "rules.png", "mine.png"):

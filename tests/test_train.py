@@ -1,5 +1,6 @@
 """fit / evaluate / predict_proba: a small ConvNet learns a generated image task; NaN detection;
 best-weights restore; input validation; progress output."""
+import functools
 import io
 
 import numpy as np
@@ -60,6 +61,21 @@ def test_fit_is_reproducible_with_a_seed(rng):
     for net in nets:
         cl.fit(net, (x, y), epochs=2, batch_size=16, seed=7, progress=False)
     np.testing.assert_array_equal(nets[0][0].weight.data, nets[1][0].weight.data)
+
+
+def test_the_built_in_loss_path_counts_as_a_loss_of_your_own(rng):
+    """fit reads the built-in loss and accuracy from one array of per-row results; a loss of
+    its own makes it count on a host copy of the logits: both give the same history."""
+    x, y = bars(64, rng)
+    x[:20] = x[:20][:, :, ::-1]                                     # some rows the net gets wrong early
+    hists = []
+    for loss_fn in (functools.partial(cl.softmax_cross_entropy, label_smoothing=0.2),
+                    lambda z, t: cl.softmax_cross_entropy(z, t, label_smoothing=0.2)):
+        assert (cl.losses.smoothing_of(loss_fn) is None) == (len(hists) == 1)
+        hists.append(cl.fit(bar_net(), (x, y), epochs=2, batch_size=16, seed=3, loss_fn=loss_fn, progress=False))
+    assert 0 < hists[0]["acc"][0] < 1
+    for key in ("loss", "acc"):
+        np.testing.assert_allclose(hists[0][key], hists[1][key], rtol=1e-12)
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",

@@ -8,7 +8,6 @@ import numpy as np
 from convlib.io import atomic_file
 
 from . import plots
-from .selfie_model import p_good
 from .tsne import tsne
 
 
@@ -84,10 +83,9 @@ def _ranked(imgs, p, labels, idx, title, good_word="good"):
                              "true label; green: the net agrees with it, red: it does not"])
 
 
-def write_pictures(net, hist, xn, imgs, labels, out, seed):
+def write_pictures(net, hist, xn, imgs, labels, p, out, seed):
     """curves, continuum, best, worst, t-SNE and filters PNGs for held-out images ``imgs``
-    (3, S, S) in [0, 1], normalised ``xn`` and true ``labels`` (T,) 0/1; returns P(good) (T,)."""
-    p = p_good(net, xn)                                              # (T,) P(good) on held-out selfies
+    (3, S, S) in [0, 1], normalised ``xn``, true ``labels`` (T,) 0/1 and the net's P(good) ``p`` (T,)."""
     order = np.argsort(-p)
     plots.save_png(plots.curves(hist), os.path.join(out, "curves.png"))
     rows, cols = 6, 12
@@ -108,7 +106,6 @@ def write_pictures(net, hist, xn, imgs, labels, out, seed):
     one = int(order[0])                                              # the best selfie: its first-layer maps
     maps = net[:2](xn[one:one + 1])[0]                               # (F, S, S) after conv + ReLU
     plots.save_png(plots.filters_image(net[0].weight.data, imgs[one], maps), os.path.join(out, "filters.png"))
-    return p
 
 
 def rule_bars(table_rows):
