@@ -41,6 +41,21 @@ def test_matmul_matches_numpy(rng, ta, tb, dtype, tol):
     close(K.matmul(dev(a[:, :0].copy()), dev(b[:0].copy())), np.zeros((21, 7)))   # K = 0: zeros
 
 
+# The convolutions' weight gradients dW (F, C*KH*KW) = dout2 (F, K) @ cols.T (K, C*KH*KW) of the
+# reference net at batch 32, with K = N*OH*OW: long sums over many tiles. On a GPU the real shapes; in the
+# simulator (a Python thread per GPU thread) one shape with the same traits, small.
+WEIGHT_GRADIENTS = [(16, 27, 32 * 64 * 64), (32, 144, 32 * 32 * 32), (64, 288, 32 * 16 * 16), (64, 576, 32 * 8 * 8)]
+
+
+@pytest.mark.parametrize("F, R, L", WEIGHT_GRADIENTS[:1] if config.ENABLE_CUDASIM else WEIGHT_GRADIENTS)
+def test_weight_gradient_products_sum_long_rows_in_float64(rng, F, R, L):
+    if config.ENABLE_CUDASIM:
+        F, R, L = 6, 9, 203                                         # no multiple of the tile; L >> the tile
+    dout2, cols = rng.standard_normal((F, L)), rng.standard_normal((R, L))
+    got = K.matmul(dev(dout2), dev(cols), tb=True)
+    close(got, dout2 @ cols.T, tol=1e-9)
+
+
 def test_cross_entropy_on_cuda_names_nan_logits(rng):
     logits = rng.standard_normal((5, 4))
     logits[2, 1] = np.nan
