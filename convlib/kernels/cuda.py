@@ -190,6 +190,16 @@ def _block_sum(shared, t, value):
     return total
 
 
+@cuda.jit(device=True)
+def _channel_sum(x, c, t, shared):
+    """The float64 sum of x[:, c] for x (N, C, L), for every thread t of channel c's block."""
+    N, C, L = x.shape
+    s = 0.0
+    for k in range(t, N * L, RB):
+        s += x[k // L, c, k % L]
+    return _block_sum(shared, t, s)
+
+
 @cuda.jit
 def _channel_sums(a, b, mean, sum_a, sum_ab):
     """For a, b (N, C, L), one block per channel c: sum_a[c] = sum of a[:, c] and
@@ -215,10 +225,7 @@ def _mean_var(x, mean, var):
     N, C, L = x.shape
     c, t = cuda.blockIdx.x, cuda.threadIdx.x
     shared = cuda.shared.array(RB, float64)
-    s = 0.0
-    for k in range(t, N * L, RB):
-        s += x[k // L, c, k % L]
-    mu = _block_sum(shared, t, s) / (N * L)
+    mu = _channel_sum(x, c, t, shared) / (N * L)
     q = 0.0
     for k in range(t, N * L, RB):
         d = x[k // L, c, k % L] - mu
@@ -231,13 +238,8 @@ def _mean_var(x, mean, var):
 @cuda.jit
 def _bias_sums(d3, out):
     """d3 (N, C, L), one block per channel: out[c] = the sum of d3[:, c], added up in float64."""
-    N, C, L = d3.shape
     c, t = cuda.blockIdx.x, cuda.threadIdx.x
-    shared = cuda.shared.array(RB, float64)
-    s = 0.0
-    for k in range(t, N * L, RB):
-        s += d3[k // L, c, k % L]
-    s = _block_sum(shared, t, s)
+    s = _channel_sum(d3, c, t, cuda.shared.array(RB, float64))
     if t == 0:
         out[c] = s
 
