@@ -1,7 +1,7 @@
 """CUDA kernels (numba.cuda): the ops of the kernel contract (``kernels/__init__.py``) with the
 same signatures and results as ``reference.py``, on device arrays. Nothing here copies an
 activation to the host: a training step stays on the GPU and only the loss op's per-row results
-(2, N) come back, once. Arrays come from the caching pool of ``cuda_memory.py``, but for
+(2, N) come back, once. Arrays come from the caching pool of ``cuda_memory.py``, except
 persistent state (``zeros_like``: gradients, optimizer buffers).
 
 Convolution is im2col + a matrix product, as on the CPU, with the product our own kernel:
