@@ -2,7 +2,7 @@
 same signatures and results as ``reference.py``, on device arrays. Nothing here copies an
 activation to the host: a training step stays on the GPU and only the loss op's per-row results
 (2, N) come back, once. Arrays come from the caching pool of ``cuda_memory.py``, except
-persistent state (``zeros_like``: gradients, optimizer buffers).
+``zeros_like`` (optimizer buffers: state that lives as long as the model).
 
 Convolution is im2col + a matrix product, as on the CPU, with the product our own kernel:
 
@@ -82,8 +82,8 @@ def _add(dst, src):
 
 
 def zeros_like(a):
-    """Zeros like a, outside the memory pool: this is persistent state (gradients, optimizer
-    buffers), which would otherwise keep blocks that a training step's temporaries use."""
+    """Zeros like a, outside the memory pool: optimizer buffers live as long as the model and
+    would otherwise keep blocks that a training step's temporaries use."""
     out = cuda.device_array(a.shape, a.dtype)
     zero_(out)
     return out
