@@ -257,12 +257,12 @@ def softmax_cross_entropy(logits, y, label_smoothing):
     N, K = logits.shape
     with np.errstate(invalid="ignore"):                             # a non-finite row is NaN
         logp = log_softmax(logits)                                  # (N, K)
-    target = np.full((N, K), label_smoothing / K)                   # (N, K)
+    target = np.full((N, K), label_smoothing / K, logits.dtype)     # (N, K), in the logits' dtype
     target[np.arange(N), y] += 1 - label_smoothing
     finite = np.isfinite(logits).all(axis=1)                        # (N,)
     rows = np.stack([np.where(finite, -(target * logp).sum(axis=1), np.nan),
                      finite & (logits.argmax(axis=1) == y)]).astype(np.float64)  # (2, N)
-    return rows, ((np.exp(logp) - target) / N).astype(logits.dtype)
+    return rows, (np.exp(logp) - target) / N
 
 
 def softmax(logits):
