@@ -37,10 +37,11 @@ def softmax_cross_entropy(logits, y, label_smoothing=0.0):
     return float(rows[0].mean()), dlogits
 
 
-def loss_rows(logits, y, label_smoothing=0.0, name="softmax_cross_entropy"):
+def loss_rows(logits, y, label_smoothing=0.0):
     """The checked kernel call behind softmax_cross_entropy: (rows (2, N) float64, dlogits), on the
     logits' device; rows[0] the loss of each row (NaN where a logit is not finite), rows[1] 1.0
     where the row is classified right. fit() uses it to read loss and accuracy in one copy."""
+    name = "softmax_cross_entropy"
     if not (isinstance(label_smoothing, (int, float)) and 0 <= label_smoothing < 1):
         raise ValueError(f"{name}: label_smoothing must be a number in [0, 1), got {label_smoothing!r}")
     _check_logits(logits, name, finite=False)                      # non-finite logits show in rows[0]
