@@ -447,7 +447,8 @@ class _ReLUMaxPool(Layer):
     """ReLU then MaxPool2d, run as relu(maxpool(x)): max commutes with the monotone ReLU, so the
     ReLU works on the pooled map (a quarter of the size for 2x2 pools) and saves two passes over
     the full one. Gradients are the same too: where a window's maximum is positive both send
-    dout to its first maximum; where it is <= 0 (or NaN) both send zero. Built by ``Sequential``."""
+    dout to its first maximum; where it is <= 0 (or NaN) both send zero. One op,
+    ``maxpool2d_forward(..., relu=True)``, which a backend may run in one pass. Built by ``Sequential``."""
 
     def __init__(self, relu, pool):
         self.relu, self.pool = relu, pool
@@ -460,16 +461,12 @@ class _ReLUMaxPool(Layer):
 
     def forward(self, x):
         self._check(x)
-        k = kernels_for(x)
-        pooled, pool_cache = k.maxpool2d_forward(x, self.pool.kernel_size, self.pool.stride, self.pool.padding)
-        out, relu_cache = k.relu_forward(pooled)
-        self._cache = (pool_cache, relu_cache)
+        out, self._cache = kernels_for(x).maxpool2d_forward(x, self.pool.kernel_size, self.pool.stride,
+                                                            self.pool.padding, relu=True)
         return out
 
     def backward(self, dout, need_dx=True):
-        pool_cache, relu_cache = self._saved(dout)
-        k = kernels_for(dout)
-        return k.maxpool2d_backward(k.relu_backward(dout, relu_cache), pool_cache)
+        return kernels_for(dout).maxpool2d_backward(dout, self._saved(dout))
 
 
 class LeakyReLU(_Pointwise):

@@ -32,8 +32,8 @@ def record(path):
     def recording_call(self, *args):
         if not self._device:
             key = self.fn.__qualname__
-            if "<locals>" in key:                                   # the per-dtype matmul kernel
-                key = "_gemm_kernel:" + str(args[2].dtype)
+            if hasattr(self.fn, "product_key"):                     # a product kernel: rebuilt from its key
+                key = "_product_kernel:" + ":".join(self.fn.product_key)
             calls.setdefault(key, set()).add(
                 tuple(numba.typeof(getattr(a, "_ary", a)) for a in args))
         return launch(self, *args)
@@ -47,7 +47,6 @@ def record(path):
 
 
 def compile_all(path, cc):
-    import numpy as np
     import numba.cuda.dispatcher
     from numba import cuda
     # Device functions ask the current GPU for its compute capability; there is none here.
@@ -58,7 +57,7 @@ def compile_all(path, cc):
         calls = pickle.load(f)
     failures = 0
     for key, sigs in sorted(calls.items()):
-        fn = (K._gemm_kernel(np.dtype(key.split(":")[1])) if key.startswith("_gemm_kernel:")
+        fn = (K._product_kernel(*key.split(":")[1:]) if key.startswith("_product_kernel:")
               else getattr(K, key)).py_func
         for sig in sorted(sigs, key=str):
             try:

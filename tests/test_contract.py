@@ -4,6 +4,7 @@ numba's simulator) against the NumPy reference, forward and backward, in float64
 on inputs with the edge cases each op must get right (ties, NaN, padding, overlapping windows,
 exp overflow, a ReLU's kink). Backend-specific paths have their own modules: the CPU's fast paths
 and threading in test_kernels.py, the CUDA GEMM, dropout streams and whole steps in test_cuda.py."""
+import functools
 import sys
 
 import numpy as np
@@ -50,8 +51,10 @@ def pools(k, to):
     x = np.random.default_rng(4).integers(-2, 3, (2, 3, 7, 6)).astype(DTYPE)   # ties
     x[0, 0, 1, 1] = np.nan
     got = []
+    relu_max = functools.partial(k.maxpool2d_forward, relu=True)   # ReLU then MaxPool2d, one op
     for kernel, stride, padding in [((2, 2), (2, 2), (0, 0)), ((3, 2), (1, 2), (1, 1))]:
-        for fwd, bwd in [(k.maxpool2d_forward, k.maxpool2d_backward), (k.avgpool2d_forward, k.avgpool2d_backward)]:
+        for fwd, bwd in [(k.maxpool2d_forward, k.maxpool2d_backward), (relu_max, k.maxpool2d_backward),
+                         (k.avgpool2d_forward, k.avgpool2d_backward)]:
             out, cache = fwd(to(x), kernel, stride, padding)
             got += [out, bwd(to(_x(cl.to_host(out).shape, 5)), cache)]
     return got

@@ -22,7 +22,8 @@ OPS = {
     # convolution and pooling (NCHW)
     "conv2d_forward": "x (N,C,H,W), w (F,C,KH,KW), b (F,)|None, stride, padding -> out (N,F,OH,OW), cache",
     "conv2d_backward": "dout (N,F,OH,OW), cache, need_dx -> dx (N,C,H,W)|None, dw (F,C,KH,KW), db (F,)|None",
-    "maxpool2d_forward": "x (N,C,H,W), kernel, stride, padding -> out (N,C,OH,OW), cache; first max, NaN wins",
+    "maxpool2d_forward": "x (N,C,H,W), kernel, stride, padding, relu=False -> out (N,C,OH,OW), cache; first max, "
+                         "NaN wins; with relu, max(out, 0) (the fused ReLU before a pool)",
     "maxpool2d_backward": "dout (N,C,OH,OW), cache -> dx (N,C,H,W)",
     "avgpool2d_forward": "x (N,C,H,W), kernel, stride, padding -> out (N,C,OH,OW), cache; divisor KH*KW",
     "avgpool2d_backward": "dout (N,C,OH,OW), cache -> dx (N,C,H,W)",

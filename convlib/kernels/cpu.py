@@ -354,8 +354,9 @@ def _is_2x2(kernel, stride, padding):
     return kernel == stride == (2, 2) and padding == (0, 0)
 
 
-def maxpool2d_forward(x, kernel, stride, padding):
-    """x (N, C, H, W) -> out (N, C, OH, OW), cache. Padding counts as -inf; ties go to the first."""
+def maxpool2d_forward(x, kernel, stride, padding, relu=False):
+    """x (N, C, H, W) -> out (N, C, OH, OW), cache. Padding counts as -inf; ties go to the first;
+    with relu, then max(out, 0) (see the reference)."""
     (KH, KW), (sh, sw), (ph, pw) = kernel, stride, padding
     N, C, H, W = x.shape
     OH, OW = out_size(H, KH, sh, ph), out_size(W, KW, sw, pw)
@@ -366,13 +367,15 @@ def maxpool2d_forward(x, kernel, stride, padding):
         parallel_for(_maxpool2x2_fwd, N, x, out, arg, work=x.size)
     else:
         parallel_for(_maxpool_fwd, N, x, KH, KW, sh, sw, ph, pw, out, arg, work=x.size)
-    return out, (x.shape, arg, kernel, stride, padding)
+    if relu:
+        out, _ = relu_forward(out)
+    return out, (x.shape, arg, kernel, stride, padding, out if relu else None)
 
 
 def maxpool2d_backward(dout, cache):
     """dout (N, C, OH, OW) -> dx (N, C, H, W)."""
-    xshape, arg, kernel, (sh, sw), (ph, pw) = cache
-    dout = np.ascontiguousarray(dout)
+    xshape, arg, kernel, (sh, sw), (ph, pw), relu_out = cache
+    dout = np.ascontiguousarray(dout) if relu_out is None else relu_backward(dout, relu_out)
     dx = np.empty(xshape, dtype=dout.dtype)
     if _is_2x2(kernel, (sh, sw), (ph, pw)):
         parallel_for(_maxpool2x2_bwd, xshape[0], dout, arg, dx, work=dx.size)

@@ -4,28 +4,30 @@ activation to the host: a training step stays on the GPU and only the loss op's 
 (2, N) come back, once. Arrays come from the caching pool of ``cuda_memory.py``, except
 ``zeros_like`` (optimizer buffers: state that lives as long as the model).
 
-Convolution is im2col + a matrix product, as on the CPU, with the product our own kernel:
+Every convolution and dense product is one blocked matrix-product kernel (``_product_kernel``)
+that reads its operands where they lie and writes its result where it belongs, so no im2col
+columns or layout copies are ever stored:
 
-    cols = im2col(x)             # (C*KH*KW, N*OH*OW)  one thread per element
-    out2 = w2 @ cols             # (F, N*OH*OW)        _gemm: TILE x TILE shared-memory tiles
-    out  = out2 -> NCHW + bias   # (N, F, OH, OW)
+    out (N, F, OH, OW) = w (F, C*KH*KW) @ im2col(x) (C*KH*KW, N*OH*OW) + b    one launch
+    dw, db             = dout (F, N*OH*OW) @ [im2col(x).T | 1]                  one launch
+    dx (N, C, H, W)    = w_t (C, F*KH*KW) @ dcols(dout) (F*KH*KW, N*H*W)        one launch
 
-Every kernel walks its outputs with a grid-stride loop (``for i in range(cuda.grid(1), n,
-cuda.gridsize(1))``), so any launch size is correct; the backward passes gather (each thread
-sums what flows into its own input element) rather than scatter, so no kernel needs atomics.
-Per-channel sums (batch norm, bias gradients) use one block per channel and a shared-memory
-tree. Sums run in float64 where a reduction is long.
+Long, narrow products (the weight gradients: few outputs, K = N*OH*OW) split K over blocks and
+add the parts in float64. The other kernels walk their outputs with a grid-stride loop (``for i
+in range(cuda.grid(1), n, cuda.gridsize(1))``), so any launch size is correct; backward passes
+gather (each thread sums what flows into its own input element) rather than scatter. Per-channel
+sums (batch norm) use one block per channel and a shared-memory tree, in float64.
 
 Dropout draws its masks from a counter-based hash (lowbias32 of seed and index) seeded from
 ``convlib.manual_seed``'s generator: reproducible, but not the CPU's masks.
 
 Under ``NUMBA_ENABLE_CUDASIM=1`` numba runs these kernels on the CPU, one Python thread per
-GPU thread; blocks are made small there (TPB, TILE) so the tests stay quick. The code is the same.
+GPU thread; blocks are made small there (TPB, RB, the product's tiles) so the tests stay quick. The code is the same.
 """
 import math
 
 import numpy as np
-from numba import config, cuda, float32, float64, uint64
+from numba import config, cuda, float32, float64, int32, uint64
 
 from .cuda_memory import empty as _empty, upload
 from .reference import out_size
@@ -42,7 +44,6 @@ __all__ = [
 SIM = bool(config.ENABLE_CUDASIM)
 TPB = 8 if SIM else 256                       # threads per block of 1-D kernels
 RB = 8 if SIM else 256                        # threads per block of per-channel reductions (power of 2)
-TILE = 4 if SIM else 16                       # matrix-product tile: TILE x TILE threads per block
 MAX_BLOCKS = 4 if SIM else 65535
 
 
@@ -116,48 +117,230 @@ def all_finite(x):
     return bool(flag.copy_to_host()[0])
 
 
-# ---------------------------------------------------------------- matrix product
-_GEMMS = {}
+# ---------------------------------------------------------------- matrix products
+# One blocked product kernel serves every convolution and dense product. What differs between
+# them is how the two operands are read and the result written, so those are device functions
+# the kernel is built with (``_product_kernel``): an operand reads element (r, c) of the matrix it
+# stands for, which need not exist in memory (the im2col columns are read straight from the
+# NCHW input), and a store writes element (i, j) of the result where it belongs (the NCHW output,
+# with its bias). Operand kinds, the matrix each one stands for, and its fast (contiguous) axis:
+#   rows      a (R, C) itself                                           columns
+#   cols      a (C, R) read transposed: (R, C)                          rows
+#   nchw      d (N, F, P) as the (F, N*P) matrix of the GEMM            columns
+#   im2col    x (N, C, H, W) as its columns (C*KH*KW, N*OH*OW)          columns
+#   im2col_t  the transpose of those columns: (N*OH*OW, C*KH*KW)        rows
+#   w_t       w (F, C, KH, KW) as (C, F*KH*KW)                          columns
+#   dcols     dout (N, F, OH, OW) as the columns of the transposed convolution (F*KH*KW, N*H*W),
+#             zero where no window puts (i, j) over (h, w)              columns
+# `rows` and `im2col_t` read 1 one column past their right edge: a product asked for one more
+# output column than the result has gets, in it, the row sums of the other operand: a bias's
+# gradient, from the same pass as the weights' (the store sends that column to ``extra``).
+BM, BN, BK = (4, 4, 4) if SIM else (64, 64, 16)        # block tile: BM x BN outputs, BK-deep slabs
+RM, RN = (2, 2) if SIM else (4, 4)                      # outputs per thread: (BN/RN, BM/RM) threads
+SPLIT_BLOCKS, SPLIT_MIN_K = (16, 16) if SIM else (264, 512)   # split-K: aim, least K per part
 
 
-def _gemm_kernel(dtype):
-    """The tiled product kernel for one dtype (shared-memory arrays need it at compile time)."""
-    if dtype not in _GEMMS:
-        nbtype = float32 if dtype == np.float32 else float64
+@cuda.jit(device=True)
+def _rows(a, r, c, g):
+    return a[r, c] if c < a.shape[1] else 1
 
-        @cuda.jit
-        def gemm(a, b, c, ta, tb):
-            """c (M, N) = op(a) @ op(b), op(a) = a.T if ta else a (same for b). Each block
-            computes TILE x TILE tiles of c (a column of tiles, striding over the rows, so any M
-            fits the grid's 65,535 y-blocks), staging TILE-wide slabs of op(a) and op(b) in
-            shared memory; each thread one element of the tile."""
-            sa = cuda.shared.array((TILE, TILE), nbtype)
-            sb = cuda.shared.array((TILE, TILE), nbtype)
+
+@cuda.jit(device=True)
+def _cols(a, r, c, g):
+    return a[c, r]
+
+
+@cuda.jit(device=True)
+def _nchw(d, f, q, g):
+    P = d.shape[2]
+    return d[q // P, f, q % P]
+
+
+@cuda.jit(device=True)
+def _im2col(x, r, q, g):
+    KH, KW, sh, sw, ph, pw, OH, OW = g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7]
+    c, i, j = r // (KH * KW), (r // KW) % KH, r % KW
+    n, p = q // (OH * OW), q % (OH * OW)
+    h, w = (p // OW) * sh - ph + i, (p % OW) * sw - pw + j
+    return x[n, c, h, w] if 0 <= h < x.shape[2] and 0 <= w < x.shape[3] else 0
+
+
+@cuda.jit(device=True)
+def _im2col_t(x, q, r, g):
+    return _im2col(x, r, q, g) if r < x.shape[1] * g[0] * g[1] else 1
+
+
+@cuda.jit(device=True)
+def _w_t(w, c, r, g):
+    KH, KW = w.shape[2], w.shape[3]
+    return w[r // (KH * KW), c, (r // KW) % KH, r % KW]
+
+
+@cuda.jit(device=True)
+def _dcols(dout, r, q, g):
+    KH, KW, sh, sw, ph, pw, OH, OW, H, W = g
+    f, i, j = r // (KH * KW), (r // KW) % KH, r % KW
+    n, p = q // (H * W), q % (H * W)
+    oh, ow = _window_of(p // W, ph, i, sh, OH), _window_of(p % W, pw, j, sw, OW)
+    return dout[n, f, oh, ow] if oh >= 0 and ow >= 0 else 0
+
+
+@cuda.jit(device=True)
+def _store_rows(c, extra, i, j, v):
+    """c[i, j] = v; the column past c's edge (a bias gradient) goes to extra[i]."""
+    if j < c.shape[1]:
+        c[i, j] = v
+    else:
+        extra[i] = v
+
+
+@cuda.jit(device=True)
+def _store_rows_bias(c, bias, i, j, v):
+    c[i, j] = v + bias[j]
+
+
+@cuda.jit(device=True)
+def _store_nchw_bias(out, bias, f, q, v):
+    """out (N, F, P)[n, f, p] = v + bias[f] for the GEMM's (f, q = n*P + p)."""
+    P = out.shape[2]
+    out[q // P, f, q % P] = v + bias[f]
+
+
+_OPERANDS = {"rows": (_rows, True), "cols": (_cols, False), "nchw": (_nchw, True), "im2col": (_im2col, True),
+             "im2col_t": (_im2col_t, False), "w_t": (_w_t, True), "dcols": (_dcols, True)}
+_STORES = {"rows": _store_rows, "rows_bias": _store_rows_bias, "nchw_bias": _store_nchw_bias}
+_PRODUCTS = {}
+
+
+def _product_kernel(dtype, a_kind, b_kind, store_kind):
+    """The blocked product kernel reading op(A) as ``a_kind``, op(B) as ``b_kind`` and writing
+    through ``store_kind`` (names in _OPERANDS / _STORES), for one dtype; built once, cached."""
+    key = (np.dtype(dtype).str, a_kind, b_kind, store_kind)
+    if key not in _PRODUCTS:
+        nbtype = float32 if np.dtype(dtype) == np.float32 else float64
+        (read_a, a_fast), (read_b, b_fast), store = _OPERANDS[a_kind], _OPERANDS[b_kind], _STORES[store_kind]
+        TX, TY = BN // RN, BM // RM
+        SA, SB = (BK, BM + 1), (BK, BN + 1)                       # +1: no bank conflicts on the
+        #                                                           stores along the k axis
+
+        def product(a, b, c, extra, M, N, K, g, split, partial, tickets):
+            """C (M, N) = op(A) (M, K) @ op(B) (K, N). Each block computes BM x BN tiles of C (a
+            column of tiles, striding over the rows, so any M fits the grid's y-blocks), staging
+            BK-deep slabs of op(A) and op(B) in shared memory (loaded along each operand's fast
+            axis, so neighbouring threads read neighbouring addresses); each thread keeps RM x RN
+            sums in registers: rows ty + i*TY, columns tx + j*TX. With split > 1 (grid z) each
+            block sums one part of K into partial (split, M, N); the last block of a tile to
+            finish (counted in tickets) adds the parts up in float64 and stores the result."""
+            sa = cuda.shared.array(SA, nbtype)                    # op(A)'s slab, k-major
+            sb = cuda.shared.array(SB, nbtype)                    # op(B)'s slab
+            last = cuda.shared.array(1, int32)
+            acc = cuda.local.array((RM, RN), nbtype)
+            rb = cuda.local.array(RN, nbtype)
             tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
-            col = cuda.blockIdx.x * TILE + tx
-            M, N = c.shape
-            K = a.shape[0] if ta else a.shape[1]
-            for row0 in range(cuda.blockIdx.y * TILE, M, cuda.gridDim.y * TILE):   # the same for the whole block
-                row = row0 + ty
-                acc = nbtype(0)
-                for k0 in range(0, K, TILE):
-                    ka, kb = k0 + tx, k0 + ty
-                    if row < M and ka < K:
-                        sa[ty, tx] = a[ka, row] if ta else a[row, ka]
-                    else:
-                        sa[ty, tx] = 0
-                    if kb < K and col < N:
-                        sb[ty, tx] = b[col, kb] if tb else b[kb, col]
-                    else:
-                        sb[ty, tx] = 0
+            t = ty * TX + tx
+            col0 = cuda.blockIdx.x * BN
+            part = -(-K // (split * BK)) * BK                     # this block's share of K
+            k_lo, k_hi = cuda.blockIdx.z * part, min(K, (cuda.blockIdx.z + 1) * part)
+            for row0 in range(cuda.blockIdx.y * BM, M, cuda.gridDim.y * BM):   # the same for the whole block
+                for i in range(RM):
+                    for j in range(RN):
+                        acc[i, j] = 0
+                for k0 in range(k_lo, k_hi, BK):
+                    for e in range(t, BM * BK, TX * TY):
+                        i, k = (e // BK, e % BK) if a_fast else (e % BM, e // BM)
+                        ok = row0 + i < M and k0 + k < k_hi
+                        sa[k, i] = read_a(a, row0 + i, k0 + k, g) if ok else 0
+                    for e in range(t, BK * BN, TX * TY):
+                        k, j = (e // BN, e % BN) if b_fast else (e % BK, e // BK)
+                        ok = k0 + k < k_hi and col0 + j < N
+                        sb[k, j] = read_b(b, k0 + k, col0 + j, g) if ok else 0
                     cuda.syncthreads()
-                    for k in range(TILE):
-                        acc += sa[ty, k] * sb[k, tx]
+                    for k in range(BK):
+                        for j in range(RN):
+                            rb[j] = sb[k, tx + j * TX]
+                        for i in range(RM):
+                            av = sa[k, ty + i * TY]
+                            for j in range(RN):
+                                acc[i, j] += av * rb[j]
                     cuda.syncthreads()
-                if row < M and col < N:
-                    c[row, col] = acc
-        _GEMMS[dtype] = gemm
-    return _GEMMS[dtype]
+                if split == 1:
+                    for i in range(RM):
+                        for j in range(RN):
+                            r, q = row0 + ty + i * TY, col0 + tx + j * TX
+                            if r < M and q < N:
+                                store(c, extra, r, q, acc[i, j])
+                else:                                             # then the grid has a y-block per row tile
+                    for i in range(RM):
+                        for j in range(RN):
+                            r, q = row0 + ty + i * TY, col0 + tx + j * TX
+                            if r < M and q < N:
+                                partial[cuda.blockIdx.z, r, q] = acc[i, j]
+                    cuda.threadfence()                            # the parts are seen before the ticket
+                    cuda.syncthreads()
+                    tile = cuda.blockIdx.y * cuda.gridDim.x + cuda.blockIdx.x
+                    if t == 0:
+                        last[0] = cuda.atomic.add(tickets, tile, 1) == split - 1
+                    cuda.syncthreads()
+                    if last[0]:
+                        for i in range(RM):
+                            for j in range(RN):
+                                r, q = row0 + ty + i * TY, col0 + tx + j * TX
+                                if r < M and q < N:
+                                    s = 0.0
+                                    for z in range(split):
+                                        s += partial[z, r, q]
+                                    store(c, extra, r, q, s)
+                        if t == 0:
+                            tickets[tile] = 0                     # ready for the next launch
+        product.product_key = key                                 # for tests/ptx_check.py
+        _PRODUCTS[key] = cuda.jit(product)
+    return _PRODUCTS[key]
+
+
+_CONSTANTS = {}
+
+
+def _constant(key, make):
+    """A small device array made once by make() and cached: a kernel argument never written
+    (or, for the split-K tickets, always left as it was found)."""
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = cuda.to_device(make())
+    return _CONSTANTS[key]
+
+
+def _zeros(n, dtype):
+    return _constant(("zeros", n, np.dtype(dtype).str), lambda: np.zeros(n, dtype))
+
+
+_NO_GEOMETRY = (0,) * 10
+
+
+def _grid(M, N, K):
+    """(column tiles, row tiles, parts of K) of a product: K is split only where the tiles alone
+    leave the GPU idle and every row tile has its own y-block."""
+    tiles_x, tiles_y = -(-N // BN), -(-M // BM)
+    if tiles_y > MAX_BLOCKS:
+        return tiles_x, tiles_y, 1
+    return tiles_x, tiles_y, max(1, min(-(-SPLIT_BLOCKS // (tiles_x * tiles_y)), K // SPLIT_MIN_K))
+
+
+def _product(a_kind, a, b_kind, b, store_kind, c, M, N, K, extra=None, g=_NO_GEOMETRY):
+    """Launch C (M, N) = op(A) (M, K) @ op(B) (K, N) into c through ``store_kind`` (see above);
+    ``extra`` is the store's bias (or bias-gradient) vector, ``g`` the convolution's geometry
+    (KH, KW, SH, SW, PH, PW, OH, OW, H, W). K is split over blocks when the tiles of C alone would
+    leave most of the GPU idle (the weight gradients: few outputs, K = N*OH*OW long)."""
+    if M == 0 or N == 0:                                            # a grid of zero blocks fails on a GPU
+        return
+    tiles_x, tiles_y, split = _grid(M, N, K)
+    blocks_y = min(MAX_BLOCKS, tiles_y)
+    if split > 1:
+        partial = _empty((split, M, N), c.dtype)                    # (split, M, N)
+        tickets = _constant(("tickets", tiles_x * tiles_y), lambda: np.zeros(tiles_x * tiles_y, np.int32))
+    else:
+        partial, tickets = _zeros(1, c.dtype).reshape((1, 1, 1)), _zeros(1, np.int32)
+    extra = _zeros(1, c.dtype) if extra is None else extra
+    kernel = _product_kernel(c.dtype, a_kind, b_kind, store_kind)
+    kernel[(tiles_x, blocks_y, split), (BN // RN, BM // RM)](a, b, c, extra, M, N, K, g, split, partial, tickets)
 
 
 def matmul(a, b, ta=False, tb=False, out=None):
@@ -169,9 +352,7 @@ def matmul(a, b, ta=False, tb=False, out=None):
         raise ValueError(f"matmul: inner sizes differ: {a.shape}{'.T' if ta else ''} @ "
                          f"{b.shape}{'.T' if tb else ''}")
     out = _empty((M, N), a.dtype) if out is None else out
-    if M and N:                                                     # a grid of zero blocks fails on a GPU
-        grid = (-(-N // TILE), min(MAX_BLOCKS, -(-M // TILE)))
-        _gemm_kernel(np.dtype(a.dtype))[grid, (TILE, TILE)](a, b, out, ta, tb)
+    _product("cols" if ta else "rows", a, "cols" if tb else "rows", b, "rows", out, M, N, K)
     return out
 
 
@@ -238,33 +419,6 @@ def _mean_var(x, mean, var):
 
 
 @cuda.jit
-def _bias_sums(d3, out):
-    """d3 (N, C, L), one block per channel: out[c] = the sum of d3[:, c], added up in float64."""
-    c, t = cuda.blockIdx.x, cuda.threadIdx.x
-    s = _channel_sum(d3, c, t, cuda.shared.array(RB, float64))
-    if t == 0:
-        out[c] = s
-
-
-def _sum_over_channels(d3):
-    """d3 (N, C, L) -> (C,) sums over N and L in d3's dtype (bias gradients)."""
-    out = _empty(d3.shape[1], d3.dtype)
-    if d3.shape[1]:
-        _bias_sums[d3.shape[1], RB](d3, out)
-    return out
-
-
-_CONSTANTS = {}
-
-
-def _constant(key, value):
-    """A small device array copied once and cached: a kernel argument that is never written."""
-    if key not in _CONSTANTS:
-        _CONSTANTS[key] = cuda.to_device(value)
-    return _CONSTANTS[key]
-
-
-@cuda.jit
 def _cast(src, dst):
     for i in range(cuda.grid(1), dst.size, cuda.gridsize(1)):
         dst[i] = src[i]
@@ -280,98 +434,45 @@ def _as(a, dtype):
 
 
 # ---------------------------------------------------------------- convolution
-@cuda.jit
-def _im2col(x, KH, KW, sh, sw, ph, pw, OH, OW, cols):
-    """x (N, C, H, W) -> cols (C*KH*KW, N*OH*OW); zero where the window hangs over the edge."""
-    N, C, H, W = x.shape
-    R, Q = cols.shape
-    for idx in range(cuda.grid(1), R * Q, cuda.gridsize(1)):
-        r, q = idx // Q, idx % Q
-        c, i, j = r // (KH * KW), (r // KW) % KH, r % KW
-        n, p = q // (OH * OW), q % (OH * OW)
-        h, w = (p // OW) * sh - ph + i, (p % OW) * sw - pw + j
-        cols[r, q] = x[n, c, h, w] if 0 <= h < H and 0 <= w < W else 0
-
-
-@cuda.jit
-def _col2im(dcols, KH, KW, sh, sw, ph, pw, OH, OW, dx):
-    """dcols (C*KH*KW, N*OH*OW) -> dx (N, C, H, W): each input element sums its windows."""
-    N, C, H, W = dx.shape
-    for idx in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
-        n, c, h, w = _unravel(idx, C, H, W)
-        s = 0.0
-        for i in range(KH):
-            oh = _window_of(h, ph, i, sh, OH)
-            if oh >= 0:
-                for j in range(KW):
-                    ow = _window_of(w, pw, j, sw, OW)
-                    if ow >= 0:
-                        s += dcols[(c * KH + i) * KW + j, (n * OH + oh) * OW + ow]
-        dx[n, c, h, w] = s
-
-
-@cuda.jit
-def _to_nchw(out2, b, out):
-    """out2 (F, N*P) + b (F,) -> out (N, F, P)."""
-    N, F, P = out.shape
-    for idx in range(cuda.grid(1), out.size, cuda.gridsize(1)):
-        p, f, n = idx % P, (idx // P) % F, idx // (F * P)
-        out[n, f, p] = out2[f, n * P + p] + b[f]
-
-
-@cuda.jit
-def _from_nchw(dout, dout2):
-    """dout (N, F, P) -> dout2 (F, N*P)."""
-    N, F, P = dout.shape
-    for idx in range(cuda.grid(1), dout.size, cuda.gridsize(1)):
-        p, n, f = idx % P, (idx // P) % N, idx // (N * P)
-        dout2[f, n * P + p] = dout[n, f, p]
-
-
-def _cols(x, KH, KW, stride, padding, OH, OW):
-    N, C = x.shape[:2]
-    cols = _empty((C * KH * KW, N * OH * OW), x.dtype)             # (C*KH*KW, N*OH*OW)
-    _im2col[_launch(cols.size)](x, KH, KW, *stride, *padding, OH, OW, cols)
-    return cols
-
-
 def conv2d_forward(x, w, b, stride, padding):
-    """x (N, C, H, W), w (F, C, KH, KW), b (F,) or None -> out (N, F, OH, OW), cache."""
+    """x (N, C, H, W), w (F, C, KH, KW), b (F,) or None -> out (N, F, OH, OW), cache.
+    One product: w as (F, C*KH*KW) times the im2col columns of x, read in place, written to
+    NCHW with the bias added."""
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
     OH, OW = out_size(H, KH, stride[0], padding[0]), out_size(W, KW, stride[1], padding[1])
-    cols = _cols(x, KH, KW, stride, padding, OH, OW)                # (C*KH*KW, N*OH*OW)
-    out2 = matmul(w.reshape(F, C * KH * KW), cols)                  # (F, N*OH*OW)
+    g = (KH, KW, *stride, *padding, OH, OW, H, W)
     out = _empty((N, F, OH * OW), x.dtype)                          # (N, F, OH*OW)
-    bias = b if b is not None else _constant(("zeros", F, x.dtype.str), np.zeros(F, x.dtype))
-    _to_nchw[_launch(out.size)](out2, bias, out)
-    return out.reshape((N, F, OH, OW)), (x, w, b is not None, stride, padding)
+    bias = b if b is not None else _zeros(F, x.dtype)
+    _product("rows", w.reshape((F, C * KH * KW)), "im2col", x, "nchw_bias", out, F, N * OH * OW, C * KH * KW,
+             bias, g)
+    return out.reshape((N, F, OH, OW)), (x, w, b is not None, g)
 
 
 def conv2d_backward(dout, cache, need_dx=True):
-    """dout (N, F, OH, OW) -> dx (N, C, H, W) or None, dw (F, C, KH, KW), db (F,) or None."""
-    x, w, has_bias, stride, padding = cache
+    """dout (N, F, OH, OW) -> dx (N, C, H, W) or None, dw (F, C, KH, KW), db (F,) or None.
+    Two products: dw (F, C*KH*KW) = dout (F, N*OH*OW) @ columns.T, with db in one more output
+    column; dx = the transposed convolution w_t (C, F*KH*KW) @ dcols(dout), written to NCHW."""
+    x, w, has_bias, g = cache
     N, F, OH, OW = dout.shape
     C, KH, KW = w.shape[1:]
     d3 = dout.reshape((N, F, OH * OW))                              # (N, F, OH*OW)
-    dout2 = _empty((F, N * OH * OW), dout.dtype)                    # (F, N*OH*OW)
-    _from_nchw[_launch(dout2.size)](d3, dout2)
-    db = _sum_over_channels(d3) if has_bias else None
-    cols = _cols(x, KH, KW, stride, padding, OH, OW)                # (C*KH*KW, N*OH*OW)
-    dw = matmul(dout2, cols, tb=True).reshape(w.shape)              # (F, C, KH, KW)
+    dw = _empty((F, C * KH * KW), dout.dtype)                       # (F, C*KH*KW)
+    db = _empty(F, dout.dtype) if has_bias else None
+    _product("nchw", d3, "im2col_t", x, "rows", dw, F, C * KH * KW + has_bias, N * OH * OW, db, g)
     if not need_dx:
-        return None, dw, db
-    dcols = matmul(w.reshape(F, C * KH * KW), dout2, ta=True, out=cols)  # reuses the columns
-    dx = _empty(x.shape, dout.dtype)
-    _col2im[_launch(dx.size)](dcols, KH, KW, *stride, *padding, OH, OW, dx)
-    return dx, dw, db
+        return None, dw.reshape(w.shape), db
+    H, W = x.shape[2:]
+    dx = _empty((N, C, H * W), dout.dtype)                          # (N, C, H*W)
+    _product("w_t", w, "dcols", dout, "nchw_bias", dx, C, N * H * W, F * KH * KW, _zeros(C, dout.dtype), g)
+    return dx.reshape(x.shape), dw.reshape(w.shape), db
 
 
 # ---------------------------------------------------------------- pooling
 @cuda.jit
-def _maxpool_fwd(x, KH, KW, sh, sw, ph, pw, out, arg):
+def _maxpool_fwd(x, KH, KW, sh, sw, ph, pw, relu, out, arg):
     """One thread per output window: out = its first maximum (padding is -inf; a NaN is the
-    maximum), arg = that element's index i*KW + j in the window."""
+    maximum; with relu, then max(., 0), NaN kept), arg = that element's index i*KW + j in the window."""
     N, C, H, W = x.shape
     for idx in range(cuda.grid(1), out.size, cuda.gridsize(1)):
         n, c, oh, ow = _unravel(idx, C, out.shape[2], out.shape[3])
@@ -381,7 +482,7 @@ def _maxpool_fwd(x, KH, KW, sh, sw, ph, pw, out, arg):
                 v = x[n, c, oh * sh - ph + i, ow * sw - pw + j]
                 if k < 0 or v > best or (v != v and best == best):  # first max; NaN wins
                     best, k = v, i * KW + j
-        out[n, c, oh, ow], arg[n, c, oh, ow] = best, k
+        out[n, c, oh, ow], arg[n, c, oh, ow] = (0 if relu and best <= 0 else best), k
 
 
 @cuda.jit
@@ -398,8 +499,9 @@ def _avgpool_fwd(x, KH, KW, sh, sw, ph, pw, out):
 
 
 @cuda.jit
-def _maxpool_bwd(dout, arg, KH, KW, sh, sw, ph, pw, dx):
-    """Each input element gathers the gradient of the windows whose maximum it is."""
+def _maxpool_bwd(dout, arg, out, relu, KH, KW, sh, sw, ph, pw, dx):
+    """Each input element gathers the gradient of the windows whose maximum it is (with relu,
+    of those whose output is positive)."""
     N, C, H, W = dx.shape
     for idx in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
         n, c, h, w = _unravel(idx, C, H, W)
@@ -409,7 +511,7 @@ def _maxpool_bwd(dout, arg, KH, KW, sh, sw, ph, pw, dx):
             if oh >= 0:
                 for j in range(KW):
                     ow = _window_of(w, pw, j, sw, dout.shape[3])
-                    if ow >= 0 and arg[n, c, oh, ow] == i * KW + j:
+                    if ow >= 0 and arg[n, c, oh, ow] == i * KW + j and (not relu or out[n, c, oh, ow] > 0):
                         s += dout[n, c, oh, ow]
         dx[n, c, h, w] = s
 
@@ -435,18 +537,19 @@ def _pool_out(x, kernel, stride, padding):
                    out_size(W, kernel[1], stride[1], padding[1])), x.dtype)
 
 
-def maxpool2d_forward(x, kernel, stride, padding):
-    """x (N, C, H, W) -> out (N, C, OH, OW), cache (x's shape, argmax index in each window)."""
+def maxpool2d_forward(x, kernel, stride, padding, relu=False):
+    """x (N, C, H, W) -> out (N, C, OH, OW) (relu'd with relu), cache (x's shape, argmax index
+    in each window, out, relu)."""
     out = _pool_out(x, kernel, stride, padding)
     arg = _empty(out.shape, np.int32)
-    _maxpool_fwd[_launch(out.size)](x, *kernel, *stride, *padding, out, arg)
-    return out, (x.shape, arg, kernel, stride, padding)
+    _maxpool_fwd[_launch(out.size)](x, *kernel, *stride, *padding, relu, out, arg)
+    return out, (x.shape, arg, out, relu, kernel, stride, padding)
 
 
 def maxpool2d_backward(dout, cache):
-    shape, arg, kernel, stride, padding = cache
+    shape, arg, out, relu, kernel, stride, padding = cache
     dx = _empty(shape, dout.dtype)
-    _maxpool_bwd[_launch(dx.size)](dout, arg, *kernel, *stride, *padding, dx)
+    _maxpool_bwd[_launch(dx.size)](dout, arg, out, relu, *kernel, *stride, *padding, dx)
     return dx
 
 
@@ -464,28 +567,23 @@ def avgpool2d_backward(dout, cache):
 
 
 # ---------------------------------------------------------------- dense
-@cuda.jit
-def _add_rows(out, b):
-    """out (N, F) += b (F,) on every row."""
-    N, F = out.shape
-    for idx in range(cuda.grid(1), out.size, cuda.gridsize(1)):
-        out[idx // F, idx % F] += b[idx % F]
-
-
 def linear_forward(x, w, b):
-    """x (N, IN), w (OUT, IN), b (OUT,) or None -> out (N, OUT), cache."""
-    out = matmul(x, w, tb=True)                                     # (N, OUT)
-    if b is not None:
-        _add_rows[_launch(out.size)](out, b)
+    """x (N, IN), w (OUT, IN), b (OUT,) or None -> out (N, OUT) = x @ w.T + b, cache."""
+    N, F = x.shape[0], w.shape[0]
+    out = _empty((N, F), x.dtype)                                   # (N, OUT)
+    bias = b if b is not None else _zeros(F, x.dtype)
+    _product("rows", x, "cols", w, "rows_bias", out, N, F, x.shape[1], bias)
     return out, (x, w, b is not None)
 
 
 def linear_backward(dout, cache, need_dx=True):
-    """dout (N, OUT) -> dx (N, IN) or None, dw (OUT, IN), db (OUT,) or None."""
+    """dout (N, OUT) -> dx (N, IN) or None, dw (OUT, IN) = dout.T @ x, db (OUT,) or None (the
+    product's extra column: dout.T @ ones)."""
     x, w, has_bias = cache
     N, F = dout.shape
-    db = _sum_over_channels(dout.reshape((N, F, 1))) if has_bias else None
-    return (matmul(dout, w) if need_dx else None), matmul(dout, x, ta=True), db
+    dw, db = _empty(w.shape, dout.dtype), (_empty(F, dout.dtype) if has_bias else None)
+    _product("cols", dout, "rows", x, "rows", dw, F, x.shape[1] + has_bias, N, db)
+    return (matmul(dout, w) if need_dx else None), dw, db
 
 
 # ---------------------------------------------------------------- pointwise

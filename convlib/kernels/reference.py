@@ -62,11 +62,13 @@ def conv2d_backward(dout, cache, need_dx=True):
 
 
 # ---------------------------------------------------------------- pooling
-def maxpool2d_forward(x, kernel, stride, padding):
+def maxpool2d_forward(x, kernel, stride, padding, relu=False):
     """x (N, C, H, W) -> out (N, C, OH, OW), cache. Padding counts as -inf.
 
     The cache keeps, per output, the flat index into the padded input of the *first*
     maximum of its window, so ties send the gradient to one place, as torch does.
+    With relu, out = relu(maxpool(x)) (= maxpool(relu(x)): max commutes with the monotone ReLU),
+    one op so that a backend can do both in one pass (``layers._ReLUMaxPool``).
     """
     (KH, KW), (sh, sw), (ph, pw) = kernel, stride, padding
     N, C, H, W = x.shape
@@ -80,12 +82,17 @@ def maxpool2d_forward(x, kernel, stride, padding):
             k = win.argmax(axis=2)                                  # first maximum
             out[:, :, oh, ow] = np.take_along_axis(win, k[..., None], 2)[..., 0]
             arg[:, :, oh, ow] = (oh * sh + k // KW) * (W + 2 * pw) + ow * sw + k % KW
-    return out, (x.shape, arg, padding)
+    if relu:
+        out, _ = relu_forward(out)
+    return out, (x.shape, arg, padding, out if relu else None)
 
 
 def maxpool2d_backward(dout, cache):
-    """dout (N, C, OH, OW) -> dx (N, C, H, W): each gradient goes to its window's argmax."""
-    (N, C, H, W), arg, (ph, pw) = cache
+    """dout (N, C, OH, OW) -> dx (N, C, H, W): each gradient goes to its window's argmax
+    (after the ReLU's mask, when forward had relu)."""
+    (N, C, H, W), arg, (ph, pw), relu_out = cache
+    if relu_out is not None:
+        dout = relu_backward(dout, relu_out)
     Hp, Wp = H + 2 * ph, W + 2 * pw
     dxp = np.zeros((N * C, Hp * Wp), dtype=dout.dtype)
     rows = np.repeat(np.arange(N * C), arg.shape[2] * arg.shape[3])
