@@ -57,6 +57,23 @@ def test_weight_gradient_products_sum_long_rows_in_float64(rng, F, R, L):
         close(K.matmul(dev(dout2), dev(cols), tb=True), dout2 @ cols.T, tol=1e-9)
 
 
+def test_batch_norm_sums_over_uneven_parts_of_each_channel(rng):
+    """Batch-norm statistics and gradient sums split each channel's N*L elements over blocks and
+    merge the parts (in the simulator: 105 elements in 6 parts of 17 or 18, each thread stepping
+    over rows of 21)."""
+    from convlib.kernels import reference
+    x, d = rng.standard_normal((5, 2, 3, 7)) * 3 + 5, rng.standard_normal((5, 2, 3, 7))
+    assert K._channel_grid(x.reshape(5, 2, 21))[1] > 1
+    gamma, beta = np.array([0.5, 2.0]), np.array([0.1, -0.2])
+    got, want = [], []
+    for k, to, out in ((K, dev, got), (reference, np.array, want)):
+        rm, rv = to(np.zeros(2)), to(np.ones(2))
+        y, cache = k.batchnorm_forward(to(x), to(gamma), to(beta), rm, rv, 0.1, 1e-5, True)
+        out += [y, rm, rv, *k.batchnorm_backward(to(d), cache)]
+    for g, w in zip(got, want):
+        close(g, w, tol=1e-9)
+
+
 def test_cross_entropy_on_cuda_names_nan_logits(rng):
     logits = rng.standard_normal((5, 4))
     logits[2, 1] = np.nan

@@ -70,6 +70,36 @@ def _unravel(idx, C, H, W):
     return idx // (C * H * W), (idx // (H * W)) % C, (idx // W) % H, idx % W
 
 
+@cuda.jit(device=True)
+def _last_block(tickets, slot, count, flag):
+    """Called by every thread of a block once it has written its part of a result: True (in all
+    its threads) in the last of the ``count`` blocks that share tickets[slot] to get here, which
+    then resets the slot for the next launch. flag: a shared int32 (1,)."""
+    cuda.threadfence()                                  # this block's part is seen before its ticket
+    cuda.syncthreads()
+    if cuda.threadIdx.x == 0 and cuda.threadIdx.y == 0:
+        flag[0] = cuda.atomic.add(tickets, slot, 1) == count - 1
+        if flag[0]:
+            tickets[slot] = 0
+    cuda.syncthreads()
+    return flag[0]
+
+
+@cuda.jit
+def _cast(src, dst):
+    for i in range(cuda.grid(1), dst.size, cuda.gridsize(1)):
+        dst[i] = src[i]
+
+
+def _as(a, dtype):
+    """Device array a cast to dtype (a itself when it has it)."""
+    if a.dtype == dtype:
+        return a
+    out = _empty(a.shape, dtype)
+    _cast[_launch(a.size)](a, out)
+    return out
+
+
 @cuda.jit
 def _fill(a, value):
     for i in range(cuda.grid(1), a.size, cuda.gridsize(1)):
@@ -275,13 +305,7 @@ def _product_kernel(dtype, a_kind, b_kind, store_kind):
                             r, q = row0 + ty + i * TY, col0 + tx + j * TX
                             if r < M and q < N:
                                 partial[cuda.blockIdx.z, r, q] = acc[i, j]
-                    cuda.threadfence()                            # the parts are seen before the ticket
-                    cuda.syncthreads()
-                    tile = cuda.blockIdx.y * cuda.gridDim.x + cuda.blockIdx.x
-                    if t == 0:
-                        last[0] = cuda.atomic.add(tickets, tile, 1) == split - 1
-                    cuda.syncthreads()
-                    if last[0]:
+                    if _last_block(tickets, cuda.blockIdx.y * cuda.gridDim.x + cuda.blockIdx.x, split, last):
                         for i in range(RM):
                             for j in range(RN):
                                 r, q = row0 + ty + i * TY, col0 + tx + j * TX
@@ -290,8 +314,6 @@ def _product_kernel(dtype, a_kind, b_kind, store_kind):
                                     for z in range(split):
                                         s += partial[z, r, q]
                                     store(c, extra, r, q, s)
-                        if t == 0:
-                            tickets[tile] = 0                     # ready for the next launch
         product.product_key = key                                 # for tests/ptx_check.py
         _PRODUCTS[key] = cuda.jit(product)
     return _PRODUCTS[key]
@@ -310,6 +332,11 @@ def _constant(key, make):
 
 def _zeros(n, dtype):
     return _constant(("zeros", n, np.dtype(dtype).str), lambda: np.zeros(n, dtype))
+
+
+def _tickets(n):
+    """n zeros (int32) for ``_last_block``: kept, since every launch leaves them as it found them."""
+    return _zeros(n, np.int32)
 
 
 _NO_GEOMETRY = (0,) * 10
@@ -335,9 +362,9 @@ def _product(a_kind, a, b_kind, b, store_kind, c, M, N, K, extra=None, g=_NO_GEO
     blocks_y = min(MAX_BLOCKS, tiles_y)
     if split > 1:
         partial = _empty((split, M, N), c.dtype)                    # (split, M, N)
-        tickets = _constant(("tickets", tiles_x * tiles_y), lambda: np.zeros(tiles_x * tiles_y, np.int32))
+        tickets = _tickets(tiles_x * tiles_y)
     else:
-        partial, tickets = _zeros(1, c.dtype).reshape((1, 1, 1)), _zeros(1, np.int32)
+        partial, tickets = _zeros(1, c.dtype).reshape((1, 1, 1)), _tickets(1)
     extra = _zeros(1, c.dtype) if extra is None else extra
     kernel = _product_kernel(c.dtype, a_kind, b_kind, store_kind)
     kernel[(tiles_x, blocks_y, split), (BN // RN, BM // RM)](a, b, c, extra, M, N, K, g, split, partial, tickets)
@@ -374,63 +401,78 @@ def _block_sum(shared, t, value):
 
 
 @cuda.jit(device=True)
-def _channel_sum(x, c, t, shared):
-    """The float64 sum of x[:, c] for x (N, C, L), for every thread t of channel c's block."""
-    N, C, L = x.shape
-    s = 0.0
-    for k in range(t, N * L, RB):
-        s += x[k // L, c, k % L]
-    return _block_sum(shared, t, s)
+def _part_sums(a, b, ca, cb, c, lo, hi, t):
+    """For a, b (N, C, L), over the elements k = lo + t, lo + t + RB, ... < hi of channel c (k
+    flat over (n, i)): the float64 sums of (a - ca) and of (a - ca) * (b - cb). (n, i) steps by
+    RB without a division per element."""
+    if hi <= lo:
+        return 0.0, 0.0
+    L = a.shape[2]
+    dn, di = RB // L, RB % L
+    n, i = (lo + t) // L, (lo + t) % L
+    s1, s2 = 0.0, 0.0
+    for _ in range(lo + t, hi, RB):
+        d = a[n, c, i] - ca
+        s1 += d
+        s2 += d * (b[n, c, i] - cb)
+        n += dn
+        i += di
+        if i >= L:
+            i -= L
+            n += 1
+    return s1, s2
+
+
+def _channel_grid(x3):
+    """(C, parts) blocks for per-channel sums over x3 (N, C, L): each channel's N*L elements
+    split in parts, so that small C still fills the GPU."""
+    N, C, L = x3.shape
+    return C, max(1, min(-(-SPLIT_BLOCKS // C), N * L // SPLIT_MIN_K))
 
 
 @cuda.jit
-def _channel_sums(a, b, mean, sum_a, sum_ab):
-    """For a, b (N, C, L), one block per channel c: sum_a[c] = sum of a[:, c] and
-    sum_ab[c] = sum of a[:, c] * (b[:, c] - mean[c])."""
+def _channel_sums(a, b, mean, parts, tickets, sum_a, sum_ab):
+    """For a, b (N, C, L), grid (C, P): sum_a[c] = the sum of a[:, c] and sum_ab[c] = the sum of
+    a[:, c] * (b[:, c] - mean[c]); block (c, z) sums part z into parts (P, C, 2), the channel's
+    last block adds the parts."""
     N, C, L = a.shape
-    c, t = cuda.blockIdx.x, cuda.threadIdx.x
-    shared = cuda.shared.array(RB, float64)
-    s1, s2 = 0.0, 0.0
-    for k in range(t, N * L, RB):
-        n, i = k // L, k % L
-        va = a[n, c, i]
-        s1 += va
-        s2 += va * (b[n, c, i] - mean[c])
-    s1 = _block_sum(shared, t, s1)
-    s2 = _block_sum(shared, t, s2)
+    c, z, t, P = cuda.blockIdx.x, cuda.blockIdx.y, cuda.threadIdx.x, cuda.gridDim.y
+    shared, flag = cuda.shared.array(RB, float64), cuda.shared.array(1, int32)
+    s1, s2 = _part_sums(a, b, 0.0, mean[c], c, z * (N * L) // P, (z + 1) * (N * L) // P, t)
+    s1, s2 = _block_sum(shared, t, s1), _block_sum(shared, t, s2)
     if t == 0:
+        parts[z, c, 0], parts[z, c, 1] = s1, s2
+    if _last_block(tickets, c, P, flag) and t == 0:
+        s1, s2 = 0.0, 0.0
+        for k in range(P):
+            s1 += parts[k, c, 0]
+            s2 += parts[k, c, 1]
         sum_a[c], sum_ab[c] = s1, s2
 
 
 @cuda.jit
-def _mean_var(x, mean, var):
-    """x (N, C, L), one block per channel: mean[c] and the biased variance var[c] (two passes)."""
+def _mean_var(x, parts, tickets, mean, var):
+    """x (N, C, L), grid (C, P): mean[c] and the biased variance var[c]. Block (c, z) takes its
+    part's count, mean and sum of squared deviations (two passes) into parts (P, C, 3); the
+    channel's last block merges them (Chan, Golub and LeVeque's pairwise update)."""
     N, C, L = x.shape
-    c, t = cuda.blockIdx.x, cuda.threadIdx.x
-    shared = cuda.shared.array(RB, float64)
-    mu = _channel_sum(x, c, t, shared) / (N * L)
-    q = 0.0
-    for k in range(t, N * L, RB):
-        d = x[k // L, c, k % L] - mu
-        q += d * d
-    q = _block_sum(shared, t, q)
+    c, z, t, P = cuda.blockIdx.x, cuda.blockIdx.y, cuda.threadIdx.x, cuda.gridDim.y
+    shared, flag = cuda.shared.array(RB, float64), cuda.shared.array(1, int32)
+    lo, hi = z * (N * L) // P, (z + 1) * (N * L) // P
+    mu = _block_sum(shared, t, _part_sums(x, x, 0.0, 0.0, c, lo, hi, t)[0]) / max(hi - lo, 1)
+    q = _block_sum(shared, t, _part_sums(x, x, mu, mu, c, lo, hi, t)[1])
     if t == 0:
-        mean[c], var[c] = mu, q / (N * L)
-
-
-@cuda.jit
-def _cast(src, dst):
-    for i in range(cuda.grid(1), dst.size, cuda.gridsize(1)):
-        dst[i] = src[i]
-
-
-def _as(a, dtype):
-    """Device array a cast to dtype (a itself when it has it)."""
-    if a.dtype == dtype:
-        return a
-    out = _empty(a.shape, dtype)
-    _cast[_launch(a.size)](a, out)
-    return out
+        parts[z, c, 0], parts[z, c, 1], parts[z, c, 2] = hi - lo, mu, q
+    if _last_block(tickets, c, P, flag) and t == 0:
+        n, m, q = 0.0, 0.0, 0.0
+        for k in range(P):
+            nk = parts[k, c, 0]
+            if nk > 0:
+                d = parts[k, c, 1] - m
+                m += d * nk / (n + nk)
+                q += parts[k, c, 2] + d * d * n * nk / (n + nk)
+                n += nk
+        mean[c], var[c] = m, q / max(n, 1.0)
 
 
 # ---------------------------------------------------------------- convolution
@@ -779,7 +821,8 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, momentum, eps, 
     x3 = x.reshape((N, C, x.size // (N * C)))                        # (N, C, L)
     mean, var, inv_std = _empty(C, np.float64), _empty(C, np.float64), _empty(C, np.float64)
     if training:
-        _mean_var[C, RB](x3, mean, var)
+        grid = _channel_grid(x3)
+        _mean_var[grid, RB](x3, _empty((grid[1], C, 3), np.float64), _tickets(C), mean, var)
     m = x3.shape[0] * x3.shape[2]
     _bn_finish[_launch(C)](mean, var, running_mean, running_var, momentum, m / max(m - 1, 1), eps,
                            training, inv_std)
@@ -794,7 +837,8 @@ def batchnorm_backward(dout, cache):
     d3 = dout.reshape(x3.shape)
     C = x3.shape[1]
     dbeta, dxhat_sum = _empty(C, np.float64), _empty(C, np.float64)
-    _channel_sums[C, RB](d3, x3, mean, dbeta, dxhat_sum)            # sum dout, sum dout * (x - mean)
+    grid = _channel_grid(x3)                                        # sum dout, sum dout * (x - mean):
+    _channel_sums[grid, RB](d3, x3, mean, _empty((grid[1], C, 2), np.float64), _tickets(C), dbeta, dxhat_sum)
     dgamma = _empty(C, dout.dtype)
     _mul[_launch(C)](dxhat_sum, inv_std, dgamma)
     dx = _empty(x3.shape, dout.dtype)
