@@ -8,8 +8,8 @@
 # 1. the device, driver and compiler versions; 2. that numba's simulator is off (else every
 # "GPU" result below would be the CPU's); 3. the CUDA tests on the GPU, each launch synchronised
 # (CUDA_LAUNCH_BLOCKING=1, so an error names the kernel that made it); 4. compute-sanitizer's
-# racecheck and synccheck on the shared-memory kernels (the GEMM, the per-channel sums of batch
-# norm), where the tool is installed; 5. benchmarks/bench_gpu.py at batch 32 and 256 against
+# memcheck, racecheck and synccheck on the shared-memory kernels (the products with their split-K
+# tickets, the per-channel sums of batch norm), where the tool is installed; 5. benchmarks/bench_gpu.py at batch 32 and 256 against
 # PyTorch CUDA. Stops at the first failure; everything it prints is also in runs/gpu_check/log.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,9 +40,10 @@ CUDA_LAUNCH_BLOCKING=1 python -m pytest -q -p no:cacheprovider tests/test_cuda.p
 
 echo "== 4. compute-sanitizer"
 if command -v compute-sanitizer >/dev/null; then
-    for tool in racecheck synccheck; do
+    for tool in memcheck racecheck synccheck; do
         compute-sanitizer --tool "$tool" --error-exitcode 1 \
-            python -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_contract.py -k "matmul or (batchnorm and cuda)"
+            python -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_contract.py \
+            -k "matmul or weight_gradient or batch_norm or ((conv2d or batchnorm or dense) and cuda)"
     done
 else
     echo "compute-sanitizer: not installed (it comes with the CUDA toolkit); skipped"
