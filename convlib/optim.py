@@ -22,7 +22,8 @@ def _check_hyper(name, **values):
 
 
 class Optimizer:
-    """Base: holds params, lr and weight_decay; subclasses implement ``_update(p, g, state)``."""
+    """Base: holds params, lr and weight_decay; subclasses implement ``_update(params, states)``
+    (lists: parameters on one device, with one dtype, and their state dicts)."""
 
     def __init__(self, params, lr, weight_decay=0.0):
         self.params = list(params)
@@ -45,11 +46,15 @@ class Optimizer:
 
     def step(self):
         """Update every parameter from its grad; frozen ones (``requires_grad=False``) are
-        left as they are, weight decay included."""
+        left as they are, weight decay included. Parameters on one device with one dtype are
+        updated by one kernel call (on a GPU, one launch for the whole model)."""
         self.t += 1
+        groups = {}
         for p, state in zip(self.params, self.state):
             if p.requires_grad:
-                self._update(p, p.grad, state)
+                groups.setdefault((device_of(p.data), p.data.dtype), []).append((p, state))
+        for group in groups.values():
+            self._update([p for p, _ in group], [state for _, state in group])
 
     def state_dict(self):
         """{"lr", "t", "state": [{name: host array} per parameter]}: the learning rate, the step
@@ -86,9 +91,10 @@ class SGD(Optimizer):
             raise ValueError("SGD: nesterov needs momentum > 0")
         self.momentum, self.nesterov = float(momentum), bool(nesterov)
 
-    def _update(self, p, g, state):
-        buf = self._buffer(state, "buf", p) if self.momentum else None
-        kernels_for(p.data).sgd_step(p.data, g, buf, self.lr, self.momentum, self.weight_decay, self.nesterov)
+    def _update(self, params, states):
+        bufs = [self._buffer(s, "buf", p) for p, s in zip(params, states)] if self.momentum else None
+        kernels_for(params[0].data).sgd_step([p.data for p in params], [p.grad for p in params], bufs, self.lr,
+                                             self.momentum, self.weight_decay, self.nesterov)
 
 
 class Adam(Optimizer):
@@ -100,10 +106,11 @@ class Adam(Optimizer):
         _check_hyper(type(self).__name__, beta1=(betas[0], 0, 1), beta2=(betas[1], 0, 1), eps=(eps, 0, 1))
         self.betas, self.eps = (float(betas[0]), float(betas[1])), float(eps)
 
-    def _update(self, p, g, state):
-        m, v = self._buffer(state, "m", p), self._buffer(state, "v", p)
-        kernels_for(p.data).adam_step(p.data, g, m, v, self.lr, *self.betas, self.eps, self.weight_decay,
-                                      self.decoupled, self.t)
+    def _update(self, params, states):
+        ms = [self._buffer(s, "m", p) for p, s in zip(params, states)]
+        vs = [self._buffer(s, "v", p) for p, s in zip(params, states)]
+        kernels_for(params[0].data).adam_step([p.data for p in params], [p.grad for p in params], ms, vs, self.lr,
+                                              *self.betas, self.eps, self.weight_decay, self.decoupled, self.t)
 
 
 class AdamW(Adam):

@@ -29,13 +29,17 @@ def record(path):
     from numba.cuda.simulator import kernel as simk
     calls, launch = {}, simk.FakeCUDAKernel.__call__
 
+    def typeof(a):                                                  # a tuple of arrays: the optimizer updates
+        if isinstance(a, tuple):
+            return numba.types.BaseTuple.from_types([typeof(v) for v in a])
+        return numba.typeof(getattr(a, "_ary", a))
+
     def recording_call(self, *args):
         if not self._device:
             key = self.fn.__qualname__
             if hasattr(self.fn, "product_key"):                     # a product kernel: rebuilt from its key
                 key = "_product_kernel:" + ":".join(self.fn.product_key)
-            calls.setdefault(key, set()).add(
-                tuple(numba.typeof(getattr(a, "_ary", a)) for a in args))
+            calls.setdefault(key, set()).add(tuple(typeof(a) for a in args))
         return launch(self, *args)
     simk.FakeCUDAKernel.__call__ = recording_call
     sys.path.insert(0, os.path.dirname(HERE))                        # convlib, installed or not

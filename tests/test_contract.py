@@ -123,23 +123,24 @@ def loss(k, to):
 
 
 def updates(k, to):
-    p, g = _x(7), _x(7, 1)
-    p0 = to(p)
-    k.sgd_step(p0, to(g), None, 0.1, 0.0, 0.0, False)               # plain SGD: no momentum buffer
-    got = [p0]
-    buf, p1 = k.zeros_like(to(p)), to(p)
+    """The updates take lists (one pass over all the parameters): three of sizes 7, 1 and 2x3."""
+    ps, g = [_x(7), _x(1, 2), _x((2, 3), 3)], [_x(7, 1), _x(1, 4), _x((2, 3), 5)]
+    p0 = [to(p) for p in ps]
+    k.sgd_step(p0, [to(gi) for gi in g], None, 0.1, 0.0, 0.0, False)  # plain SGD: no momentum buffers
+    got = [*p0]
+    bufs, p1 = [k.zeros_like(to(p)) for p in ps], [to(p) for p in ps]
     for nesterov in (False, True):
         for _ in range(3):
-            k.sgd_step(p1, to(g), buf, 0.1, 0.9, 1e-2, nesterov)
-    got += [p1, buf]
+            k.sgd_step(p1, [to(gi) for gi in g], bufs, 0.1, 0.9, 1e-2, nesterov)
+    got += [*p1, *bufs]
     for decoupled in (False, True):
-        p2, m, v = to(p), k.zeros_like(to(p)), k.zeros_like(to(p))
+        p2, m, v = [to(p) for p in ps], [k.zeros_like(to(p)) for p in ps], [k.zeros_like(to(p)) for p in ps]
         for t in (1, 2, 3):
-            k.adam_step(p2, to(g), m, v, 1e-2, 0.9, 0.99, 1e-8, 1e-2, decoupled, t)
-        got += [p2, m, v]
-    acc = to(p)
-    k.accumulate(acc, to(g))
-    zeroed = to(g)
+            k.adam_step(p2, [to(gi) for gi in g], m, v, 1e-2, 0.9, 0.99, 1e-8, 1e-2, decoupled, t)
+        got += [*p2, *m, *v]
+    acc = to(ps[0])
+    k.accumulate(acc, to(g[0]))
+    zeroed = to(g[0])
     k.zero_(zeroed)
     return got + [acc, zeroed]
 

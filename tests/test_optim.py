@@ -72,6 +72,27 @@ def test_float32_parameters_stay_float32():
         assert p.data.dtype == np.float32
 
 
+@pytest.mark.parametrize("make", [lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-2),
+                                  lambda ps: optim.Adam(ps, lr=0.1, weight_decay=1e-2)], ids=["sgd", "adam"])
+def test_one_optimizer_over_mixed_dtypes_and_frozen_parameters_equals_one_per_parameter(make):
+    """step() updates the parameters in groups of one device and dtype: the same as an optimizer
+    for each parameter alone, and a frozen one is left as it is."""
+    def params():
+        return [cl.Parameter(np.arange(3, dtype=np.float32)), cl.Parameter(np.ones(2)),
+                cl.Parameter(np.full(4, 2.0, np.float32)), cl.Parameter(np.ones(1), requires_grad=False)]
+    together, alone = params(), params()
+    opts = [make(together)] + [make([p]) for p in alone]
+    for step in range(3):
+        for p in together + alone:
+            p.grad = np.full(p.shape, 0.5 + step, p.data.dtype)
+        for opt in opts:
+            opt.step()
+    for a, b in zip(together, alone):
+        assert a.data.dtype == b.data.dtype
+        np.testing.assert_array_equal(a.data, b.data)
+    np.testing.assert_array_equal(together[3].data, np.ones(1))     # frozen
+
+
 @pytest.mark.parametrize("make, match", [
     (lambda: optim.SGD([cl.Parameter(np.ones(1))], lr=-1), "lr must be"),
     (lambda: optim.SGD([cl.Parameter(np.ones(1))], lr=float("nan")), "lr must be"),

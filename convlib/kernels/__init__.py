@@ -55,8 +55,10 @@ OPS = {
     "zeros_like": "a -> zeros of a's shape and dtype, on a's device",
     "zero_": "a -> None; a[...] = 0",
     "accumulate": "dst, src -> None; dst += src",
-    "sgd_step": "p, g, buf|None, lr, momentum, weight_decay, nesterov -> None; torch's SGD",
-    "adam_step": "p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, t -> None; torch's Adam/AdamW",
+    "sgd_step": "ps, gs, bufs|None (lists of arrays, one per parameter), lr, momentum, weight_decay, nesterov "
+                "-> None; torch's SGD on every p",
+    "adam_step": "ps, gs, ms, vs (lists), lr, beta1, beta2, eps, weight_decay, decoupled, t -> None; "
+                 "torch's Adam/AdamW on every p",
 }
 
 

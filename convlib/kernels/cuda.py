@@ -437,7 +437,8 @@ def _channel_sums(a, b, mean, parts, tickets, sum_a, sum_ab):
     last block adds the parts."""
     N, C, L = a.shape
     c, z, t, P = cuda.blockIdx.x, cuda.blockIdx.y, cuda.threadIdx.x, cuda.gridDim.y
-    shared, flag = cuda.shared.array(RB, float64), cuda.shared.array(1, int32)
+    shared = cuda.shared.array(RB, float64)
+    flag = cuda.shared.array(1, int32)                  # (the simulator keys shared arrays by line)
     s1, s2 = _part_sums(a, b, 0.0, mean[c], c, z * (N * L) // P, (z + 1) * (N * L) // P, t)
     s1, s2 = _block_sum(shared, t, s1), _block_sum(shared, t, s2)
     if t == 0:
@@ -457,7 +458,8 @@ def _mean_var(x, parts, tickets, mean, var):
     channel's last block merges them (Chan, Golub and LeVeque's pairwise update)."""
     N, C, L = x.shape
     c, z, t, P = cuda.blockIdx.x, cuda.blockIdx.y, cuda.threadIdx.x, cuda.gridDim.y
-    shared, flag = cuda.shared.array(RB, float64), cuda.shared.array(1, int32)
+    shared = cuda.shared.array(RB, float64)
+    flag = cuda.shared.array(1, int32)                  # (the simulator keys shared arrays by line)
     lo, hi = z * (N * L) // P, (z + 1) * (N * L) // P
     mu = _block_sum(shared, t, _part_sums(x, x, 0.0, 0.0, c, lo, hi, t)[0]) / max(hi - lo, 1)
     q = _block_sum(shared, t, _part_sums(x, x, mu, mu, c, lo, hi, t)[1])
@@ -924,41 +926,72 @@ def softmax_cross_entropy(logits, y, label_smoothing):
 
 
 # ---------------------------------------------------------------- optimizer updates
+@cuda.jit(device=True)
+def _tensor_of(offsets, i):
+    """(t, j): element i of the parameters laid end to end is element j of parameter t
+    (offsets: their cumulative sizes from 0; a short scan, models have tens of parameters)."""
+    t = 0
+    while offsets[t + 1] <= i:
+        t += 1
+    return t, i - offsets[t]
+
+
 @cuda.jit
-def _sgd(p, g, buf, lr, momentum, weight_decay, nesterov):
-    for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
-        gi = g[i]
+def _sgd(ps, gs, bufs, has_buf, offsets, lr, momentum, weight_decay, nesterov):
+    """One thread per element of all the parameters (tuples of flat arrays); without has_buf,
+    bufs is ps and not touched."""
+    for i in range(cuda.grid(1), offsets[offsets.size - 1], cuda.gridsize(1)):
+        t, j = _tensor_of(offsets, i)
+        p = ps[t]
+        gi = gs[t][j]
         if weight_decay != 0:
-            gi += weight_decay * p[i]
-        if buf.size:
-            b = momentum * buf[i] + gi
-            buf[i] = b
+            gi += weight_decay * p[j]
+        if has_buf:
+            buf = bufs[t]
+            b = momentum * buf[j] + gi
+            buf[j] = b
             gi = gi + momentum * b if nesterov else b
-        p[i] -= lr * gi
+        p[j] -= lr * gi
 
 
 @cuda.jit
-def _adam(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, c1, c2):
-    for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
-        gi = g[i]
+def _adam(ps, gs, ms, vs, offsets, lr, beta1, beta2, eps, weight_decay, decoupled, c1, c2):
+    for i in range(cuda.grid(1), offsets[offsets.size - 1], cuda.gridsize(1)):
+        t, j = _tensor_of(offsets, i)
+        p, m, v = ps[t], ms[t], vs[t]
+        gi = gs[t][j]
         if decoupled:
-            p[i] *= 1 - lr * weight_decay
+            p[j] *= 1 - lr * weight_decay
         elif weight_decay != 0:
-            gi += weight_decay * p[i]
-        m[i] = beta1 * m[i] + (1 - beta1) * gi
-        v[i] = beta2 * v[i] + (1 - beta2) * gi * gi
-        p[i] -= lr / c1 * m[i] / (math.sqrt(v[i] / c2) + eps)
+            gi += weight_decay * p[j]
+        m[j] = beta1 * m[j] + (1 - beta1) * gi
+        v[j] = beta2 * v[j] + (1 - beta2) * gi * gi
+        p[j] -= lr / c1 * m[j] / (math.sqrt(v[j] / c2) + eps)
 
 
-def sgd_step(p, g, buf, lr, momentum, weight_decay, nesterov):
-    """torch's SGD in place on device arrays; see reference.sgd_step."""
-    t = p.dtype.type
-    b = _flat(buf) if buf is not None else _empty(0, p.dtype)
-    _sgd[_launch(p.size)](_flat(p), _flat(g), b, t(lr), t(momentum), t(weight_decay), nesterov)
+def _flats(arrays):
+    """A tuple of flat views (one kernel argument) and the device array of their offsets."""
+    sizes = tuple(a.size for a in arrays)
+    offsets = _constant(("offsets",) + sizes, lambda: np.cumsum((0,) + sizes, dtype=np.int64))
+    return tuple(_flat(a) for a in arrays), offsets
 
 
-def adam_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, t):
-    """Adam / AdamW step t in place on device arrays; see reference.adam_step."""
-    f = p.dtype.type                                                # scalars in p's precision
-    _adam[_launch(p.size)](_flat(p), _flat(g), _flat(m), _flat(v), f(lr), f(beta1), f(beta2), f(eps),
-                           f(weight_decay), decoupled, f(1 - beta1 ** t), f(1 - beta2 ** t))
+def sgd_step(ps, gs, bufs, lr, momentum, weight_decay, nesterov):
+    """torch's SGD in place on lists of device arrays, all in one launch; see reference.sgd_step."""
+    if not ps:
+        return
+    f = ps[0].dtype.type                                            # scalars in the parameters' precision
+    (p, offsets), g = _flats(ps), _flats(gs)[0]
+    b = _flats(bufs)[0] if bufs is not None else p
+    _sgd[_launch(int(sum(a.size for a in ps)))](p, g, b, bufs is not None, offsets, f(lr), f(momentum),
+                                               f(weight_decay), nesterov)
+
+
+def adam_step(ps, gs, ms, vs, lr, beta1, beta2, eps, weight_decay, decoupled, t):
+    """Adam / AdamW step t in place on lists of device arrays, in one launch; see reference.adam_step."""
+    if not ps:
+        return
+    f = ps[0].dtype.type
+    (p, offsets), g, m, v = _flats(ps), _flats(gs)[0], _flats(ms)[0], _flats(vs)[0]
+    _adam[_launch(int(sum(a.size for a in ps)))](p, g, m, v, offsets, f(lr), f(beta1), f(beta2), f(eps),
+                                                f(weight_decay), decoupled, f(1 - beta1 ** t), f(1 - beta2 ** t))

@@ -299,29 +299,34 @@ def accumulate(dst, src):
     dst += src
 
 
-def sgd_step(p, g, buf, lr, momentum, weight_decay, nesterov):
-    """p -= lr * update, with g' = g + weight_decay * p, buf = momentum * buf + g' (buf starts
-    at zero, so the first step's buf is g' as in torch) and update = g' + momentum * buf
-    (Nesterov) or buf; without momentum (buf None) update = g'."""
-    if weight_decay:
-        g = g + weight_decay * p
-    if buf is not None:
-        buf *= momentum
-        buf += g
-        g = g + momentum * buf if nesterov else buf
-    p -= p.dtype.type(lr) * g
+def sgd_step(ps, gs, bufs, lr, momentum, weight_decay, nesterov):
+    """For each parameter p of the list ps, its gradient g and momentum buffer buf (bufs None
+    without momentum): p -= lr * update, with g' = g + weight_decay * p, buf = momentum * buf + g'
+    (buf starts at zero, so the first step's buf is g' as in torch) and update = g' + momentum *
+    buf (Nesterov) or buf; without momentum update = g'. (Lists, so that a backend can update all
+    the parameters of a model in one pass.)"""
+    for i, (p, g) in enumerate(zip(ps, gs)):
+        if weight_decay:
+            g = g + weight_decay * p
+        if bufs is not None:
+            buf = bufs[i]
+            buf *= momentum
+            buf += g
+            g = g + momentum * buf if nesterov else buf
+        p -= p.dtype.type(lr) * g
 
 
-def adam_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, t):
-    """Adam step t (1, 2, ...) with bias correction; weight decay either added to the gradient
-    (Adam) or ``decoupled`` (AdamW: p *= 1 - lr * weight_decay)."""
-    if weight_decay and decoupled:
-        p *= p.dtype.type(1 - lr * weight_decay)
-    elif weight_decay:
-        g = g + weight_decay * p
-    m *= beta1
-    m += (1 - beta1) * g
-    v *= beta2
-    v += (1 - beta2) * g * g
-    denom = np.sqrt(v / (1 - beta2 ** t)) + eps
-    p -= (lr / (1 - beta1 ** t) * m / denom).astype(p.dtype, copy=False)
+def adam_step(ps, gs, ms, vs, lr, beta1, beta2, eps, weight_decay, decoupled, t):
+    """Adam step t (1, 2, ...) with bias correction, for each p, g, m, v of the lists; weight
+    decay either added to the gradient (Adam) or ``decoupled`` (AdamW: p *= 1 - lr * weight_decay)."""
+    for p, g, m, v in zip(ps, gs, ms, vs):
+        if weight_decay and decoupled:
+            p *= p.dtype.type(1 - lr * weight_decay)
+        elif weight_decay:
+            g = g + weight_decay * p
+        m *= beta1
+        m += (1 - beta1) * g
+        v *= beta2
+        v += (1 - beta2) * g * g
+        denom = np.sqrt(v / (1 - beta2 ** t)) + eps
+        p -= (lr / (1 - beta1 ** t) * m / denom).astype(p.dtype, copy=False)
