@@ -13,16 +13,18 @@ columns or layout copies are ever stored:
     dx (N, C, H, W)    = w_t (C, F*KH*KW) @ dcols(dout) (F*KH*KW, N*H*W)        one launch
 
 Long, narrow products (the weight gradients: few outputs, K = N*OH*OW) split K over blocks and
-add the parts in float64. The other kernels walk their outputs with a grid-stride loop (``for i
-in range(cuda.grid(1), n, cuda.gridsize(1))``), so any launch size is correct; backward passes
-gather (each thread sums what flows into its own input element) rather than scatter. Per-channel
-sums (batch norm) use one block per channel and a shared-memory tree, in float64.
+add the parts in float64; batch norm's per-channel sums split each channel over blocks the same
+way (the last block to finish adds the parts: ``_last_block``). The other kernels walk their
+outputs with a grid-stride loop (``for i in range(cuda.grid(1), n, cuda.gridsize(1))``), so any
+launch size is correct; backward passes gather (each thread sums what flows into its own input
+element) rather than scatter. The optimizer updates every parameter of a model in one launch.
 
 Dropout draws its masks from a counter-based hash (lowbias32 of seed and index) seeded from
 ``convlib.manual_seed``'s generator: reproducible, but not the CPU's masks.
 
 Under ``NUMBA_ENABLE_CUDASIM=1`` numba runs these kernels on the CPU, one Python thread per
-GPU thread; blocks are made small there (TPB, RB, the product's tiles) so the tests stay quick. The code is the same.
+GPU thread; blocks are made small there (TPB, RB, the product's tiles) so the tests stay quick.
+The code is the same.
 """
 import math
 
