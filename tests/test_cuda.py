@@ -74,6 +74,27 @@ def test_batch_norm_sums_over_uneven_parts_of_each_channel(rng):
         close(g, w, tol=1e-9)
 
 
+def test_optimizer_updates_of_more_tensors_than_one_launch_takes(rng):
+    """sgd_step / adam_step over 2 * MAX_TENSORS + 3 parameters (some empty) run in runs of
+    MAX_TENSORS per launch (kernel arguments are limited to 4 KB): the same as the reference."""
+    from convlib.kernels import reference
+    n = 2 * K.MAX_TENSORS + 3
+    ps = [rng.standard_normal(i % 4) for i in range(n)]             # sizes 0-3
+    gs = [rng.standard_normal(p.shape) for p in ps]
+    assert [n for _, _, n in K._chunks([dev(p) for p in ps])] == [24, 24, 3]   # three launches
+    for k, to, zeros in ((K, dev, K.zeros_like), (reference, np.array, np.zeros_like)):
+        p1, b = [to(p) for p in ps], [zeros(to(p)) for p in ps]
+        k.sgd_step(p1, [to(g) for g in gs], b, 0.1, 0.9, 1e-2, True)
+        p2, m, v = [to(p) for p in ps], [zeros(to(p)) for p in ps], [zeros(to(p)) for p in ps]
+        k.adam_step(p2, [to(g) for g in gs], m, v, 1e-2, 0.9, 0.99, 1e-8, 1e-2, False, 1)
+        if k is K:
+            got = [host(a) for a in p1 + b + p2 + m + v]
+        else:
+            want = p1 + b + p2 + m + v
+    for g, w in zip(got, want):
+        close(g, w, tol=1e-12)
+
+
 def test_cross_entropy_on_cuda_names_nan_logits(rng):
     logits = rng.standard_normal((5, 4))
     logits[2, 1] = np.nan

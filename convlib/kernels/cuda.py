@@ -971,29 +971,32 @@ def _adam(ps, gs, ms, vs, offsets, lr, beta1, beta2, eps, weight_decay, decouple
         p[j] -= lr / c1 * m[j] / (math.sqrt(v[j] / c2) + eps)
 
 
-def _flats(arrays):
-    """A tuple of flat views (one kernel argument) and the device array of their offsets."""
-    sizes = tuple(a.size for a in arrays)
-    offsets = _constant(("offsets",) + sizes, lambda: np.cumsum((0,) + sizes, dtype=np.int64))
-    return tuple(_flat(a) for a in arrays), offsets
+MAX_TENSORS = 16                     # per optimizer launch: 4 tuples of 16 arrays fit in 4 KB of kernel arguments
+
+
+def _chunks(*lists):
+    """The lists cut into runs of at most MAX_TENSORS, each as (tuples of flat views, one kernel
+    argument each, then the device array of the run's offsets: cumulative sizes from 0, and its
+    element count)."""
+    for k in range(0, len(lists[0]), MAX_TENSORS):
+        run = [lst[k:k + MAX_TENSORS] for lst in lists]
+        sizes = tuple(a.size for a in run[0])
+        offsets = _constant(("offsets",) + sizes, lambda: np.cumsum((0,) + sizes, dtype=np.int64))
+        yield [tuple(_flat(a) for a in arrays) for arrays in run], offsets, int(sum(sizes))
 
 
 def sgd_step(ps, gs, bufs, lr, momentum, weight_decay, nesterov):
-    """torch's SGD in place on lists of device arrays, all in one launch; see reference.sgd_step."""
-    if not ps:
-        return
-    f = ps[0].dtype.type                                            # scalars in the parameters' precision
-    (p, offsets), g = _flats(ps), _flats(gs)[0]
-    b = _flats(bufs)[0] if bufs is not None else p
-    _sgd[_launch(int(sum(a.size for a in ps)))](p, g, b, bufs is not None, offsets, f(lr), f(momentum),
-                                               f(weight_decay), nesterov)
+    """torch's SGD in place on lists of device arrays, up to MAX_TENSORS per launch; see
+    reference.sgd_step."""
+    f = ps[0].dtype.type if ps else float                          # scalars in the parameters' precision
+    for (p, g, b), offsets, n in _chunks(ps, gs, bufs if bufs is not None else ps):
+        _sgd[_launch(n)](p, g, b, bufs is not None, offsets, f(lr), f(momentum), f(weight_decay), nesterov)
 
 
 def adam_step(ps, gs, ms, vs, lr, beta1, beta2, eps, weight_decay, decoupled, t):
-    """Adam / AdamW step t in place on lists of device arrays, in one launch; see reference.adam_step."""
-    if not ps:
-        return
-    f = ps[0].dtype.type
-    (p, offsets), g, m, v = _flats(ps), _flats(gs)[0], _flats(ms)[0], _flats(vs)[0]
-    _adam[_launch(int(sum(a.size for a in ps)))](p, g, m, v, offsets, f(lr), f(beta1), f(beta2), f(eps),
-                                                f(weight_decay), decoupled, f(1 - beta1 ** t), f(1 - beta2 ** t))
+    """Adam / AdamW step t in place on lists of device arrays, up to MAX_TENSORS per launch; see
+    reference.adam_step."""
+    f = ps[0].dtype.type if ps else float
+    for (p, g, m, v), offsets, n in _chunks(ps, gs, ms, vs):
+        _adam[_launch(n)](p, g, m, v, offsets, f(lr), f(beta1), f(beta2), f(eps), f(weight_decay), decoupled,
+                          f(1 - beta1 ** t), f(1 - beta2 ** t))
