@@ -344,13 +344,17 @@ def _tickets(n):
 _NO_GEOMETRY = (0,) * 10
 
 
+def _parts(blocks, length):
+    """In how many parts to split a sum of ``length`` terms that ``blocks`` blocks compute side by
+    side: enough to fill the GPU (about SPLIT_BLOCKS blocks), each part at least SPLIT_MIN_K long."""
+    return max(1, min(-(-SPLIT_BLOCKS // blocks), length // SPLIT_MIN_K))
+
+
 def _grid(M, N, K):
     """(column tiles, row tiles, parts of K) of a product: K is split only where the tiles alone
     leave the GPU idle and every row tile has its own y-block."""
     tiles_x, tiles_y = -(-N // BN), -(-M // BM)
-    if tiles_y > MAX_BLOCKS:
-        return tiles_x, tiles_y, 1
-    return tiles_x, tiles_y, max(1, min(-(-SPLIT_BLOCKS // (tiles_x * tiles_y)), K // SPLIT_MIN_K))
+    return tiles_x, tiles_y, (1 if tiles_y > MAX_BLOCKS else _parts(tiles_x * tiles_y, K))
 
 
 def _product(a_kind, a, b_kind, b, store_kind, c, M, N, K, extra=None, g=_NO_GEOMETRY):
@@ -429,7 +433,7 @@ def _channel_grid(x3):
     """(C, parts) blocks for per-channel sums over x3 (N, C, L): each channel's N*L elements
     split in parts, so that small C still fills the GPU."""
     N, C, L = x3.shape
-    return C, max(1, min(-(-SPLIT_BLOCKS // C), N * L // SPLIT_MIN_K))
+    return C, _parts(C, N * L)
 
 
 @cuda.jit
