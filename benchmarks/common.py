@@ -130,7 +130,7 @@ def alternate(contenders, rounds=5, reps=5, warmup=2):
 
 def peak_matmul_gflops(n=2048, reps=5):
     """float32 n x n matrix product with convlib's thread policy (all cores), GFLOP/s."""
-    from convlib.kernels.cpu import matmul
+    from convlib.kernels.cpu.conv import matmul
     a = np.random.rand(n, n).astype(np.float32)
     return 2 * n ** 3 / median_time(lambda: matmul(a, a), reps) / 1e9
 

@@ -10,19 +10,20 @@
 from . import data, gradcheck, optim
 from .backend import cuda_available, to_device, to_host, use_kernels
 from .io import load, save
-from .layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, Layer, LeakyReLU, Linear, MaxPool2d,
-                     Parameter, ReLU, Sigmoid, Tanh)
-from .losses import softmax, softmax_cross_entropy
-from .model import Sequential
+from .layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, GroupNorm, Layer,
+                     LeakyReLU, Linear, MaxPool2d, Parameter, ReLU, Sigmoid, Tanh)
+from .losses import CrossEntropyLoss, softmax, softmax_cross_entropy
+from .model import Residual, Sequential
+from .kernels.cpu.threads import get_num_threads, set_num_threads
 from .rng import manual_seed
-from .threads import get_num_threads, set_num_threads
 from .train import History, evaluate, fit, iterate_batches, predict_proba
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
-    "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Dropout", "Flatten", "History", "Layer", "LeakyReLU", "Linear",
-    "MaxPool2d", "Parameter", "ReLU", "Sequential", "Sigmoid", "Tanh",
+    "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "CrossEntropyLoss", "Dropout", "Flatten",
+    "GroupNorm", "History", "Layer", "LeakyReLU", "Linear", "MaxPool2d", "Parameter", "ReLU", "Residual", "Sequential",
+    "Sigmoid", "Tanh",
     "cuda_available", "data", "evaluate", "fit", "get_num_threads", "gradcheck", "iterate_batches", "load",
     "manual_seed", "optim", "predict_proba", "save", "set_num_threads", "softmax", "softmax_cross_entropy",
     "to_device", "to_host", "use_kernels"]

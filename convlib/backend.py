@@ -1,29 +1,11 @@
-"""The one place that knows about devices and kernel sets.
+"""Where arrays live: NumPy on the host, numba.cuda device arrays on an NVIDIA GPU.
 
-Layers call ``kernels_for(x).conv2d_forward(...)`` and never branch on the device: an array on
-an NVIDIA GPU (a numba.cuda device array) gets the CUDA kernels (``kernels/cuda.py``), a NumPy
-array the CPU ones, each bound to the kernel contract (``kernels/__init__.py``). On the CPU the kernel set is Numba (``"cpu"``) unless
-``use_kernels("reference")`` picks the plain NumPy one (benchmarks and debugging do that).
+Copies between them (``to_device``, ``to_host``), device names, and whether a GPU is there. Which
+kernels run on an array is decided in one place, ``convlib/kernels/__init__.py`` (``kernels_for``).
 """
-import os
-
 import numpy as np
 
-from .kernels import KernelSet, cpu, reference
-
-_KERNELS = {"cpu": KernelSet("cpu", cpu, fallback=reference), "reference": KernelSet("reference", reference)}
-_cuda = None
-
-
-def use_kernels(name):
-    """Select the CPU kernel set: ``"cpu"`` (Numba, default) or ``"reference"`` (plain NumPy)."""
-    global _active
-    if name not in _KERNELS:
-        raise ValueError(f"unknown kernel set {name!r}; expected one of {sorted(_KERNELS)}")
-    _active = _KERNELS[name]
-
-
-use_kernels(os.environ.get("CONVLIB_KERNELS", "cpu"))
+from .kernels import kernels_for, use_kernels  # noqa: F401  (their old home; convlib.use_kernels)
 
 
 def is_cuda_array(x):
@@ -39,17 +21,6 @@ def is_array(x):
 def device_of(x):
     """'cuda' for a device array, 'cpu' otherwise."""
     return "cuda" if is_cuda_array(x) else "cpu"
-
-
-def kernels_for(x):
-    """The ``KernelSet`` that runs on the device where array ``x`` lives."""
-    global _cuda
-    if is_cuda_array(x):
-        if _cuda is None:
-            from .kernels import cuda                               # imported on first use only
-            _cuda = KernelSet("cuda", cuda)
-        return _cuda
-    return _active
 
 
 def cuda_available():
@@ -85,7 +56,7 @@ def to_device(x, device="cuda"):
         return to_host(x)
     if is_cuda_array(x):
         return x
-    from .kernels.cuda_memory import upload
+    from .kernels.cuda.memory import upload
     return upload(x)
 
 

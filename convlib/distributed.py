@@ -78,7 +78,7 @@ def world():
                                   f"{launched_size()} ranks, but mpi4py is not installed: "
                                   "pip install -e \".[mpi]\"") from None
             if not os.environ.get("CONVLIB_NUM_THREADS"):
-                from .threads import _default_threads, set_num_threads
+                from .kernels.cpu.threads import _default_threads, set_num_threads
                 set_num_threads(max(1, _default_threads() // comm.local_size))
         else:
             comm = Single()

@@ -17,7 +17,7 @@ import zipfile
 import numpy as np
 
 from . import layers as _layers
-from .model import Sequential, layer_to_json
+from .model import Residual, Sequential, layer_to_json
 
 FORMAT = 1
 _HEADER = "__convlib__"
@@ -29,14 +29,14 @@ def _layer_classes():
     found = {name: getattr(_layers, name) for name in dir(_layers)}
     return {k: v for k, v in found.items()
             if isinstance(v, type) and issubclass(v, _layers.Layer) and not k.startswith("_")
-            and k != "Layer"} | {"Sequential": Sequential}
+            and k != "Layer"} | {"Sequential": Sequential, "Residual": Residual}
 
 
 def layer_from_json(spec):
     """Build a layer from its ``layer_to_json`` entry; ValueError for unknown types or arguments."""
     if not isinstance(spec, dict) or "type" not in spec:
         raise ValueError(f"model file: bad layer entry {spec!r}")
-    kwargs = {k: v for k, v in spec.items() if k != "type"}
+    kwargs = {k: layer_from_json(v) if isinstance(v, dict) else v for k, v in spec.items() if k != "type"}
     classes = _layer_classes()
     cls = classes.get(spec["type"])
     if cls is None:
@@ -137,7 +137,7 @@ def load_extra(path):
         if floats:
             net.to(floats[0])                                       # keep the saved precision
         net.load_state_dict(arrays)
-    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:   # whatever a damaged header does
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as e:   # a damaged header
         raise ValueError(f"{path}: {type(e).__name__ + ': ' if not isinstance(e, ValueError) else ''}{e}") from None
     net.eval()
     return net, header.get("metadata", {}), extra

@@ -7,16 +7,17 @@ may return None when ``need_dx`` is False and it saves work by skipping it); ``_
 ``train()``, ``eval()``, ``to(device_or_dtype)``. Names, argument order, defaults and array
 layouts follow ``torch.nn`` so that weights move between the two without conversion.
 
-The arithmetic lives in the kernels (``convlib/kernels``): each layer calls the ops of the
-kernel contract by name, ``k = kernels_for(x); k.conv2d_forward(...)``, and its docstring names
-the functions of ``kernels/reference.py`` that hold its maths.
+The arithmetic lives in the ops of ``kernels/reference.py`` (``ops.conv2d_forward(...)``): go to
+an op's definition and you read its maths in NumPy; the call itself runs the fastest backend for
+where the array lives (Numba on the CPU, numba.cuda on a GPU).
 """
 import math
 from collections import namedtuple
 
 import numpy as np
 
-from .backend import check_device, copy_into, device_of, is_array, is_cuda_array, kernels_for, to_device, to_host
+from .backend import check_device, copy_into, device_of, is_array, is_cuda_array, to_device, to_host
+from .kernels import reference as ops
 from .rng import get_rng
 
 
@@ -38,7 +39,7 @@ class Parameter:
     @property
     def grad(self):
         if self._zero_pending:
-            kernels_for(self._grad).zero_(self._grad)
+            ops.zero_(self._grad)
             self._zero_pending = False
         return self._grad
 
@@ -51,7 +52,7 @@ class Parameter:
         if is_cuda_array(self._grad):
             self._zero_pending = True
         else:
-            kernels_for(self._grad).zero_(self._grad)
+            ops.zero_(self._grad)
 
     def add_grad(self, g):
         """grad += g, where g (shaped like data, on its device) is handed over: after zero_grad
@@ -59,7 +60,7 @@ class Parameter:
         if self._zero_pending:
             self.grad = g
         else:
-            kernels_for(g).accumulate(self._grad, g)
+            ops.accumulate(self._grad, g)
 
     @property
     def shape(self):
@@ -83,6 +84,13 @@ def _pair(value, name, layer, minimum):
     if min(pair) < minimum:
         raise ValueError(f"{layer}: {name} must be >= {minimum}, got {value!r}")
     return int(pair[0]), int(pair[1])
+
+
+def _positive(value, name, layer):
+    """A finite number > 0, as a float; ValueError otherwise."""
+    if not (isinstance(value, (int, float)) and 0 < value < math.inf):
+        raise ValueError(f"{layer}: {name} must be a number > 0, got {value!r}")
+    return float(value)
 
 
 def _uniform(shape, bound, dtype):
@@ -109,21 +117,31 @@ class Layer:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
         return f"{type(self).__name__}({args})"
 
+    def children(self):
+        """[(name, layer)]: the layers a container is made of (none for a plain layer)."""
+        return []
+
+    def _own(self, names, prefix):
+        return [(prefix + n, getattr(self, n)) for n in names if getattr(self, n) is not None]
+
+    def _children(self, method, prefix):
+        return [kv for name, child in self.children() for kv in getattr(child, method)(f"{prefix}{name}.")]
+
     def named_parameters(self, prefix=""):
-        """[(name, Parameter)] in state_dict order; names as in ``torch.nn``."""
-        return [(prefix + n, getattr(self, n)) for n in self._param_names
-                if getattr(self, n) is not None]
+        """[(name, Parameter)] in state_dict order; names as in ``torch.nn`` (``"0.weight"``)."""
+        return self._own(self._param_names, prefix) + self._children("named_parameters", prefix)
 
     def parameters(self):
         return [p for _, p in self.named_parameters()]
 
     def named_buffers(self, prefix=""):
         """[(name, ndarray)]: state that is saved but not trained (e.g. running means)."""
-        return [(prefix + n, getattr(self, n)) for n in self._buffer_names]
+        return self._own(self._buffer_names, prefix) + self._children("named_buffers", prefix)
 
     def named_state(self, prefix=""):
-        """[(name, array)]: parameters then buffers, layer by layer (torch's state_dict order)."""
-        return ([(n, p.data) for n, p in self.named_parameters(prefix)] + self.named_buffers(prefix))
+        """[(name, array)]: own parameters and buffers, then each child's (torch's state_dict order)."""
+        own = [(n, p.data) for n, p in self._own(self._param_names, prefix)] + self._own(self._buffer_names, prefix)
+        return own + self._children("named_state", prefix)
 
     def state_dict(self):
         """{name: host array copy} of every parameter and buffer, keys and order as in ``torch.nn``."""
@@ -167,8 +185,10 @@ class Layer:
         return self
 
     def train(self, mode=True):
-        """Training mode (dropout active, batch norm uses batch statistics)."""
+        """Training mode (dropout active, batch norm uses batch statistics), children included."""
         self.training = bool(mode)
+        for _, child in self.children():
+            child.train(mode)
         return self
 
     def eval(self):
@@ -191,11 +211,13 @@ class Layer:
                                  f"'cuda' or a float dtype")
             self.dtype = dtype
             move = lambda a: to_device(to_host(a).astype(dtype), device_of(a))
-        for p in self.parameters():
+        for _, p in self._own(self._param_names, ""):
             p.data, p.grad = move(p.data), move(p.grad)
-        for n, b in self.named_buffers():
+        for n, b in self._own(self._buffer_names, ""):
             if b.dtype.kind == "f":
-                setattr(self, n.rsplit(".", 1)[-1], move(b))
+                setattr(self, n, move(b))
+        for _, child in self.children():
+            child.to(target)
         return self
 
     @property
@@ -299,13 +321,13 @@ class Conv2d(Layer):
     def forward(self, x):
         self._check(x)
         b = self.bias.data if self.bias is not None else None
-        out, self._cache = kernels_for(x).conv2d_forward(x, self.weight.data, b, self.stride, self.padding)
+        out, self._cache = ops.conv2d_forward(x, self.weight.data, b, self.stride, self.padding)
         return out
 
     def backward(self, dout, need_dx=True):
         """Adds dL/dweight and dL/dbias into the grads; returns dL/dx (None if not need_dx:
         a first layer's input gradient is rarely wanted and costs a third of its backward)."""
-        dx, dw, db = kernels_for(dout).conv2d_backward(dout, self._saved(dout), need_dx)
+        dx, dw, db = ops.conv2d_backward(dout, self._saved(dout), need_dx)
         self._add_grads(dw, db)
         return dx
 
@@ -343,11 +365,11 @@ class _Pool2d(Layer):
 
     def forward(self, x):
         self._check(x)
-        out, self._cache = self._forward(kernels_for(x), x, self.kernel_size, self.stride, self.padding)
+        out, self._cache = self._forward(x, self.kernel_size, self.stride, self.padding)
         return out
 
     def backward(self, dout, need_dx=True):
-        return self._backward(kernels_for(dout), dout, self._saved(dout))
+        return self._backward(dout, self._saved(dout))
 
 
 class MaxPool2d(_Pool2d):
@@ -362,11 +384,11 @@ class MaxPool2d(_Pool2d):
     (1, 3, 4, 3)
     """
 
-    def _forward(self, k, x, *window):
-        return k.maxpool2d_forward(x, *window)
+    def _forward(self, x, *window):
+        return ops.maxpool2d_forward(x, *window)
 
-    def _backward(self, k, dout, cache):
-        return k.maxpool2d_backward(dout, cache)
+    def _backward(self, dout, cache):
+        return ops.maxpool2d_backward(dout, cache)
 
 
 class AvgPool2d(_Pool2d):
@@ -375,11 +397,11 @@ class AvgPool2d(_Pool2d):
     Args and Shape as MaxPool2d. Maths: ``reference.avgpool2d_forward`` / ``avgpool2d_backward``.
     """
 
-    def _forward(self, k, x, *window):
-        return k.avgpool2d_forward(x, *window)
+    def _forward(self, x, *window):
+        return ops.avgpool2d_forward(x, *window)
 
-    def _backward(self, k, dout, cache):
-        return k.avgpool2d_backward(dout, cache)
+    def _backward(self, dout, cache):
+        return ops.avgpool2d_backward(dout, cache)
 
 
 class AdaptiveAvgPool2d(Layer):
@@ -408,36 +430,36 @@ class AdaptiveAvgPool2d(Layer):
 
     def forward(self, x):
         self._check(x)
-        out, self._cache = kernels_for(x).global_avgpool2d_forward(x)
+        out, self._cache = ops.global_avgpool2d_forward(x)
         return out
 
     def backward(self, dout, need_dx=True):
-        return kernels_for(dout).global_avgpool2d_backward(dout, self._saved(dout))
+        return ops.global_avgpool2d_backward(dout, self._saved(dout))
 
 
 # ---------------------------------------------------------------- pointwise
 class _Pointwise(Layer):
     """An elementwise activation: any shape in, the same shape out. Subclasses name their two
-    ops in ``_forward(k, x)`` and ``_backward(k, dout, cache)``."""
+    ops in ``_forward(x)`` and ``_backward(dout, cache)``."""
 
     def forward(self, x):
         self._check(x)
-        out, self._cache = self._forward(kernels_for(x), x)
+        out, self._cache = self._forward(x)
         return out
 
     def backward(self, dout, need_dx=True):
-        return self._backward(kernels_for(dout), dout, self._saved(dout))
+        return self._backward(dout, self._saved(dout))
 
 
 class ReLU(_Pointwise):
     """max(x, 0). The gradient at exactly 0 is 0 (as in torch).
     Maths: ``reference.relu_forward`` / ``relu_backward``."""
 
-    def _forward(self, k, x):
-        return k.relu_forward(x)
+    def _forward(self, x):
+        return ops.relu_forward(x)
 
-    def _backward(self, k, dout, cache):
-        return k.relu_backward(dout, cache)
+    def _backward(self, dout, cache):
+        return ops.relu_backward(dout, cache)
 
     def fuse(self, next_layer):
         return _ReLUMaxPool(self, next_layer) if isinstance(next_layer, MaxPool2d) else None
@@ -461,12 +483,12 @@ class _ReLUMaxPool(Layer):
 
     def forward(self, x):
         self._check(x)
-        out, self._cache = kernels_for(x).maxpool2d_forward(x, self.pool.kernel_size, self.pool.stride,
+        out, self._cache = ops.maxpool2d_forward(x, self.pool.kernel_size, self.pool.stride,
                                                             self.pool.padding, relu=True)
         return out
 
     def backward(self, dout, need_dx=True):
-        return kernels_for(dout).maxpool2d_backward(dout, self._saved(dout))
+        return ops.maxpool2d_backward(dout, self._saved(dout))
 
 
 class LeakyReLU(_Pointwise):
@@ -481,32 +503,32 @@ class LeakyReLU(_Pointwise):
     def config(self):
         return dict(negative_slope=self.negative_slope)
 
-    def _forward(self, k, x):
-        return k.leaky_relu_forward(x, self.negative_slope)
+    def _forward(self, x):
+        return ops.leaky_relu_forward(x, self.negative_slope)
 
-    def _backward(self, k, dout, cache):
-        return k.leaky_relu_backward(dout, cache)
+    def _backward(self, dout, cache):
+        return ops.leaky_relu_backward(dout, cache)
 
 
 class Sigmoid(_Pointwise):
     """1 / (1 + exp(-x)), computed without overflow for large |x|.
     Maths: ``reference.sigmoid_forward`` / ``sigmoid_backward``."""
 
-    def _forward(self, k, x):
-        return k.sigmoid_forward(x)
+    def _forward(self, x):
+        return ops.sigmoid_forward(x)
 
-    def _backward(self, k, dout, cache):
-        return k.sigmoid_backward(dout, cache)
+    def _backward(self, dout, cache):
+        return ops.sigmoid_backward(dout, cache)
 
 
 class Tanh(_Pointwise):
     """tanh(x). Maths: ``reference.tanh_forward`` / ``tanh_backward``."""
 
-    def _forward(self, k, x):
-        return k.tanh_forward(x)
+    def _forward(self, x):
+        return ops.tanh_forward(x)
 
-    def _backward(self, k, dout, cache):
-        return k.tanh_backward(dout, cache)
+    def _backward(self, dout, cache):
+        return ops.tanh_backward(dout, cache)
 
 
 class Dropout(_Pointwise):
@@ -522,15 +544,15 @@ class Dropout(_Pointwise):
     def config(self):
         return dict(p=self.p)
 
-    def _forward(self, k, x):
+    def _forward(self, x):
         if not (self.training and self.p > 0):
             return x, (None,)                                       # no mask: the identity
-        out, mask = k.dropout_forward(x, self.p, get_rng())
+        out, mask = ops.dropout_forward(x, self.p, get_rng())
         return out, (mask,)
 
-    def _backward(self, k, dout, cache):
+    def _backward(self, dout, cache):
         (mask,) = cache
-        return dout if mask is None else k.dropout_backward(dout, mask)
+        return dout if mask is None else ops.dropout_backward(dout, mask)
 
 
 # ---------------------------------------------------------------- reshaping and dense
@@ -584,12 +606,12 @@ class Linear(Layer):
     def forward(self, x):
         self._check(x)
         b = self.bias.data if self.bias is not None else None
-        out, self._cache = kernels_for(x).linear_forward(x, self.weight.data, b)
+        out, self._cache = ops.linear_forward(x, self.weight.data, b)
         return out
 
     def backward(self, dout, need_dx=True):
         """Adds into the grads; returns dL/dx (None if not need_dx)."""
-        dx, dw, db = kernels_for(dout).linear_backward(dout, self._saved(dout), need_dx)
+        dx, dw, db = ops.linear_backward(dout, self._saved(dout), need_dx)
         self._add_grads(dw, db)
         return dx
 
@@ -603,11 +625,10 @@ class _BatchNorm(Layer):
     def __init__(self, num_features, eps=1e-5, momentum=0.1):
         name = type(self).__name__
         self.num_features = _pair(num_features, "num_features", name, 1)[0]
-        if not (isinstance(eps, (int, float)) and eps > 0):
-            raise ValueError(f"{name}: eps must be > 0, got {eps!r}")
+        self.eps = _positive(eps, "eps", name)
         if not (isinstance(momentum, (int, float)) and 0 <= momentum <= 1):
             raise ValueError(f"{name}: momentum must be in [0, 1], got {momentum!r}")
-        self.eps, self.momentum = float(eps), float(momentum)
+        self.momentum = float(momentum)
         C = self.num_features
         self.weight = Parameter(np.ones(C, self.dtype))
         self.bias = Parameter(np.zeros(C, self.dtype))
@@ -630,7 +651,7 @@ class _BatchNorm(Layer):
         if self.training and x.size // x.shape[1] < 2:
             raise ValueError(f"{self!r}: training needs more than one value per channel, got input "
                              f"shape {x.shape}")
-        out, self._cache = kernels_for(x).batchnorm_forward(
+        out, self._cache = ops.batchnorm_forward(
             x, self.weight.data, self.bias.data, self.running_mean, self.running_var,
             self.momentum, self.eps, self.training)
         if self.training:
@@ -638,7 +659,7 @@ class _BatchNorm(Layer):
         return out
 
     def backward(self, dout, need_dx=True):
-        dx, dgamma, dbeta = kernels_for(dout).batchnorm_backward(dout, self._saved(dout))
+        dx, dgamma, dbeta = ops.batchnorm_backward(dout, self._saved(dout))
         self._add_grads(dgamma, dbeta)
         return dx
 
@@ -658,3 +679,47 @@ class BatchNorm2d(_BatchNorm):
 class BatchNorm1d(_BatchNorm):
     """Batch normalisation of each feature of an (N, C) batch; see BatchNorm2d."""
     _ndim = 2
+
+
+class GroupNorm(Layer):
+    """Group normalisation, torch's ``nn.GroupNorm``: the channels of each image are split into
+    ``num_groups`` groups, each normalised with its own mean and variance, then every channel is
+    scaled and shifted. It does not depend on the batch: the same in training and eval, any N.
+
+    Args: num_groups (G, divides num_channels), num_channels (C), eps (1e-5), affine (True:
+    learn weight and bias). Shape: (N, C, *) -> same. Attributes: weight (C,) = 1, bias (C,) = 0.
+    Maths: ``reference.groupnorm_forward`` / ``groupnorm_backward``.
+
+    >>> GroupNorm(2, 4)(np.ones((3, 4, 5, 5), np.float32)).shape
+    (3, 4, 5, 5)
+    """
+    _param_names = ("weight", "bias")
+
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True):
+        self.num_groups = _pair(num_groups, "num_groups", "GroupNorm", 1)[0]
+        self.num_channels = _pair(num_channels, "num_channels", "GroupNorm", 1)[0]
+        if self.num_channels % self.num_groups:
+            raise ValueError(f"GroupNorm: num_channels {num_channels} must be divisible by num_groups {num_groups}")
+        self.eps = _positive(eps, "eps", "GroupNorm")
+        self.weight = Parameter(np.ones(self.num_channels, self.dtype)) if affine else None
+        self.bias = Parameter(np.zeros(self.num_channels, self.dtype)) if affine else None
+
+    def config(self):
+        return dict(num_groups=self.num_groups, num_channels=self.num_channels, eps=self.eps,
+                    affine=self.weight is not None)
+
+    def output_shape(self, shape):
+        if len(shape) < 2 or shape[1] != self.num_channels:
+            raise ValueError(f"{self!r}: expected input of shape (N, {self.num_channels}, ...), got {tuple(shape)}")
+        return tuple(shape)
+
+    def forward(self, x):
+        self._check(x)
+        gamma, beta = (None, None) if self.weight is None else (self.weight.data, self.bias.data)
+        out, self._cache = ops.groupnorm_forward(x, self.num_groups, gamma, beta, self.eps)
+        return out
+
+    def backward(self, dout, need_dx=True):
+        dx, dgamma, dbeta = ops.groupnorm_backward(dout, self._saved(dout))
+        self._add_grads(dgamma, dbeta)
+        return dx

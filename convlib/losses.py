@@ -1,23 +1,22 @@
-"""Softmax and the softmax cross-entropy loss."""
-import functools
-
+"""Softmax and the softmax cross-entropy loss (as a function, and as torch's ``CrossEntropyLoss``)."""
 import numpy as np
 
-from .backend import is_array, kernels_for, to_host
+from .backend import is_array, to_host
+from .kernels import reference as ops
 
 
 def _check_logits(logits, name, finite=True):
     if not is_array(logits) or logits.ndim != 2 or logits.dtype.kind != "f":
         got = f"{logits.shape} {logits.dtype}" if is_array(logits) else type(logits).__name__
         raise ValueError(f"{name}: expected float logits of shape (N, K), got {got}")
-    if finite and not kernels_for(logits).all_finite(logits):
+    if finite and not ops.all_finite(logits):
         raise ValueError(f"{name}: logits hold NaN or infinite values")
 
 
 def softmax(logits):
     """logits (N, K) -> probabilities (N, K), each row summing to 1 (on the logits' device)."""
     _check_logits(logits, "softmax")
-    return kernels_for(logits).softmax(logits)
+    return ops.softmax(logits)
 
 
 def softmax_cross_entropy(logits, y, label_smoothing=0.0):
@@ -40,7 +39,7 @@ def softmax_cross_entropy(logits, y, label_smoothing=0.0):
 def loss_rows(logits, y, label_smoothing=0.0):
     """The checked kernel call behind softmax_cross_entropy: (rows (2, N) float64, dlogits), on the
     logits' device; rows[0] the loss of each row (NaN where a logit is not finite), rows[1] 1.0
-    where the row is classified right. fit() uses it to read loss and accuracy in one copy."""
+    where the row is classified right."""
     name = "softmax_cross_entropy"
     if not (isinstance(label_smoothing, (int, float)) and 0 <= label_smoothing < 1):
         raise ValueError(f"{name}: label_smoothing must be a number in [0, 1), got {label_smoothing!r}")
@@ -51,15 +50,29 @@ def loss_rows(logits, y, label_smoothing=0.0):
         raise ValueError(f"{name}: expected integer labels of shape ({N},), got {y.shape} {y.dtype}")
     if N and (y.min() < 0 or y.max() >= K):
         raise ValueError(f"{name}: labels must lie in [0, {K}), got values from {y.min()} to {y.max()}")
-    return kernels_for(logits).softmax_cross_entropy(logits, y, float(label_smoothing))
+    return ops.softmax_cross_entropy(logits, y, float(label_smoothing))
 
 
-def smoothing_of(loss_fn):
-    """label_smoothing if ``loss_fn`` is softmax_cross_entropy (or a functools.partial of it that
-    sets only label_smoothing), else None: fit() computes that loss with loss_rows."""
-    if loss_fn is softmax_cross_entropy:
-        return 0.0
-    if (isinstance(loss_fn, functools.partial) and loss_fn.func is softmax_cross_entropy and not loss_fn.args
-            and set(loss_fn.keywords) <= {"label_smoothing"}):
-        return loss_fn.keywords.get("label_smoothing", 0.0)
-    return None
+class CrossEntropyLoss:
+    """``softmax_cross_entropy`` as a loss object, torch's name: ``loss_fn(logits, y) -> (loss,
+    dlogits)`` like any loss you pass to ``fit``, plus ``rows(logits, y)`` (see ``loss_rows``),
+    which ``fit`` uses when a loss has it: loss and accuracy then come back from a GPU in one copy,
+    read after the backward pass is queued. ``fit``'s default loss is ``CrossEntropyLoss()``.
+
+    >>> CrossEntropyLoss(label_smoothing=0.1)
+    CrossEntropyLoss(label_smoothing=0.1)
+    """
+
+    def __init__(self, label_smoothing=0.0):
+        if not (isinstance(label_smoothing, (int, float)) and 0 <= label_smoothing < 1):
+            raise ValueError(f"CrossEntropyLoss: label_smoothing must be a number in [0, 1), got {label_smoothing!r}")
+        self.label_smoothing = float(label_smoothing)
+
+    def __repr__(self):
+        return f"CrossEntropyLoss(label_smoothing={self.label_smoothing})"
+
+    def __call__(self, logits, y):
+        return softmax_cross_entropy(logits, y, self.label_smoothing)
+
+    def rows(self, logits, y):
+        return loss_rows(logits, y, self.label_smoothing)

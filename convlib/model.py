@@ -1,6 +1,7 @@
-"""Sequential: a chain of layers with forward, backward, shape checks and a summary."""
+"""Containers: ``Sequential`` (a chain of layers) and ``Residual`` (a block with a skip connection)."""
 import numpy as np
 
+from .kernels import reference as ops
 from .layers import Layer
 
 
@@ -44,8 +45,7 @@ class Sequential(Layer):
         return iter(self.layers)
 
     def __repr__(self):
-        body = "".join("\n  " + f"({i}): {layer!r}".replace("\n", "\n  ") for i, layer in enumerate(self))
-        return f"Sequential({body}\n)"
+        return _container_repr(self)
 
     def _units(self):
         """[(index, unit)]: the layers in order, where a layer and the next one can run together
@@ -98,27 +98,8 @@ class Sequential(Layer):
     def output_shape(self, shape):
         return self._run(list(enumerate(self.layers)), "output_shape", tuple(shape))
 
-    def named_parameters(self, prefix=""):
-        return [kv for i, layer in enumerate(self) for kv in layer.named_parameters(f"{prefix}{i}.")]
-
-    def named_state(self, prefix=""):
-        return [kv for i, layer in enumerate(self) for kv in layer.named_state(f"{prefix}{i}.")]
-
-    def named_buffers(self, prefix=""):
-        return [kv for i, layer in enumerate(self) for kv in layer.named_buffers(f"{prefix}{i}.")]
-
-    def train(self, mode=True):
-        self.training = bool(mode)
-        for layer in self:
-            layer.train(mode)
-        return self
-
-    def to(self, target):
-        for layer in self:
-            layer.to(target)
-        if not (isinstance(target, str) and target in ("cpu", "cuda")):
-            self.dtype = np.dtype(target)
-        return self
+    def children(self):
+        return [(str(i), layer) for i, layer in enumerate(self.layers)]
 
     def config(self):
         return {"layers": [layer_to_json(layer) for layer in self]}
@@ -143,6 +124,66 @@ class Sequential(Layer):
                          + [f"total parameters: {total:,}"])
         print_fn(text)
         return text
+
+
+class Residual(Layer):
+    """A block with a skip connection, the unit of a ResNet: out = block(x) + x, or
+    block(x) + shortcut(x) where the block changes the shape (e.g. a strided 1x1 ``Conv2d``).
+    Backward sends dout down both paths and adds the two input gradients.
+
+    Parameters are named ``block.<name>`` and ``shortcut.<name>``, as in a torch module holding
+    the two (``3.block.0.weight``, ``3.shortcut.weight`` inside a Sequential), so weights move
+    between them. Maths: ``reference.add``, twice.
+
+    >>> from convlib import Conv2d, ReLU
+    >>> res = Residual(Sequential(Conv2d(4, 4, 3, padding=1), ReLU(), Conv2d(4, 4, 3, padding=1)))
+    >>> res(np.zeros((2, 4, 8, 8), np.float32)).shape
+    (2, 4, 8, 8)
+    """
+
+    def __init__(self, block, shortcut=None):
+        for name, layer in (("block", block), ("shortcut", shortcut)):
+            if not isinstance(layer, Layer) and (name == "block" or layer is not None):
+                raise ValueError(f"Residual: {name} is {type(layer).__name__}, not a convlib layer")
+        self.block, self.shortcut = block, shortcut
+
+    def children(self):
+        return [("block", self.block)] + ([("shortcut", self.shortcut)] if self.shortcut is not None else [])
+
+    def __repr__(self):
+        return _container_repr(self)
+
+    def config(self):
+        return {"block": layer_to_json(self.block),
+                "shortcut": None if self.shortcut is None else layer_to_json(self.shortcut)}
+
+    def output_shape(self, shape):
+        out = tuple(self.block.output_shape(shape))
+        skip = tuple(shape) if self.shortcut is None else tuple(self.shortcut.output_shape(shape))
+        if out != skip:
+            raise ValueError(f"Residual: the block maps {tuple(shape)} to {out} but the "
+                             f"{'shortcut' if self.shortcut else 'identity shortcut'} gives {skip}; "
+                             f"give a shortcut that maps the input to the block's output shape")
+        return out
+
+    def forward(self, x):
+        """x (N, ...) -> block(x) + shortcut(x) (or + x)."""
+        self._check(x)
+        self._cache = True
+        return ops.add(self.block(x), x if self.shortcut is None else self.shortcut(x))
+
+    def backward(self, dout, need_dx=True):
+        """dL/d(out) -> dL/dx = the block's input gradient + the shortcut's (or dout itself)."""
+        self._saved(dout)
+        dskip = dout if self.shortcut is None else self.shortcut.backward(dout, need_dx=need_dx)
+        dblock = self.block.backward(dout, need_dx=need_dx)
+        return ops.add(dblock, dskip) if need_dx else None
+
+
+def _container_repr(layer):
+    """torch's layout: the class name, then one indented line per child, ``(name): repr``."""
+    body = "".join("\n  " + f"({name}): {child!r}".replace("\n", "\n  ") for name, child in layer.children())
+    return f"{type(layer).__name__}({body}\n)"
 
 
 def layer_to_json(layer):

@@ -12,7 +12,8 @@ import math
 
 import numpy as np
 
-from .backend import device_of, kernels_for, to_device, to_host
+from .backend import device_of, to_device, to_host
+from .kernels import reference as ops
 
 
 def _check_hyper(name, **values):
@@ -41,7 +42,7 @@ class Optimizer:
     def _buffer(self, state, name, p):
         """The state array ``name`` of parameter p, zeros where p lives on first use."""
         if name not in state:
-            state[name] = kernels_for(p.data).zeros_like(p.data)
+            state[name] = ops.zeros_like(p.data)
         return state[name]
 
     def step(self):
@@ -93,8 +94,8 @@ class SGD(Optimizer):
 
     def _update(self, params, states):
         bufs = [self._buffer(s, "buf", p) for p, s in zip(params, states)] if self.momentum else None
-        kernels_for(params[0].data).sgd_step([p.data for p in params], [p.grad for p in params], bufs, self.lr,
-                                             self.momentum, self.weight_decay, self.nesterov)
+        ops.sgd_step([p.data for p in params], [p.grad for p in params], bufs, self.lr, self.momentum,
+                     self.weight_decay, self.nesterov)
 
 
 class Adam(Optimizer):
@@ -109,8 +110,8 @@ class Adam(Optimizer):
     def _update(self, params, states):
         ms = [self._buffer(s, "m", p) for p, s in zip(params, states)]
         vs = [self._buffer(s, "v", p) for p, s in zip(params, states)]
-        kernels_for(params[0].data).adam_step([p.data for p in params], [p.grad for p in params], ms, vs, self.lr,
-                                              *self.betas, self.eps, self.weight_decay, self.decoupled, self.t)
+        ops.adam_step([p.data for p in params], [p.grad for p in params], ms, vs, self.lr, *self.betas, self.eps,
+                      self.weight_decay, self.decoupled, self.t)
 
 
 class AdamW(Adam):

@@ -10,7 +10,7 @@ import numpy as np
 from . import distributed
 from .backend import to_device, to_host
 from .io import load_extra, save
-from .losses import loss_rows, smoothing_of, softmax, softmax_cross_entropy
+from .losses import CrossEntropyLoss, softmax, softmax_cross_entropy
 from .optim import SGD
 from .progress import Progress
 from .rng import get_rng, manual_seed
@@ -48,9 +48,9 @@ def iterate_batches(x, y, batch_size, shuffle=False, rng=None):
         yield x[j], y[j]
 
 
-def fit(net, train, val=None, *, epochs=10, batch_size=32, optimizer=None, schedule=None,
-        loss_fn=softmax_cross_entropy, augment=None, seed=0, restore_best=True, progress=True,
-        on_epoch_end=None, checkpoint=None, resume=False, comm=None):
+def fit(net, train, val=None, *, epochs=10, batch_size=32, optimizer=None, schedule=None, loss_fn=None,
+        augment=None, seed=0, restore_best=True, progress=True, on_epoch_end=None, checkpoint=None, resume=False,
+        comm=None):
     """Train ``net`` and return a ``History``.
 
     Args:
@@ -59,6 +59,7 @@ def fit(net, train, val=None, *, epochs=10, batch_size=32, optimizer=None, sched
         val: ``(x, y)`` arrays for per-epoch validation accuracy, or None.
         optimizer: default ``SGD(net.parameters(), lr=0.01, momentum=0.9)``.
         schedule: a ``convlib.optim`` schedule, stepped once per epoch.
+        loss_fn: ``loss_fn(logits, yb) -> (loss, dlogits)``; default ``CrossEntropyLoss()``.
         augment: ``augment(xb, rng) -> xb`` applied to each training batch of arrays.
         restore_best: with ``val``, load the weights of the best validation epoch at the end.
         on_epoch_end: ``callback(epoch, history)`` after each epoch.
@@ -78,129 +79,166 @@ def fit(net, train, val=None, *, epochs=10, batch_size=32, optimizer=None, sched
             resume starts from the last epoch's checkpoint). ``comm=distributed.Single()`` trains
             each rank on its own instead.
     Batches come from the host (augmented there) and are copied to ``net.device``; on a GPU a
-    step copies nothing back but the logits (for the accuracy) and the loss.
+    step copies nothing back but each row's loss and hit (with ``CrossEntropyLoss``).
     Raises FloatingPointError naming the epoch and step when the logits or loss become NaN/inf.
     """
-    if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"fit: epochs must be an int >= 1, got {epochs!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"fit: batch_size must be an int >= 1, got {batch_size!r}")
-    rng = np.random.default_rng(seed)
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"fit: {name} must be an int >= 1, got {value!r}")
+    rng = np.random.default_rng(seed)                               # the order of the batches (and augmentation)
+    batches, n_batches = _batches(train, batch_size, rng)
+    val = None if val is None else _check_arrays(*val, "fit(val)")
+    optimizer = optimizer or SGD(net.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = CrossEntropyLoss() if loss_fn is None else loss_fn
+    ranks = _Ranks(comm, net, seed, rng)                            # MPI data parallelism; one process: no-op
+    run = _Run(checkpoint if resume else None, net, optimizer, schedule, rng)   # or where a checkpoint stopped
+    with _CtrlC(enabled=checkpoint is not None and ranks.size == 1) as interrupted:
+        for epoch in range(run.epoch, epochs + 1):
+            net.train()
+            with Progress(n_batches, f"epoch {epoch}/{epochs}", "batch", enabled=progress and ranks.lead) as bar:
+                for step, (xb, yb) in run.steps(epoch, batches, rng, bar):   # a resumed epoch: the steps left
+                    xb, yb, n = ranks.share(xb, yb)                 # this rank's part of the step's n images
+                    if augment is not None:
+                        xb = augment(xb, ranks.aug_rng)
+                    optimizer.zero_grad()
+                    loss, correct = _step(net, xb, yb, loss_fn, epoch, step, optimizer.lr) if len(yb) else (0.0, 0)
+                    loss_sum, correct = ranks.average_grads(optimizer.params, len(yb), n, loss, correct)
+                    optimizer.step()
+                    bar.update(1, **run.count(n, loss_sum, correct))
+                    if interrupted:                                 # Ctrl-C (one process only)
+                        run.stop(checkpoint, net, optimizer, schedule, rng, epoch, step)
+                run.end_epoch(epoch, net, optimizer.lr, val, max(batch_size, 256), ranks.comm, restore_best, bar)
+            if schedule is not None:
+                schedule.step()
+            if checkpoint is not None and ranks.lead:
+                _save(checkpoint, net, optimizer, schedule, rng, run.hist, run.best, epoch=epoch + 1, step=0)
+            if on_epoch_end is not None and ranks.lead:
+                on_epoch_end(epoch, run.hist)
+    if run.best is not None:
+        net.load_state_dict(run.best)
+    net.eval()
+    return run.hist
+
+
+def _batches(train, batch_size, rng):
+    """(a function returning an epoch's batch iterator, batches per epoch or None)."""
     if isinstance(train, tuple) or (isinstance(train, list) and len(train) == 2
                                     and all(isinstance(a, np.ndarray) for a in train)):   # [x, y] too
         x, y = _check_arrays(*train, "fit(train)")
-        n_batches = math.ceil(len(x) / batch_size)
-        batches = lambda: iterate_batches(x, y, batch_size, shuffle=True, rng=rng)
-    else:
-        n_batches = len(train) if hasattr(train, "__len__") else None
-        batches = lambda: iter(train)
-    if val is not None:
-        val = _check_arrays(*val, "fit(val)")
-    optimizer = optimizer or SGD(net.parameters(), lr=0.01, momentum=0.9)
-    comm = distributed.world() if comm is None else comm
-    aug_rng, lead = rng, comm.rank == 0                             # lead: the rank that prints and writes
-    if comm.size > 1:
-        if net.device != "cpu":
-            raise ValueError(f"fit: data-parallel training over MPI runs on the CPU; the net is on {net.device}")
-        distributed.broadcast_state(comm, net)                      # every rank starts from rank 0's weights
-        aug_rng = np.random.default_rng([seed, comm.rank])          # rng stays in step on all ranks (the order)
-        manual_seed(int(get_rng().integers(2 ** 62)) + comm.rank)    # dropout masks differ between ranks
-        progress, checkpoint_writer = progress and lead, lead
-    else:
-        checkpoint_writer = True
-    hist = History(loss=[], acc=[], val_loss=[], val_acc=[], lr=[], seconds=[])
-    best_state = None
-    at = dict(epoch=1, step=0)                                      # where this run starts
-    if checkpoint is not None and resume and os.path.exists(checkpoint):
-        hist, best_state, at = _restore(checkpoint, net, optimizer, schedule, rng)
-    with _CtrlC(enabled=checkpoint is not None and comm.size == 1) as interrupted:
-        for epoch in range(at["epoch"], epochs + 1):
-            net.train()
-            t0 = time.perf_counter()
-            skip = at["step"] if epoch == at["epoch"] else 0           # steps a resumed epoch already did
-            tot_loss, tot_correct, seen = tuple(at["totals"]) if skip else (0.0, 0, 0)
-            epoch_rng = at["epoch_rng"] if skip else rng.bit_generator.state
-            rng.bit_generator.state = epoch_rng
-            todo = batches()
-            for _ in range(skip):                                    # the same order, minus the done steps
-                next(todo)
-            if skip:
-                rng.bit_generator.state, get_rng().bit_generator.state = at["rng"], at["global_rng"]
-            with Progress(n_batches, f"epoch {epoch}/{epochs}", "batch", enabled=progress) as bar:
-                bar.n = skip
-                for step, (xb, yb) in enumerate(todo, skip + 1):
-                    n = len(yb)                                     # the whole step's batch, over all ranks
-                    if comm.size > 1:
-                        part = distributed.shard(n, comm)
-                        xb, yb = xb[part], yb[part]
-                    if augment is not None:
-                        xb = augment(xb, aug_rng)
-                    optimizer.zero_grad()
-                    loss, correct = _step(net, xb, yb, loss_fn, epoch, step, optimizer.lr) if len(yb) else (0.0, 0)
-                    loss_sum, correct = distributed.average_grads(comm, optimizer.params, len(yb), n,
-                                                                  extra=(loss * len(yb), correct))
-                    optimizer.step()
-                    seen += n
-                    tot_loss += loss_sum
-                    tot_correct += int(correct)
-                    bar.update(1, loss=tot_loss / seen, acc=tot_correct / seen)
-                    if interrupted:                                 # (one process only)
-                        _save(checkpoint, net, optimizer, schedule, rng, hist, best_state, epoch=epoch,
-                              step=step, totals=(tot_loss, tot_correct, seen), epoch_rng=epoch_rng)
-                        raise KeyboardInterrupt(
-                            f"fit: stopped after epoch {epoch}, step {step}; {checkpoint} holds the run: "
-                            f"continue it with fit(..., checkpoint={checkpoint!r}, resume=True)")
-                if seen == 0:
-                    raise ValueError("fit: the training data yielded no batches")
-                hist["loss"].append(tot_loss / seen)
-                hist["acc"].append(tot_correct / seen)
-                hist["lr"].append(optimizer.lr)
-                distributed.average_buffers(comm, net)
-                if val is not None:
-                    vl, va = _evaluate_shared(net, val, max(batch_size, 256), comm)
-                    hist["val_loss"].append(vl)
-                    hist["val_acc"].append(va)
-                    bar.set(val_acc=va)
-                    if hist.best_val_acc is None or va > hist.best_val_acc:
-                        hist.best_val_acc, hist.best_epoch = va, epoch
-                        best_state = net.state_dict() if restore_best else None
-                hist["seconds"].append(time.perf_counter() - t0)
-            if schedule is not None:
-                schedule.step()
-            if checkpoint is not None and checkpoint_writer:
-                _save(checkpoint, net, optimizer, schedule, rng, hist, best_state, epoch=epoch + 1, step=0)
-            if on_epoch_end is not None and lead:
-                on_epoch_end(epoch, hist)
-    if best_state is not None:
-        net.load_state_dict(best_state)
-    net.eval()
-    return hist
+        return (lambda: iterate_batches(x, y, batch_size, shuffle=True, rng=rng)), math.ceil(len(x) / batch_size)
+    return (lambda: iter(train)), (len(train) if hasattr(train, "__len__") else None)
 
 
 def _step(net, xb, yb, loss_fn, epoch, step, lr):
     """Forward, loss and backward of one batch (gradients added into the parameters' grad);
-    returns (mean loss, number of correct predictions). The built-in loss brings both back in
-    one copy (on a GPU the step's only wait for the device), read after backward is queued;
-    a loss of your own gets the logits checked and counted on a host copy first."""
+    returns (mean loss, number of correct predictions). A loss with ``rows`` (CrossEntropyLoss)
+    gives both in one array, read after backward is queued (on a GPU the step's only wait for the
+    device); for another loss the logits are checked and counted on a host copy first."""
     logits = net(to_device(xb, net.device))
-    smoothing = smoothing_of(loss_fn)
-    if smoothing is None:
+    where = f"at epoch {epoch}, step {step} (lr={lr:g}); lower the learning rate or check the inputs"
+    if getattr(loss_fn, "rows", None) is None:
         host_logits = to_host(logits)                               # (N, K): the accuracy is counted here
         if not np.all(np.isfinite(host_logits)):
-            raise FloatingPointError(f"fit: the logits became NaN or infinite at epoch {epoch}, step {step} "
-                                     f"(lr={lr:g}); lower the learning rate or check the inputs")
+            raise FloatingPointError(f"fit: the logits became NaN or infinite {where}")
         loss, dlogits = loss_fn(logits, yb)
         correct = int((host_logits.argmax(1) == yb).sum())
         net.backward(dlogits, input_grad=False)
     else:
-        rows, dlogits = loss_rows(logits, yb, smoothing)
+        rows, dlogits = loss_fn.rows(logits, yb)
         net.backward(dlogits, input_grad=False)
         rows = to_host(rows)                                        # (2, N): loss and hit of each row
         loss, correct = float(rows[0].mean()), int(rows[1].sum())
     if not math.isfinite(loss):                                     # raised before the optimizer step
-        raise FloatingPointError(f"fit: the loss became {loss} at epoch {epoch}, step {step} "
-                                 f"(lr={lr:g}); lower the learning rate or check the inputs")
+        raise FloatingPointError(f"fit: the loss became {loss} {where}")
     return loss, correct
+
+
+class _Ranks:
+    """Data-parallel training over MPI (``convlib.distributed``): every rank starts from rank 0's
+    weights, takes its share of each step's batch, and the gradients are averaged; with one
+    process each call leaves things as they are."""
+
+    def __init__(self, comm, net, seed, rng):
+        self.comm = distributed.world() if comm is None else comm
+        self.size, self.lead, self.aug_rng = self.comm.size, self.comm.rank == 0, rng   # lead: prints, writes
+        if self.size > 1:
+            if net.device != "cpu":
+                raise ValueError(f"fit: data-parallel training over MPI runs on the CPU; the net is on {net.device}")
+            distributed.broadcast_state(self.comm, net)
+            self.aug_rng = np.random.default_rng([seed, self.comm.rank])   # rng stays in step on all ranks (the order)
+            manual_seed(int(get_rng().integers(2 ** 62)) + self.comm.rank)   # dropout masks differ between ranks
+
+    def share(self, xb, yb):
+        """(this rank's part of the batch, the whole batch's size)."""
+        n = len(yb)
+        if self.size > 1:
+            part = distributed.shard(n, self.comm)
+            xb, yb = xb[part], yb[part]
+        return xb, yb, n
+
+    def average_grads(self, params, n_local, n, loss, correct):
+        """Average the gradients over all n images of the step; returns (loss sum, correct) of all ranks."""
+        return distributed.average_grads(self.comm, params, n_local, n, extra=(loss * n_local, correct))
+
+
+class _Run:
+    """A run's bookkeeping: history, the epoch's running totals, the best epoch's weights, and
+    where it starts (epoch 1, or where the checkpoint ``resume_from`` stopped, mid-epoch too)."""
+
+    def __init__(self, resume_from, net, optimizer, schedule, rng):
+        self.hist = History(loss=[], acc=[], val_loss=[], val_acc=[], lr=[], seconds=[])
+        self.best, self.at = None, dict(epoch=1, step=0)
+        if resume_from is not None and os.path.exists(resume_from):
+            self.hist, self.best, self.at = _restore(resume_from, net, optimizer, schedule, rng)
+        self.epoch = self.at["epoch"]
+
+    def steps(self, epoch, batches, rng, bar):
+        """The epoch's numbered batches; in the epoch a checkpoint stopped in, the steps not yet done,
+        with the totals and random generators as they were at the stop."""
+        self.t0 = time.perf_counter()
+        skip = self.at["step"] if epoch == self.at["epoch"] else 0
+        self.totals = list(self.at["totals"]) if skip else [0.0, 0, 0]     # loss sum, correct, seen
+        self.epoch_rng = self.at["epoch_rng"] if skip else rng.bit_generator.state
+        rng.bit_generator.state = self.epoch_rng
+        todo = batches()
+        for _ in range(skip):                                       # the same order, minus the done steps
+            next(todo)
+        if skip:
+            rng.bit_generator.state, get_rng().bit_generator.state = self.at["rng"], self.at["global_rng"]
+        bar.n = skip
+        return enumerate(todo, skip + 1)
+
+    def count(self, n, loss_sum, correct):
+        """Add a step to the epoch's totals; returns the running loss and accuracy."""
+        self.totals = [self.totals[0] + loss_sum, self.totals[1] + int(correct), self.totals[2] + n]
+        return dict(loss=self.totals[0] / self.totals[2], acc=self.totals[1] / self.totals[2])
+
+    def stop(self, checkpoint, net, optimizer, schedule, rng, epoch, step):
+        """Ctrl-C: write the run as it is after this step, and stop."""
+        _save(checkpoint, net, optimizer, schedule, rng, self.hist, self.best, epoch=epoch, step=step,
+              totals=tuple(self.totals), epoch_rng=self.epoch_rng)
+        raise KeyboardInterrupt(f"fit: stopped after epoch {epoch}, step {step}; {checkpoint} holds the run: "
+                                f"continue it with fit(..., checkpoint={checkpoint!r}, resume=True)")
+
+    def end_epoch(self, epoch, net, lr, val, batch_size, comm, restore_best, bar):
+        """Record the epoch: its averages, batch-norm statistics averaged over the ranks, validation,
+        the best weights so far."""
+        loss_sum, correct, seen = self.totals
+        if seen == 0:
+            raise ValueError("fit: the training data yielded no batches")
+        self.hist["loss"].append(loss_sum / seen)
+        self.hist["acc"].append(correct / seen)
+        self.hist["lr"].append(lr)
+        distributed.average_buffers(comm, net)
+        if val is not None:
+            vl, va = _evaluate_shared(net, val, batch_size, comm)
+            self.hist["val_loss"].append(vl)
+            self.hist["val_acc"].append(va)
+            bar.set(val_acc=va)
+            if self.hist.best_val_acc is None or va > self.hist.best_val_acc:
+                self.hist.best_val_acc, self.hist.best_epoch = va, epoch
+                self.best = net.state_dict() if restore_best else None
+        self.hist["seconds"].append(time.perf_counter() - self.t0)
 
 
 def _evaluate_shared(net, val, batch_size, comm):

@@ -40,7 +40,6 @@ Measured on 2 cores, full runs, test accuracy with / without flip averaging, wal
 The published "2 Conv + pooling + BN" entry is 93.4%.
 """
 import argparse
-import functools
 import os
 import sys
 import time
@@ -150,7 +149,7 @@ def main(argv=None):
     sched = cl.optim.CosineLR(opt, total=args.epochs, warmup=1)
     augment = Compose(([RandomCrop(args.crop)] if args.crop else []) + ([] if args.no_flip else [RandomFlip()])
                       + ([Cutout(args.cutout)] if args.cutout else []))
-    loss_fn = functools.partial(cl.softmax_cross_entropy, label_smoothing=args.label_smoothing)
+    loss_fn = cl.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     hist = cl.fit(net, (xtr[tr], ytr[tr]), val=val, epochs=args.epochs, batch_size=args.batch_size, loss_fn=loss_fn,
                   optimizer=opt, schedule=sched, augment=augment, seed=args.seed, progress=not args.no_progress,
                   on_epoch_end=lambda e, h: print(f"epoch {e}: loss {h['loss'][-1]:.4f} train acc "

@@ -35,7 +35,6 @@ saves it and stops. The same command with --resume goes on from there and ends w
 weights as an uninterrupted run (the checkpoint is removed when the run completes).
 """
 import argparse
-import functools
 import os
 import sys
 import time
@@ -180,7 +179,7 @@ def train(args, d):
     hist = cl.fit(net, (d["xn"][tr], d["labels"][tr]), val=(d["xn"][va], d["labels"][va]), epochs=args.epochs,
                   batch_size=args.batch_size, optimizer=opt, schedule=cl.optim.CosineLR(opt, total=args.epochs, warmup=1),
                   augment=Compose([RandomFlip()] + ([Cutout(args.cutout)] if args.cutout else [])), seed=args.seed,
-                  loss_fn=functools.partial(cl.softmax_cross_entropy, label_smoothing=args.label_smoothing), progress=not args.no_progress,
+                  loss_fn=cl.CrossEntropyLoss(label_smoothing=args.label_smoothing), progress=not args.no_progress,
                   checkpoint=os.path.join(args.out, "checkpoint.npz"), resume=args.resume,
                   on_epoch_end=lambda e, h: print(f"epoch {e}: loss {h['loss'][-1]:.4f} "
                                                   f"train acc {h['acc'][-1]:.3f} val acc {h['val_acc'][-1]:.3f}"))

@@ -52,3 +52,13 @@ settings.load_profile("convlib")
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+def pytest_collection_modifyitems(config, items):
+    """With CONVLIB_KERNELS=reference (the NumPy maths only) the tests of the compiled CPU kernels
+    (marked ``compiled``) skip, saying so; every other test runs on the reference."""
+    if os.environ.get("CONVLIB_KERNELS") == "reference":
+        skip = pytest.mark.skip(reason="CONVLIB_KERNELS=reference: this test checks the compiled CPU kernels")
+        for item in items:
+            if "compiled" in item.keywords:
+                item.add_marker(skip)

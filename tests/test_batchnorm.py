@@ -73,7 +73,7 @@ def test_state_dict_save_load_round_trip(tmp_path, rng):
 
 @pytest.mark.parametrize("make, match", [
     (lambda: cl.BatchNorm2d(0), "num_features must be >= 1"),
-    (lambda: cl.BatchNorm2d(3, eps=0), "eps must be > 0"),
+    (lambda: cl.BatchNorm2d(3, eps=0), "eps must be a number > 0"),
     (lambda: cl.BatchNorm1d(3, momentum=2), r"momentum must be in \[0, 1\]"),
 ])
 def test_bad_hyper_parameters(make, match):

@@ -1,29 +1,52 @@
-"""The kernel contract (convlib/kernels/__init__.py): every backend's names and signatures match
-it, and one test body runs every op of every available backend (cpu; cuda on a GPU or in
-numba's simulator) against the NumPy reference, forward and backward, in float64 and float32,
-on inputs with the edge cases each op must get right (ties, NaN, padding, overlapping windows,
-exp overflow, a ReLU's kink). Backend-specific paths have their own modules: the CPU's fast paths
-and threading in test_kernels.py, the CUDA GEMM, dropout streams and whole steps in test_cuda.py."""
+"""The kernel contract (convlib/kernels/__init__.py): the ops declared in reference.py with @op.
+
+One test per op family, derived from the registry: each backend (cpu; cuda on a GPU or in numba's
+simulator) against the reference maths, forward and backward, in float64 and float32, on the
+edge cases each op must get right (ties, NaN, padding, overlapping windows, exp overflow, a ReLU's
+kink). An op declared without a case here fails test_every_op_has_a_case. Backend-specific paths
+have their own modules: the CPU's fast paths in test_kernels.py and test_threads.py, the CUDA
+products, dropout streams and whole steps in test_cuda.py."""
 import functools
+import os
 import sys
 
 import numpy as np
 import pytest
 
 import convlib as cl
-from convlib.kernels import OPS, KernelSet, cpu, reference, signature_mismatches
+from convlib.kernels import OPS, backend, signature_mismatches
 
 BACKENDS = ["cpu", "cuda"]
+REFERENCE_ONLY = os.environ.get("CONVLIB_KERNELS") == "reference"
+
+
+def _family(op):
+    """conv2d for conv2d_forward and conv2d_backward; the op's own name otherwise."""
+    return op.removesuffix("_forward").removesuffix("_backward")
+
+
+FAMILIES = list(dict.fromkeys(_family(op) for op in OPS))           # in declaration order
+CASES = {}                                                          # family -> case
+
+
+def case(*families):
+    """Register a case for op families: it runs their ops through a KernelSet ``k`` on arrays moved
+    to the backend's device by ``to``, and returns host arrays to compare with the reference's."""
+    def register(fn):
+        CASES.update(dict.fromkeys(families, fn))
+        return fn
+    return register
 
 
 def _kernels(name):
     """(KernelSet, move to the backend's device) for an available backend, else skip."""
     if name == "cpu":
-        return KernelSet("cpu", cpu, fallback=reference), np.array          # a copy, as to_device makes
+        if REFERENCE_ONLY:
+            pytest.skip("CONVLIB_KERNELS=reference: the compiled CPU kernels are off")
+        return backend("cpu"), np.array                              # a copy, as to_device makes
     if not cl.cuda_available():
         pytest.skip("numba.cuda has neither a GPU nor the simulator here")
-    from convlib.kernels import cuda
-    return KernelSet("cuda", cuda), cl.to_device
+    return backend("cuda"), cl.to_device
 
 
 DTYPE = np.float64                                                 # set per test by the dtype parameter
@@ -33,7 +56,7 @@ def _x(shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape).astype(DTYPE)
 
 
-# Each case runs a group of ops through KernelSet k on arrays moved by `to` and returns host arrays.
+@case("conv2d")
 def conv2d(k, to):
     x, w, b, dout = _x((2, 3, 5, 6)), _x((4, 3, 3, 2), 1), _x(4, 2), _x((2, 4, 3, 7), 3)
     out, cache = k.conv2d_forward(to(x), to(w), to(b), (2, 1), (1, 1))
@@ -47,33 +70,49 @@ def conv2d(k, to):
     return [out, dx, dw, db, dw2, out2, dx2, dw3]
 
 
-def pools(k, to):
+def _pool(k, to, forwards, backward):
     x = np.random.default_rng(4).integers(-2, 3, (2, 3, 7, 6)).astype(DTYPE)   # ties
     x[0, 0, 1, 1] = np.nan
     got = []
-    relu_max = functools.partial(k.maxpool2d_forward, relu=True)   # ReLU then MaxPool2d, one op
     for kernel, stride, padding in [((2, 2), (2, 2), (0, 0)), ((3, 2), (1, 2), (1, 1))]:
-        for fwd, bwd in [(k.maxpool2d_forward, k.maxpool2d_backward), (relu_max, k.maxpool2d_backward),
-                         (k.avgpool2d_forward, k.avgpool2d_backward)]:
-            out, cache = fwd(to(x), kernel, stride, padding)
-            got += [out, bwd(to(_x(cl.to_host(out).shape, 5)), cache)]
+        for forward in forwards:
+            out, cache = forward(to(x), kernel, stride, padding)
+            got += [out, backward(to(_x(cl.to_host(out).shape, 5)), cache)]
     return got
 
 
-def global_pool(k, to):
+@case("maxpool2d")
+def maxpool2d(k, to):
+    relu_max = functools.partial(k.maxpool2d_forward, relu=True)   # ReLU then MaxPool2d, one op
+    return _pool(k, to, [k.maxpool2d_forward, relu_max], k.maxpool2d_backward)
+
+
+@case("avgpool2d")
+def avgpool2d(k, to):
+    return _pool(k, to, [k.avgpool2d_forward], k.avgpool2d_backward)
+
+
+@case("global_avgpool2d")
+def global_avgpool2d(k, to):
     out, cache = k.global_avgpool2d_forward(to(_x((2, 3, 4, 5))))
     return [out, k.global_avgpool2d_backward(to(_x((2, 3, 1, 1), 6)), cache)]
 
 
-def dense_and_pointwise(k, to):
+@case("linear")
+def linear(k, to):
     x, w, b, dout = _x((5, 4)), _x((3, 4), 1), _x(3, 2), _x((5, 3), 3)
     out, cache = k.linear_forward(to(x), to(w), to(b))
     got = [out, *k.linear_backward(to(dout), cache, True)]
     none_dx, dw, db = k.linear_backward(to(dout), cache, False)
     assert none_dx is None
-    got += [dw, db]
+    return got + [dw, db]
+
+
+@case("relu", "leaky_relu", "sigmoid", "tanh")
+def pointwise(k, to):
     xs, d = _x((2, 3, 4), 7) * 3, _x((2, 3, 4), 8)
     xs[0, 0, :3] = [0.0, -800.0, np.nan]                            # the kink, exp overflow, NaN kept
+    got = []
     for fwd, bwd, args in [(k.relu_forward, k.relu_backward, ()), (k.leaky_relu_forward, k.leaky_relu_backward, (0.1,)),
                            (k.sigmoid_forward, k.sigmoid_backward, ()), (k.tanh_forward, k.tanh_backward, ())]:
         out, cache = fwd(to(xs), *args)
@@ -81,6 +120,7 @@ def dense_and_pointwise(k, to):
     return got
 
 
+@case("dropout")
 def dropout(k, to):
     """Masks differ between backends (each has its own generator): check what they must share."""
     cl.manual_seed(0)
@@ -95,6 +135,7 @@ def dropout(k, to):
     return []
 
 
+@case("batchnorm")
 def batchnorm(k, to):
     got = []
     for shape, training in [((4, 3, 2, 5), True), ((4, 3, 2, 5), False), ((6, 3), True), ((2, 3, 1, 7), True)]:
@@ -106,6 +147,18 @@ def batchnorm(k, to):
     return got
 
 
+@case("groupnorm")
+def groupnorm(k, to):
+    got = []
+    for shape, groups, affine in [((3, 6, 2, 5), 3, True), ((2, 4, 3), 1, True), ((2, 4, 2, 2), 4, False)]:
+        x, d = _x(shape) * 2 + 1, _x(shape, 1)
+        gamma, beta = (to(np.linspace(0.5, 2, shape[1], dtype=DTYPE)), to(_x(shape[1], 2))) if affine else (None, None)
+        out, cache = k.groupnorm_forward(to(x), groups, gamma, beta, 1e-5)
+        got += [out, *(g for g in k.groupnorm_backward(to(d), cache) if g is not None)]
+    return got
+
+
+@case("log_softmax", "softmax", "softmax_cross_entropy", "all_finite")
 def loss(k, to):
     logits = _x((6, 4)) * 30                                        # far apart: exp would overflow
     logits[4] = [1.0, 3.0, 3.0, 0.0]                                # a tie: the first maximum counts
@@ -122,61 +175,67 @@ def loss(k, to):
     return got
 
 
-def updates(k, to):
-    """The updates take lists (one pass over all the parameters): three of sizes 7, 1 and 2x3."""
-    ps, g = [_x(7), _x(1, 2), _x((2, 3), 3)], [_x(7, 1), _x(1, 4), _x((2, 3), 5)]
+def _params():
+    """Three parameters of sizes 7, 1 and 2x3, and their gradients: updates take lists."""
+    return [_x(7), _x(1, 2), _x((2, 3), 3)], [_x(7, 1), _x(1, 4), _x((2, 3), 5)]
+
+
+@case("sgd_step")
+def sgd_step(k, to):
+    ps, g = _params()
     p0 = [to(p) for p in ps]
     k.sgd_step(p0, [to(gi) for gi in g], None, 0.1, 0.0, 0.0, False)  # plain SGD: no momentum buffers
-    got = [*p0]
     bufs, p1 = [k.zeros_like(to(p)) for p in ps], [to(p) for p in ps]
     for nesterov in (False, True):
         for _ in range(3):
             k.sgd_step(p1, [to(gi) for gi in g], bufs, 0.1, 0.9, 1e-2, nesterov)
-    got += [*p1, *bufs]
+    return [*p0, *p1, *bufs]
+
+
+@case("adam_step")
+def adam_step(k, to):
+    ps, g = _params()
+    got = []
     for decoupled in (False, True):
         p2, m, v = [to(p) for p in ps], [k.zeros_like(to(p)) for p in ps], [k.zeros_like(to(p)) for p in ps]
         for t in (1, 2, 3):
             k.adam_step(p2, [to(gi) for gi in g], m, v, 1e-2, 0.9, 0.99, 1e-8, 1e-2, decoupled, t)
         got += [*p2, *m, *v]
-    acc = to(ps[0])
-    k.accumulate(acc, to(g[0]))
-    zeroed = to(g[0])
+    return got
+
+
+@case("zeros_like", "zero_", "add", "accumulate")
+def arrays(k, to):
+    a, b = _x((2, 3)), _x((2, 3), 1)
+    acc, zeroed = to(a), to(b)
+    k.accumulate(acc, to(b))
     k.zero_(zeroed)
-    return got + [acc, zeroed]
-
-
-CASES = [conv2d, pools, global_pool, dense_and_pointwise, dropout, batchnorm, loss, updates]
-OPS_OF = {  # the ops each case runs, forward and backward
-    conv2d: ["conv2d"], pools: ["maxpool2d", "avgpool2d"], global_pool: ["global_avgpool2d"],
-    dense_and_pointwise: ["linear", "relu", "leaky_relu", "sigmoid", "tanh"], dropout: ["dropout"],
-    batchnorm: ["batchnorm"], loss: ["log_softmax", "softmax", "softmax_cross_entropy", "all_finite"],
-    updates: ["zeros_like", "zero_", "accumulate", "sgd_step", "adam_step"]}
-
-
-def _ops(case):
-    return {op for name in OPS_OF[case] for op in (name, name + "_forward", name + "_backward") if op in OPS}
+    return [acc, zeroed, k.zeros_like(to(a)), k.add(to(a), to(b))]
 
 
 def test_every_op_has_a_case():
-    covered = set().union(*(_ops(case) for case in CASES))
-    assert covered == set(OPS), f"ops without a case here: {sorted(set(OPS) - covered)}"
+    assert [f for f in FAMILIES if f not in CASES] == [], "ops declared in reference.py without a case here"
+
+
+RUNS = list(dict.fromkeys(CASES[f] for f in FAMILIES if f in CASES))   # each case once, in declaration order
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the simulator's inf - inf
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
-def test_backend_matches_reference(backend, case, dtype, monkeypatch):
+@pytest.mark.parametrize("backend_name", BACKENDS)
+@pytest.mark.parametrize("run", RUNS, ids=[run.__name__ for run in RUNS])
+def test_backend_matches_reference(backend_name, run, dtype, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "DTYPE", dtype)
     tol = dict(rtol=1e-9, atol=1e-12) if dtype == np.float64 else dict(rtol=2e-4, atol=2e-5)
-    k, to = _kernels(backend)
-    lacking = sorted(op for op in _ops(case) if op not in k.own and backend == "cuda")
+    k, to = _kernels(backend_name)
+    ops = [op for op in OPS if CASES.get(_family(op)) is run]
+    lacking = sorted(op for op in ops if op not in k.own and backend_name == "cuda")
     if lacking:                                   # a documented gap: a clear error, not a wrong result
         with pytest.raises(NotImplementedError, match=f"the cuda kernels have no '({'|'.join(lacking)})'"):
-            case(k, to)
+            run(k, to)
         return
-    want = case(KernelSet("reference", reference), np.array)
-    got = case(k, to)
+    want = run(backend("reference"), np.array)
+    got = run(k, to)
     assert len(got) == len(want)
     for g, w in zip(got, want):
         g = cl.to_host(g)
@@ -184,30 +243,18 @@ def test_backend_matches_reference(backend, case, dtype, monkeypatch):
         np.testing.assert_allclose(g, w, **tol)
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpu", "cuda"])
-def test_backend_names_and_signatures_match_the_contract(backend):
-    if backend == "cuda":
-        if not cl.cuda_available():
-            pytest.skip("numba.cuda has neither a GPU nor the simulator here")
-        from convlib.kernels import cuda as module
-    else:
-        module = {"reference": reference, "cpu": cpu}[backend]
-    assert signature_mismatches(module, reference) == []
+@pytest.mark.parametrize("name", ["cpu", "cuda"])
+def test_backend_names_and_signatures_match_the_contract(name):
+    if name == "cuda" and not cl.cuda_available():
+        pytest.skip("numba.cuda has neither a GPU nor the simulator here")
+    import importlib
+    assert signature_mismatches(importlib.import_module(f"convlib.kernels.{name}")) == []
 
 
 def test_reference_implements_every_op_and_missing_ops_say_so():
-    assert KernelSet("reference", reference).own == sorted(OPS)
+    assert backend("reference").own == sorted(OPS)
+    from convlib.kernels import KernelSet
     empty = KernelSet("empty", object())
     with pytest.raises(NotImplementedError, match="the empty kernels have no 'conv2d_forward'"):
         empty.conv2d_forward(np.zeros((1, 1, 3, 3)), np.zeros((1, 1, 1, 1)), None, (1, 1), (0, 0))
-    assert KernelSet("cpu", cpu, fallback=reference).dropout_forward is reference.dropout_forward
-
-
-def test_adaptive_avg_pool_is_global_average_pooling(rng):
-    x = rng.standard_normal((2, 3, 5, 4))
-    layer = cl.AdaptiveAvgPool2d(1).to(np.float64)
-    np.testing.assert_allclose(layer(x), x.mean(axis=(2, 3), keepdims=True))
-    from convlib.gradcheck import check_layer
-    assert check_layer(cl.AdaptiveAvgPool2d((1, 1)), x)["x"] < 1e-7
-    with pytest.raises(ValueError, match="only output_size 1"):
-        cl.AdaptiveAvgPool2d(2)
+    assert backend("cpu").dropout_forward is OPS["dropout_forward"]  # the CPU falls back to the maths

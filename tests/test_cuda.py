@@ -16,7 +16,7 @@ if not cl.cuda_available():
 
 from numba import config, cuda                                     # noqa: E402
 
-from convlib.kernels import cuda as K                              # noqa: E402
+from convlib.kernels import backend, cuda as K                     # noqa: E402
 
 dev = cl.to_device
 host = cl.to_host
@@ -61,7 +61,7 @@ def test_batch_norm_sums_over_uneven_parts_of_each_channel(rng):
     """Batch-norm statistics and gradient sums split each channel's N*L elements over blocks and
     merge the parts (in the simulator: 105 elements in 6 parts of 17 or 18, each thread stepping
     over rows of 21)."""
-    from convlib.kernels import reference
+    reference = backend("reference")
     x, d = rng.standard_normal((5, 2, 3, 7)) * 3 + 5, rng.standard_normal((5, 2, 3, 7))
     assert K._channel_grid(x.reshape(5, 2, 21))[1] > 1
     gamma, beta = np.array([0.5, 2.0]), np.array([0.1, -0.2])
@@ -77,7 +77,7 @@ def test_batch_norm_sums_over_uneven_parts_of_each_channel(rng):
 def test_optimizer_updates_of_more_tensors_than_one_launch_takes(rng):
     """sgd_step / adam_step over 2 * MAX_TENSORS + 3 parameters (some empty) run in runs of
     MAX_TENSORS per launch (kernel arguments are limited to 4 KB): the same as the reference."""
-    from convlib.kernels import reference
+    reference = backend("reference")
     n = 2 * K.MAX_TENSORS + 3
     ps = [rng.standard_normal(i % 4) for i in range(n)]             # sizes 0-3
     gs = [rng.standard_normal(p.shape) for p in ps]
@@ -177,7 +177,7 @@ def test_zero_grad_on_cuda_waits_for_the_next_gradient():
 
 
 def test_pool_reuses_a_block_only_when_no_view_of_its_array_is_left():
-    from convlib.kernels import cuda_memory as pool
+    from convlib.kernels.cuda import memory as pool
     if not pool.ENABLED:
         pytest.skip("CONVLIB_CUDA_POOL=0 turns the pool off")
     pool.release()

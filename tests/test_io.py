@@ -1,6 +1,7 @@
 """Model files: round trip, metadata, atomic writes, and every corrupt-file case."""
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -200,3 +201,32 @@ def test_damaged_model_files_fail_with_a_value_error_naming_the_file(tmp_path):
             assert str(e).startswith(str(bad)), str(e)
             kinds["ValueError"] = kinds.get("ValueError", 0) + 1
     assert kinds["ValueError"] > 250                               # nearly every damage is noticed
+
+
+# ---------------------------------------------------------------- files of earlier releases
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+
+
+def test_a_model_file_of_release_0_1_0_loads_and_computes_what_it_did():
+    net, meta = cl.load(os.path.join(FIXTURES, "model_0.1.0.npz"), with_metadata=True)
+    probe = np.random.default_rng(2).standard_normal((3, 1, 8, 8))
+    assert meta["written_by"] == "convlib 0.1.0" and net[0].weight.data.dtype == np.float64
+    np.testing.assert_allclose(net(probe), meta["logits_of_probe"], rtol=1e-12, atol=1e-12)
+
+
+def test_a_checkpoint_of_release_0_1_0_resumes(tmp_path):
+    """tests/fixtures/make_fixtures.py stopped a run at epoch 2, step 2 with convlib 0.1.0;
+    resumed today, it ends where today's uninterrupted run ends (float64, so the two agree to
+    rounding wherever the kernels' order of sums moved)."""
+    import shutil
+    sys.path.insert(0, FIXTURES)
+    try:
+        from make_fixtures import run
+    finally:
+        sys.path.remove(FIXTURES)
+    want, steps = run(str(tmp_path / "fresh.npz"))
+    ckpt = shutil.copy(os.path.join(FIXTURES, "checkpoint_0.1.0.npz"), tmp_path / "old.npz")
+    got, resumed_steps = run(str(ckpt), resume=True)
+    assert (steps, resumed_steps) == (12, 6)                        # 3 epochs of 4; 4 + 2 were done
+    for k, v in want.state_dict().items():
+        np.testing.assert_allclose(got.state_dict()[k], v, rtol=1e-9, atol=1e-12, err_msg=k)

@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from convlib.kernels import cpu, reference as ref
+from convlib.kernels import backend
 from strategies import large_geometry, pool_values, seeds, window_geometry
+
+pytestmark = pytest.mark.compiled                  # skipped with CONVLIB_KERNELS=reference
+ref, cpu = backend("reference"), backend("cpu")    # the plain maths and the Numba kernels
 
 TOL = {np.float32: dict(rtol=1e-4, atol=1e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
 

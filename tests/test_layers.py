@@ -182,3 +182,57 @@ def test_label_smoothing_gradient_and_limits(rng, eps):
     for bad in (-0.1, 1.0, "0.1"):
         with pytest.raises(ValueError, match="label_smoothing must be a number in"):
             cl.softmax_cross_entropy(logits, y, label_smoothing=bad)
+
+
+def test_adaptive_avg_pool_is_global_average_pooling(rng):
+    x = rng.standard_normal((2, 3, 5, 4))
+    layer = cl.AdaptiveAvgPool2d(1).to(np.float64)
+    np.testing.assert_allclose(layer(x), x.mean(axis=(2, 3), keepdims=True))
+    assert check_layer(cl.AdaptiveAvgPool2d((1, 1)), x)["x"] < 1e-7
+    with pytest.raises(ValueError, match="only output_size 1"):
+        cl.AdaptiveAvgPool2d(2)
+
+
+@given(seed=seeds, groups=st.sampled_from([1, 2, 4]), affine=st.booleans(), spatial=st.sampled_from([(), (3,), (2, 3)]))
+def test_group_norm_gradients(seed, groups, affine, spatial):
+    rng = np.random.default_rng([seed, 1])                          # not check_layer's dout (seed 0)
+    layer = cl.GroupNorm(groups, 4, affine=affine)
+    if affine:
+        layer.weight.data[:] = rng.uniform(0.5, 2, 4)
+    errs = check_layer(layer, rng.standard_normal((3, 4) + spatial) * 2 + 1)
+    assert set(errs) == {"x"} | ({"weight", "bias"} if affine else set())
+
+
+def test_group_norm_normalises_each_group_of_each_image(rng):
+    x = rng.standard_normal((3, 6, 4, 5)) * 5 + 2
+    out = cl.GroupNorm(3, 6).to(np.float64)(x).reshape(3, 3, -1)   # (N, G, 2 channels x 20 positions)
+    np.testing.assert_allclose(out.mean(axis=2), 0, atol=1e-12)
+    np.testing.assert_allclose(out.var(axis=2), 1, rtol=1e-4)       # eps 1e-5 against a variance of ~25
+    with pytest.raises(ValueError, match="num_channels 6 must be divisible by num_groups 4"):
+        cl.GroupNorm(4, 6)
+    with pytest.raises(ValueError, match=r"GroupNorm.*expected input of shape \(N, 6, \.\.\.\), got \(3, 5, 4\)"):
+        cl.GroupNorm(3, 6)(np.zeros((3, 5, 4), np.float32))
+
+
+def test_residual_gradients_with_and_without_a_shortcut(rng):
+    cl.manual_seed(1)
+    block = cl.Sequential(cl.Conv2d(2, 3, 3, stride=2, padding=1), cl.Tanh(), cl.Conv2d(3, 3, 1))
+    errs = check_layer(cl.Residual(block, shortcut=cl.Conv2d(2, 3, 1, stride=2)), rng.standard_normal((2, 2, 5, 5)))
+    assert set(errs) == {"x", "block.0.weight", "block.0.bias", "block.2.weight", "block.2.bias",
+                         "shortcut.weight", "shortcut.bias"}
+    assert set(check_layer(cl.Residual(cl.Sequential(cl.Linear(4, 4), cl.Tanh())), rng.standard_normal((3, 4)))) == {
+        "x", "block.0.weight", "block.0.bias"}
+
+
+def test_residual_adds_the_identity_and_skips_the_input_gradient_on_request(rng):
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    res = cl.Residual(cl.Sequential(cl.Linear(3, 3)))
+    np.testing.assert_allclose(res(x), res.block(x) + x, rtol=1e-6)
+    res(x)
+    assert res.backward(np.ones((2, 3), np.float32), need_dx=False) is None
+    assert np.abs(res.block[0].weight.grad).sum() > 0               # the parameters still get theirs
+    with pytest.raises(ValueError, match=r"the block maps \(2, 3\) to \(2, 4\) but the identity shortcut gives "
+                                         r"\(2, 3\); give a shortcut"):
+        cl.Residual(cl.Linear(3, 4))(x)
+    with pytest.raises(ValueError, match="Residual: shortcut is int, not a convlib layer"):
+        cl.Residual(cl.Linear(3, 3), shortcut=3)

@@ -1,4 +1,4 @@
-"""The thread policy (convlib/threads.py) and the threaded paths of the CPU kernels: shares cover
+"""The thread policy (convlib/kernels/cpu/threads.py) and the threaded paths of the CPU kernels: shares cover
 the batch exactly once, partial sums from every thread are added, BLAS's thread count is
 restored, no OpenMP pool is ever started; kernels agree with the reference above the sizes
 where they split work over threads, with uneven shares."""
@@ -10,8 +10,11 @@ import pytest
 from threadpoolctl import threadpool_info
 
 import convlib as cl
-from convlib import threads
-from convlib.kernels import cpu, reference as ref
+from convlib.kernels import backend
+from convlib.kernels.cpu import threads
+
+pytestmark = pytest.mark.compiled                  # skipped with CONVLIB_KERNELS=reference
+ref, cpu = backend("reference"), backend("cpu")    # the plain maths and the Numba kernels
 
 
 @pytest.fixture
@@ -161,7 +164,7 @@ def test_conv_paths_for_tiny_and_large_images_match_reference(C, side, group, th
     """Images go a group per call (about 2**18 column values): a group larger than a share, groups
     of two with a partial last one, and one image per call, each against the reference over the
     uneven shares of 7 images on 3 threads (3, 3, 1), forward and backward with and without dx."""
-    from convlib.kernels.cpu import _group
+    from convlib.kernels.cpu.conv import _group
     assert _group(C * 9 + 1, side * side) == group
     rng = np.random.default_rng(C)
     x, w, b = rng.standard_normal((7, C, side, side)), rng.standard_normal((5, C, 3, 3)), rng.standard_normal(5)

@@ -103,3 +103,81 @@ def test_label_smoothing_matches_torch(rng):
     loss, dlogits = cl.softmax_cross_entropy(logits, y, label_smoothing=0.1)
     assert abs(loss - tloss.item()) < 1e-12
     np.testing.assert_allclose(dlogits, t.grad.numpy(), atol=1e-12)
+
+
+@pytest.mark.parametrize("groups, affine, shape", [(2, True, (3, 6, 5, 4)), (1, True, (2, 4, 7)), (4, False, (2, 4, 3, 3))])
+def test_group_norm_matches_torch_forward_and_backward(rng, groups, affine, shape):
+    from torch import nn
+    layer = cl.GroupNorm(groups, shape[1], eps=1e-4, affine=affine).to(np.float64)
+    tlayer = nn.GroupNorm(groups, shape[1], eps=1e-4, affine=affine).double()
+    if affine:
+        layer.weight.data[:] = rng.uniform(0.5, 2, shape[1])
+        layer.bias.data[:] = rng.standard_normal(shape[1])
+    assert list(layer.state_dict()) == list(tlayer.state_dict())
+    tlayer.load_state_dict({k: torch.from_numpy(v) for k, v in layer.state_dict().items()})
+    x, dout = rng.standard_normal(shape) * 3 + 1, rng.standard_normal(shape)
+    out = layer(x)
+    dx = layer.backward(dout)
+    xt = torch.from_numpy(x).requires_grad_()
+    tout = tlayer(xt)
+    tout.backward(torch.from_numpy(dout))
+    np.testing.assert_allclose(out, tout.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-9, atol=1e-12)
+    for name, p in layer.named_parameters():
+        np.testing.assert_allclose(p.grad, dict(tlayer.named_parameters())[name].grad.numpy(), rtol=1e-9, atol=1e-12)
+
+
+class _TorchResidual(torch.nn.Module):
+    """The torch twin of cl.Residual: block(x) + shortcut(x), or + x."""
+
+    def __init__(self, block, shortcut=None):
+        super().__init__()
+        self.block, self.shortcut = block, shortcut
+
+    def forward(self, x):
+        return self.block(x) + (x if self.shortcut is None else self.shortcut(x))
+
+
+def test_a_small_resnet_matches_its_torch_twin_and_weights_move_both_ways(rng, tmp_path):
+    """Two residual blocks (an identity shortcut, and a strided 1x1 conv where the shape changes):
+    forward, backward, state_dict keys; weights from torch load into convlib and back."""
+    from torch import nn
+    cl.manual_seed(0)
+    net = cl.Sequential(
+        cl.Conv2d(3, 8, 3, padding=1), cl.GroupNorm(2, 8), cl.ReLU(),
+        cl.Residual(cl.Sequential(cl.Conv2d(8, 8, 3, padding=1), cl.BatchNorm2d(8), cl.ReLU(),
+                                  cl.Conv2d(8, 8, 3, padding=1), cl.BatchNorm2d(8))),
+        cl.ReLU(),
+        cl.Residual(cl.Sequential(cl.Conv2d(8, 16, 3, stride=2, padding=1), cl.GroupNorm(4, 16), cl.ReLU(),
+                                  cl.Conv2d(16, 16, 3, padding=1)), shortcut=cl.Conv2d(8, 16, 1, stride=2)),
+        cl.ReLU(), cl.AdaptiveAvgPool2d(1), cl.Flatten(), cl.Linear(16, 3))
+    tnet = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.ReLU(),
+        _TorchResidual(nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                     nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8))),
+        nn.ReLU(),
+        _TorchResidual(nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.GroupNorm(4, 16), nn.ReLU(),
+                                     nn.Conv2d(16, 16, 3, padding=1)), shortcut=nn.Conv2d(8, 16, 1, stride=2)),
+        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 3)).double()
+    assert list(net.state_dict()) == list(tnet.state_dict())
+    assert "3.block.0.weight" in net.state_dict() and "5.shortcut.weight" in net.state_dict()
+    net.load_state_dict({k: v.numpy() for k, v in tnet.state_dict().items()})   # torch -> convlib
+    net.to(np.float64)
+    x, y = rng.standard_normal((4, 3, 8, 8)), np.array([0, 2, 1, 1])
+    out = net(x)
+    loss, d = cl.softmax_cross_entropy(out, y)
+    dx = net.backward(d)
+    xt = torch.from_numpy(x).requires_grad_()
+    tout = tnet(xt)
+    nn.functional.cross_entropy(tout, torch.from_numpy(y)).backward()
+    np.testing.assert_allclose(out, tout.detach().numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-8, atol=1e-12)
+    tparams = dict(tnet.named_parameters())
+    for name, p in net.named_parameters():
+        np.testing.assert_allclose(p.grad, tparams[name].grad.numpy(), rtol=1e-8, atol=1e-12, err_msg=name)
+    for name, v in tnet.state_dict().items():                       # running statistics after one step
+        np.testing.assert_allclose(net.state_dict()[name], v.numpy(), rtol=1e-10, err_msg=name)
+    cl.save(net, tmp_path / "resnet.npz")                           # saved and loaded like any net
+    again = cl.load(tmp_path / "resnet.npz")
+    tnet.load_state_dict({k: torch.from_numpy(v) for k, v in again.state_dict().items()})   # convlib -> torch
+    np.testing.assert_allclose(again(x), tnet.eval()(torch.from_numpy(x)).detach().numpy(), rtol=1e-9, atol=1e-12)

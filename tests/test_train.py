@@ -63,17 +63,18 @@ def test_fit_is_reproducible_with_a_seed(rng):
     np.testing.assert_array_equal(nets[0][0].weight.data, nets[1][0].weight.data)
 
 
-def test_the_built_in_loss_path_counts_as_a_loss_of_your_own(rng):
-    """fit reads the built-in loss and accuracy from one array of per-row results; a loss of
-    its own makes it count on a host copy of the logits: both give the same history."""
+def test_a_loss_with_rows_counts_as_a_loss_of_your_own(rng, monkeypatch):
+    """fit reads CrossEntropyLoss's loss and accuracy from one array of per-row results (its
+    ``rows``); a loss of your own makes it count on a host copy of the logits: the same history."""
     x, y = bars(64, rng)
     x[:20] = x[:20][:, :, ::-1]                                     # some rows the net gets wrong early
+    rows_calls = []
+    loss = cl.CrossEntropyLoss(label_smoothing=0.2)
+    monkeypatch.setattr(loss, "rows", lambda *a: rows_calls.append(1) or cl.losses.loss_rows(*a, 0.2))
     hists = []
-    for loss_fn in (functools.partial(cl.softmax_cross_entropy, label_smoothing=0.2),
-                    lambda z, t: cl.softmax_cross_entropy(z, t, label_smoothing=0.2)):
-        assert (cl.losses.smoothing_of(loss_fn) is None) == (len(hists) == 1)
+    for loss_fn in (loss, functools.partial(cl.softmax_cross_entropy, label_smoothing=0.2)):
         hists.append(cl.fit(bar_net(), (x, y), epochs=2, batch_size=16, seed=3, loss_fn=loss_fn, progress=False))
-    assert 0 < hists[0]["acc"][0] < 1
+    assert 0 < hists[0]["acc"][0] < 1 and len(rows_calls) == 8     # 2 epochs x 4 batches, through rows
     for key in ("loss", "acc"):
         np.testing.assert_allclose(hists[0][key], hists[1][key], rtol=1e-12)
 

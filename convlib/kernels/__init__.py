@@ -1,99 +1,103 @@
 """The kernel contract: every op that layers, losses and optimizers call, declared once.
 
-A backend is a module of plain functions with these names and signatures:
+An op is a plain NumPy function in ``reference.py`` marked ``@op``: its code is the readable
+maths and the oracle the tests compare every other backend with, its docstring gives the
+shapes. Calling it runs the implementation for the device of its first argument:
 
-- ``reference.py`` (NumPy) implements every op: it is the readable specification and the oracle
-  that tests compare the others with;
-- ``cpu.py`` (Numba) implements the ops it speeds up; the rest come from the reference, which
-  runs on the same NumPy arrays;
-- ``cuda.py`` (numba.cuda) implements the ops it can run on the GPU; an op it lacks raises
-  ``NotImplementedError`` naming the op and the backend (host code cannot take device arrays).
+- a NumPy array: the active CPU backend, ``cpu/`` (Numba) by default, where it has the op, else
+  the reference maths; ``use_kernels("reference")`` (or ``CONVLIB_KERNELS=reference``) runs the
+  reference for everything, and then no Numba kernel is compiled;
+- a numba.cuda device array: ``cuda/``; an op it lacks raises ``NotImplementedError`` naming it.
 
-``KernelSet`` binds one backend to the contract; ``backend.kernels_for(x)`` hands a layer the
-set for the device where ``x`` lives, and the layer calls ops by name: ``k.conv2d_forward(...)``.
-Forward ops return ``(out, cache)``; the matching backward op takes ``(dout, cache)``, where the
-cache is private to the backend that made it. Shapes: N batch, C channels in, F channels out
-(filters), H, W input, KH, KW kernel, SH, SW stride, PH, PW padding, OH, OW output with
-``OH = (H + 2*PH - KH) // SH + 1``.
+A backend is a module with functions of the same names and signatures. Forward ops return
+``(out, cache)``; the matching backward op takes ``(dout, cache)``, where the cache is private to
+the backend that made it. Shapes: N batch, C channels in, F channels out (filters), H, W input,
+KH, KW kernel, SH, SW stride, PH, PW padding, OH, OW output, ``OH = (H + 2*PH - KH) // SH + 1``.
 """
+import functools
+import importlib
 import inspect
+import os
 
-OPS = {
-    # convolution and pooling (NCHW)
-    "conv2d_forward": "x (N,C,H,W), w (F,C,KH,KW), b (F,)|None, stride, padding -> out (N,F,OH,OW), cache",
-    "conv2d_backward": "dout (N,F,OH,OW), cache, need_dx -> dx (N,C,H,W)|None, dw (F,C,KH,KW), db (F,)|None",
-    "maxpool2d_forward": "x (N,C,H,W), kernel, stride, padding, relu=False -> out (N,C,OH,OW), cache; first max, "
-                         "NaN wins; with relu, max(out, 0) (the fused ReLU before a pool)",
-    "maxpool2d_backward": "dout (N,C,OH,OW), cache -> dx (N,C,H,W)",
-    "avgpool2d_forward": "x (N,C,H,W), kernel, stride, padding -> out (N,C,OH,OW), cache; divisor KH*KW",
-    "avgpool2d_backward": "dout (N,C,OH,OW), cache -> dx (N,C,H,W)",
-    "global_avgpool2d_forward": "x (N,C,H,W) -> out (N,C,1,1), cache",
-    "global_avgpool2d_backward": "dout (N,C,1,1), cache -> dx (N,C,H,W)",
-    # dense and pointwise
-    "linear_forward": "x (N,IN), w (OUT,IN), b (OUT,)|None -> out (N,OUT), cache",
-    "linear_backward": "dout (N,OUT), cache, need_dx -> dx (N,IN)|None, dw (OUT,IN), db (OUT,)|None",
-    "relu_forward": "x (...) -> out (...), cache",
-    "relu_backward": "dout (...), cache -> dx (...)",
-    "leaky_relu_forward": "x (...), slope -> out (...), cache",
-    "leaky_relu_backward": "dout (...), cache -> dx (...)",
-    "sigmoid_forward": "x (...) -> out (...), cache",
-    "sigmoid_backward": "dout (...), cache -> dx (...)",
-    "tanh_forward": "x (...) -> out (...), cache",
-    "tanh_backward": "dout (...), cache -> dx (...)",
-    "dropout_forward": "x (...), p, rng -> out (...), cache (the scaled keep mask)",
-    "dropout_backward": "dout (...), cache -> dx (...)",
-    "batchnorm_forward": "x (N,C) or (N,C,H,W), gamma, beta, running_mean, running_var (C,), momentum, eps, "
-                         "training -> out like x, cache; updates the running statistics in place",
-    "batchnorm_backward": "dout like x, cache -> dx like x, dgamma (C,), dbeta (C,)",
-    # loss
-    "log_softmax": "logits (N,K) -> log-probabilities (N,K)",
-    "softmax": "logits (N,K) -> probabilities (N,K)",
-    "softmax_cross_entropy": "logits (N,K), y int (N,), label_smoothing -> rows (2,N) float64 (each row's "
-                             "loss, 1.0 where its first maximum is at y), dlogits (N,K)",
-    "all_finite": "x (...) -> bool: no NaN or infinity",
-    # gradients and optimizer updates (in place)
-    "zeros_like": "a -> zeros of a's shape and dtype, on a's device",
-    "zero_": "a -> None; a[...] = 0",
-    "accumulate": "dst, src -> None; dst += src",
-    "sgd_step": "ps, gs, bufs|None (lists of arrays, one per parameter), lr, momentum, weight_decay, nesterov "
-                "-> None; torch's SGD on every p",
-    "adam_step": "ps, gs, ms, vs (lists), lr, beta1, beta2, eps, weight_decay, decoupled, t -> None; "
-                 "torch's Adam/AdamW on every p",
-}
+OPS = {}                     # op name -> its reference function (the plain maths), in declaration order
 
 
-def _missing(op, backend):
-    def missing(*args, **kwargs):
-        raise NotImplementedError(f"the {backend} kernels have no {op!r} (kernel contract: {OPS[op]}); "
-                                  f"run this layer on the CPU, or add {op} to convlib/kernels/{backend}.py")
-    missing.__name__ = op
-    return missing
+def op(fn):
+    """Declare ``fn`` (a function of ``reference.py``) an op of the contract: it is registered
+    under its name, and calling it runs the implementation for its first argument's device."""
+    name = fn.__name__
+    OPS[name] = fn
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        return getattr(kernels_for(args[0]), name)(*args, **kwargs)
+    return run
 
 
 class KernelSet:
-    """Every op of ``OPS`` as an attribute: ``module``'s own where it has one, else
-    ``fallback``'s (the reference, for CPU backends), else a function that raises
-    ``NotImplementedError`` naming the op and the backend."""
+    """One backend bound to the contract: every op of ``OPS`` as an attribute, the backend
+    module's own where it has one, else (``fallback=True``, CPU backends) the reference maths,
+    else a function raising ``NotImplementedError`` that names the op and the backend."""
 
-    def __init__(self, name, module, fallback=None):
+    def __init__(self, name, module=None, fallback=False):
         self.name = name
-        self.own = sorted(op for op in OPS if hasattr(module, op))
-        for op in OPS:
-            fn = getattr(module, op, None) or getattr(fallback, op, None) or _missing(op, name)
-            setattr(self, op, fn)
+        self.own = sorted(op for op in OPS if module is None or hasattr(module, op))
+        for op, maths in OPS.items():
+            fn = getattr(module, op, None) if module is not None else maths
+            setattr(self, op, fn or (maths if fallback else _missing(op, name)))
 
     def __repr__(self):
         return f"KernelSet({self.name!r}, {len(self.own)} of {len(OPS)} ops its own)"
 
 
-def signature_mismatches(module, reference):
-    """[(op, why)] for ops of ``module`` whose parameters differ from the reference's, or public
-    functions of ``module`` (its ``__all__``) that are not in the contract."""
-    bad = [(name, "not in the contract") for name in getattr(module, "__all__", []) if name not in OPS]
-    for op in OPS:
+def _missing(op, backend):
+    def missing(*args, **kwargs):
+        raise NotImplementedError(f"the {backend} kernels have no {op!r}: run this layer on the CPU, or add "
+                                  f"{op} to convlib/kernels/{backend}/ (its maths: reference.{op})")
+    missing.__name__ = op
+    return missing
+
+
+_sets = {}
+_active = []                 # the CPU kernel set in use: [name]
+
+
+def backend(name):
+    """The ``KernelSet`` of a backend: "reference", "cpu" or "cuda" (imported on first use)."""
+    if name not in _sets:
+        if name not in ("reference", "cpu", "cuda"):
+            raise ValueError(f"unknown kernel set {name!r}; expected one of ['cpu', 'reference']")
+        module = None if name == "reference" else importlib.import_module(f"{__name__}.{name}")
+        _sets[name] = KernelSet(name, module, fallback=name == "cpu")
+    return _sets[name]
+
+
+def use_kernels(name):
+    """Select the CPU kernel set: ``"cpu"`` (Numba, default) or ``"reference"`` (plain NumPy)."""
+    if name not in ("cpu", "reference"):
+        raise ValueError(f"unknown kernel set {name!r}; expected one of ['cpu', 'reference']")
+    _active[:] = [name]
+
+
+def kernels_for(x):
+    """The ``KernelSet`` for where ``x`` lives (an array, or a list of arrays: its first)."""
+    if isinstance(x, (list, tuple)) and x:
+        x = x[0]
+    return backend("cuda" if getattr(x, "__cuda_ndarray__", False) else _active[0])
+
+
+def signature_mismatches(module):
+    """[(op, why)] for ops of a backend module whose parameters differ from the reference's, and
+    public functions named like an op (``*_forward``, ``*_backward``, ``*_step``) that are not one."""
+    bad = [(name, "not in the contract") for name, fn in inspect.getmembers(module, inspect.isfunction)
+           if name.endswith(("_forward", "_backward", "_step")) and name not in OPS]
+    for op, maths in OPS.items():
         if hasattr(module, op):
-            got = list(inspect.signature(getattr(module, op)).parameters)
-            want = list(inspect.signature(getattr(reference, op)).parameters)
+            got, want = (list(inspect.signature(f).parameters) for f in (getattr(module, op), maths))
             if got != want:
                 bad.append((op, f"parameters {got}, the reference has {want}"))
     return bad
+
+
+use_kernels(os.environ.get("CONVLIB_KERNELS", "cpu"))
+from . import reference  # noqa: E402,F401  (declares the ops)

@@ -1,7 +1,7 @@
 """CUDA kernels (numba.cuda): the ops of the kernel contract (``kernels/__init__.py``) with the
 same signatures and results as ``reference.py``, on device arrays. Nothing here copies an
 activation to the host: a training step stays on the GPU and only the loss op's per-row results
-(2, N) come back, once. Arrays come from the caching pool of ``cuda_memory.py``, except
+(2, N) come back, once. Arrays come from the caching pool of ``memory.py``, except
 ``zeros_like`` (optimizer buffers: state that lives as long as the model).
 
 Every convolution and dense product is one blocked matrix-product kernel (``_product_kernel``)
@@ -31,17 +31,8 @@ import math
 import numpy as np
 from numba import config, cuda, float32, float64, int32, uint64
 
-from .cuda_memory import empty as _empty, upload
-from .reference import out_size
-
-__all__ = [
-    "conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
-    "avgpool2d_forward", "avgpool2d_backward", "linear_forward", "linear_backward",
-    "relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward",
-    "sigmoid_forward", "sigmoid_backward", "tanh_forward", "tanh_backward",
-    "dropout_forward", "dropout_backward", "batchnorm_forward", "batchnorm_backward", "log_softmax",
-    "softmax", "softmax_cross_entropy", "all_finite", "zeros_like", "zero_", "accumulate",
-    "sgd_step", "adam_step"]
+from .memory import empty as _empty, upload
+from ..reference import out_size
 
 SIM = bool(config.ENABLE_CUDASIM)
 TPB = 8 if SIM else 256                       # threads per block of 1-D kernels
@@ -132,6 +123,17 @@ def accumulate(dst, src):
     """dst += src in place."""
     if dst.size:
         _add[_launch(dst.size)](_flat(dst), _flat(src))
+
+
+@cuda.jit
+def _sum(a, b, out):
+    for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        out[i] = a[i] + b[i]
+
+
+def add(a, b):
+    """a + b, a new array shaped like a."""
+    return _map(_sum, a, b)
 
 
 @cuda.jit
