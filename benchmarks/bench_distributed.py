@@ -19,9 +19,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import reference_net, table  # noqa: E402
-
 import convlib as cl  # noqa: E402
+from common import reference_net, table  # noqa: E402
 from lib import selfie_data as sd  # noqa: E402
 
 BATCH, N_IMAGES = 32, 640

@@ -1,5 +1,6 @@
 """Per-layer breakdown of one training step of the reference net: forward and backward time of
-every layer (as Sequential runs them: a ReLU before a MaxPool2d as one fused unit), GFLOP/s of each conv (and its share of the machine's matmul peak), and each part's
+every layer (as Sequential runs them: a ReLU before a MaxPool2d as one fused unit), GFLOP/s of each conv
+(and its share of the machine's matmul peak), and each part's
 share of the step, so the next bottleneck is visible.
 
     python benchmarks/bench_layers.py [--batch 32] [--size 64] [--reps 15]

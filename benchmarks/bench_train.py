@@ -37,6 +37,7 @@ def _child(args):
         torch.set_num_threads(args.threads)
     sys.path.insert(0, HERE)
     import numpy as np
+
     from common import alternate, build, cl, convlib_steps, torch_steps, torch_twin
     if "torch" in libs:
         import torch
@@ -65,6 +66,7 @@ def _child_memory(args):
         torch.set_num_threads(args.threads)
     sys.path.insert(0, HERE)
     import numpy as np
+
     from common import build, convlib_steps, torch_steps, torch_twin
     net, shape, classes = build(args.net, args.size)
     rng = np.random.default_rng(0)
@@ -88,7 +90,8 @@ def _status_kb(key):
 
 # ---------------------------------------------------------------- the parent
 def run_child(args, flag, value, env=None):
-    cmd = [sys.executable, __file__, flag, value, "--net", args.net, "--batch", str(args.batch), "--size", str(args.size),
+    cmd = [sys.executable, __file__, flag, value, "--net", args.net, "--batch", str(args.batch),
+           "--size", str(args.size),
            "--threads", str(args.threads), "--rounds", str(args.child_rounds), "--reps", str(args.reps)]
     t = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})

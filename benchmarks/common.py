@@ -7,8 +7,9 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.join(HERE, ".."), os.path.join(HERE, "..", "examples")]   # convlib, the examples' nets
-import convlib as cl  # noqa: E402
 from fashion_mnist import build_net as fashion_net  # noqa: E402
+
+import convlib as cl  # noqa: E402
 from lib.selfie_model import build_net as selfie_net  # noqa: E402
 
 

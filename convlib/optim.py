@@ -3,10 +3,11 @@
 One contract, stated once. An optimizer holds the Parameters, a learning rate ``lr`` and
 ``weight_decay``; ``step()`` updates every ``p.data`` from its ``p.grad`` (skipping frozen
 ones, ``requires_grad=False``) and ``zero_grad()`` clears the gradients. A schedule changes
-``optimizer.lr``: ``step()`` once per epoch (or per batch, your choice) sets ``lr = base_lr * factor(t)``, after an optional linear warm-up of
-``warmup`` steps. Update rules are torch's, so results can be compared; the arithmetic is in
-the kernel sets (``sgd_step``, ``adam_step``), so an optimizer updates parameters on the device
-where they live, keeping its state (momentum, moments) there too.
+``optimizer.lr``: ``step()`` once per epoch (or per batch, your choice) sets
+``lr = base_lr * factor(t)``, after an optional linear warm-up of ``warmup`` steps. Update
+rules are torch's, so results can be compared; the arithmetic is in the ops ``sgd_step`` and
+``adam_step``, so an optimizer updates parameters on the device where they live, keeping its
+state (momentum, moments) there too.
 """
 import math
 

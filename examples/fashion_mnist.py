@@ -1,43 +1,20 @@
 """Fashion-MNIST with a small ConvNet, batch norm and augmentation: convlib on a public benchmark.
 
     apt-get install dataset-fashion-mnist          # IDX files in /usr/share/datasets/fashion-mnist/
-    python examples/fashion_mnist.py               # about 8.5 minutes on 2 cores (quiet machine)
+    python examples/fashion_mnist.py [--seed 0] [--epochs 24] [--out runs/fashion]
 
-The recipe (defaults): Conv(1,16,3)-BN-ReLU-MaxPool, Conv(16,32,3)-BN-ReLU-MaxPool,
+The recipe (the defaults): Conv(1,16,3)-BN-ReLU-MaxPool, Conv(16,32,3)-BN-ReLU-MaxPool,
 Conv(32,64,3)-BN-ReLU (no third pool: the classifier sees the 7x7 map), Linear(3136,128)-BN-ReLU-
 Dropout(0.1)-Linear(128,10); SGD, Nesterov momentum 0.9, lr 0.1 with one warm-up epoch then
 cosine decay over 24 epochs, weight decay 5e-4, batch 128, label smoothing 0.1, horizontal flips
-and an 8x8 cutout (a random square zeroed) in training, and flip averaging at test time (the mean of the probabilities of each image and
-its mirror image); all 60,000 training images, the last epoch's weights kept (--val N holds N
-out for per-epoch validation and keeps the best epoch instead). Writes curves.png and
-confusion.png to runs/fashion/ (--out) and ends with ``test accuracy: NN.NN%``.
+and an 8x8 cutout (a random square zeroed) in training, and flip averaging at test time (the mean
+of the probabilities of each image and its mirror image); all 60,000 training images, the last
+epoch's weights kept (--val N holds N out for per-epoch validation and keeps the best epoch).
 
-Measured on 2 cores, full runs, test accuracy with / without flip averaging, wall time:
-- 2026-12-03 (third session; the loss and its label smoothing now in one kernel: the same maths,
-  other roundings), the defaults: seed 0 93.76 / 93.41%, seed 1 94.06 / 93.78% (not timed: one
-  thread each beside the tests); with the targets in float64, 93.84 / 93.48% in 11.2 min and
-  93.97 / 93.83% in 10.9 min (that afternoon every step ran 1.6x slower on this machine, the
-  previous commit as much as this one). So 93.76-94.06% over six runs of this recipe. Averaging
-  1-pixel shifts with the flips at test time: 93.57-93.77% on three saved models, below the
-  flips alone.
-- 2026-12-03 (second session), the defaults (24 epochs, --cutout 8): seed 0 94.02 / 93.81% in
-  8.4 min alone, seed 1 94.00% (15.6 min, run beside two other trainings); --cutout 12 with 22
-  epochs 93.91 / 93.65%; --cutout 8 --epochs 22 --width 16,32,96 93.96% (beside others).
-- 2026-12-03, 18 epochs without cutout (the defaults then): seed 0 93.94 / 93.73% (5.7 min, compile included), seed 1
-  93.87 / 93.38% (6.7 min); with 24 epochs and random 1-pixel shifts (--crop 1) 93.88 / 93.65%;
-  wider convs (--width 20,40,80, 16 epochs) 93.90 / 93.28% in 7.9 min (24,48,96 takes 40 s an
-  epoch, twice the default's: over the budget); --dropout 0.3 93.72 / 93.30%.
-- 2026-12-02, the defaults (kernels of that day): seed 0 94.06 / 93.72% (9.5 min, with tests
-  running beside it), seed 1 93.65 / 93.34% (6.8 min).
-- Other recipes tried on 2026-12-02/03 (seed 0): 13 epochs with 5,000 held out, the old default,
-  93.52 / 93.23% (4.8 min); 16 epochs 93.65 / 93.46%; 16 epochs with random crops (--crop 2)
-  92.96 / 92.82%; 18 epochs with label smoothing but 5,000 held out 93.48 / 93.30%; 24 epochs
-  with smoothing, none held out 94.00 / 93.46% (8.9 min: no better than 18, train accuracy 98.6%).
-- Earlier (2026-11-30), how the net got here, one change at a time (14 epochs): a third pool and
-  Linear(576,128) with Dropout(0.3): - / 92.64%; without the third pool: 93.48 / 93.16%; plus
-  Dropout(0.2) before the first Linear: 93.24 / 93.00% (dropped); Dropout(0.1) instead of 0.3:
-  93.76 / 93.35%.
-The published "2 Conv + pooling + BN" entry is 93.4%.
+It shows a progress bar per epoch, writes curves.png (loss and accuracy per epoch) and
+confusion.png (the test set's confusion matrix) to --out, and ends with the test accuracy
+without and with flip averaging (``test accuracy: NN.NN% (24 epochs, M.M min)``). Results and
+the recipes tried: docs/fashion.md.
 """
 import argparse
 import os
@@ -48,7 +25,6 @@ import numpy as np
 
 import convlib as cl
 from convlib.data import Compose, Cutout, RandomCrop, RandomFlip, read_idx
-
 from lib import plots
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",

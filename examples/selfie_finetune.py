@@ -20,7 +20,6 @@ import numpy as np
 
 import convlib as cl
 from convlib.io import atomic_file
-
 from lib import plots
 
 HERE = os.path.dirname(os.path.abspath(__file__))

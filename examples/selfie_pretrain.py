@@ -20,7 +20,6 @@ import numpy as np
 
 import convlib as cl
 from convlib.data import RandomFlip, channel_stats, load_images, normalise
-
 from lib import selfie_data as sd
 from lib.selfie_model import build_net
 

@@ -20,7 +20,6 @@ import numpy as np
 
 from convlib.data import list_images, load_images
 from convlib.io import atomic_file
-
 from lib import plots, shards
 from lib.selfie_model import load_model, open_image, p_good, prepare, trained_on_synthetic, verdict
 

@@ -44,10 +44,9 @@ import numpy as np
 import convlib as cl
 from convlib.data import Compose, Cutout, RandomFlip, channel_stats, normalise
 from convlib.distributed import world
-
 from lib import selfie_data as sd
-from lib import shards
 from lib import selfie_report as report
+from lib import shards
 from lib.selfie_model import build_net, p_good
 
 
@@ -177,7 +176,8 @@ def train(args, d):
     net.summary((3, args.size, args.size))
     opt = cl.optim.SGD(net.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
     hist = cl.fit(net, (d["xn"][tr], d["labels"][tr]), val=(d["xn"][va], d["labels"][va]), epochs=args.epochs,
-                  batch_size=args.batch_size, optimizer=opt, schedule=cl.optim.CosineLR(opt, total=args.epochs, warmup=1),
+                  batch_size=args.batch_size, optimizer=opt,
+                  schedule=cl.optim.CosineLR(opt, total=args.epochs, warmup=1),
                   augment=Compose([RandomFlip()] + ([Cutout(args.cutout)] if args.cutout else [])), seed=args.seed,
                   loss_fn=cl.CrossEntropyLoss(label_smoothing=args.label_smoothing), progress=not args.no_progress,
                   checkpoint=os.path.join(args.out, "checkpoint.npz"), resume=args.resume,

@@ -41,9 +41,9 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
     sys.setswitchinterval(1e-4)       # the simulator's Python threads meet at barriers: hand over fast
     _simulator_shared_arrays_thread_safe()
 
-import numpy as np                    # noqa: E402
-import pytest                         # noqa: E402
-from hypothesis import settings       # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
 
 settings.register_profile("convlib", max_examples=25, deadline=None, derandomize=True)
 settings.load_profile("convlib")

@@ -1,7 +1,8 @@
 """BatchNorm2d / BatchNorm1d: gradients in train and eval mode, running statistics, modes, state."""
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import convlib as cl
 from convlib.gradcheck import check_layer
@@ -87,3 +88,14 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="more than one value per channel"):
         cl.BatchNorm1d(3)(np.zeros((1, 3), np.float32))
     cl.BatchNorm1d(3).eval()(np.zeros((1, 3), np.float32))           # fine in eval mode
+
+
+@pytest.mark.parametrize("momentum", [0.0, 1.0])
+def test_batchnorm_momentum_extremes(momentum):
+    """momentum 0 keeps the running statistics; 1 replaces them with the batch's (variance unbiased)."""
+    x = np.random.default_rng(1).standard_normal((5, 2, 3, 3)) * 2 + 1
+    bn = cl.BatchNorm2d(2, momentum=momentum).to(np.float64)
+    bn(x)
+    mean, var = x.mean(axis=(0, 2, 3)), x.var(axis=(0, 2, 3), ddof=1)
+    np.testing.assert_allclose(bn.running_mean, mean if momentum else np.zeros(2), rtol=1e-12)
+    np.testing.assert_allclose(bn.running_var, var if momentum else np.ones(2), rtol=1e-12)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import convlib as cl
 from convlib.kernels import OPS, reference
@@ -23,7 +24,8 @@ def test_the_teaching_core_stays_within_its_budget_of_code_lines():
 
 
 def test_code_lines_skip_docstrings_comments_and_blank_lines():
-    source = '"""Module\ndocstring."""\nimport os  # why\n\n# a comment\ndef f(x):\n    """Doc."""\n    return (x +\n            1)\n'
+    source = ('"""Module\ndocstring."""\nimport os  # why\n\n# a comment\n'
+              'def f(x):\n    """Doc."""\n    return (x +\n            1)\n')
     assert code_lines(source) == 4                                  # import, def, and the return's two lines
 
 
@@ -72,3 +74,10 @@ def test_with_the_reference_switch_training_compiles_no_kernel_and_learns_the_sa
     assert ref["set"] == "reference" and ref["at_import"] == {} and ref["after_fit"] == {}
     assert fast["set"] == "cpu" and fast["at_import"] == {} and fast["after_fit"]   # compiled on first use only
     np.testing.assert_allclose(ref["loss"], fast["loss"], rtol=1e-5)
+
+
+def test_use_kernels_rejects_an_unknown_name_and_keeps_the_set():
+    with pytest.raises(ValueError, match="unknown kernel set 'fast'"):
+        cl.use_kernels("fast")
+    from convlib.backend import kernels_for
+    assert kernels_for(np.zeros(1)).name == "cpu"

@@ -14,9 +14,10 @@ import convlib as cl
 if not cl.cuda_available():
     pytest.skip("numba.cuda has neither a GPU nor the simulator here", allow_module_level=True)
 
-from numba import config, cuda                                     # noqa: E402
+from numba import config, cuda  # noqa: E402
 
-from convlib.kernels import backend, cuda as K                     # noqa: E402
+from convlib.kernels import backend  # noqa: E402
+from convlib.kernels import cuda as K
 
 dev = cl.to_device
 host = cl.to_host

@@ -28,7 +28,8 @@ def test_idx_matches_the_published_layout(tmp_path):
 
 def test_idx_errors_name_the_file(tmp_path):
     missing = tmp_path / "fashion-mnist" / "train-images-idx3-ubyte.gz"
-    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte.gz: no such IDX file.*apt-get install dataset-fashion-mnist"):
+    with pytest.raises(ValueError,
+                       match=r"train-images-idx3-ubyte.gz: no such IDX file.*apt-get install dataset-fashion-mnist"):
         data.read_idx(missing)
     bad = tmp_path / "bad.idx"
     bad.write_bytes(b"\x12\x34\x08\x01")

@@ -1,13 +1,12 @@
 """The Fashion-MNIST example end to end on tiny IDX files the test writes (no dataset needed)."""
 import os
 
+import fashion_mnist  # examples/ is on pytest's path (setup.cfg)
 import numpy as np
 import pytest
 
 import convlib as cl
 from convlib.data import write_idx
-
-import fashion_mnist                                     # examples/ is on pytest's path (setup.cfg)
 
 
 def _fake_dataset(folder, rng, n_train=240, n_test=60):

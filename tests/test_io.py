@@ -1,6 +1,7 @@
 """Model files: round trip, metadata, atomic writes, and every corrupt-file case."""
 import json
 import os
+import re
 import sys
 
 import numpy as np
@@ -34,6 +35,8 @@ def test_float64_model_stays_float64(tmp_path, rng):
     loaded = cl.load(cl.save(net, tmp_path / "m.npz"))
     assert loaded[0].weight.data.dtype == np.float64
     np.testing.assert_array_equal(loaded(x.astype(np.float64)), net.eval()(x.astype(np.float64)))
+    one = cl.Sequential(cl.Linear(3, 2, bias=False)).to(np.float64)   # a single array
+    assert cl.load(cl.save(one, tmp_path / "one.npz"))[0].weight.data.dtype == np.float64
 
 
 def test_file_is_plain_arrays_without_pickle(tmp_path, rng):
@@ -230,3 +233,77 @@ def test_a_checkpoint_of_release_0_1_0_resumes(tmp_path):
     assert (steps, resumed_steps) == (12, 6)                        # 3 epochs of 4; 4 + 2 were done
     for k, v in want.state_dict().items():
         np.testing.assert_allclose(got.state_dict()[k], v, rtol=1e-9, atol=1e-12, err_msg=k)
+
+
+def _toy_net(seed=0):
+    cl.manual_seed(seed)
+    return cl.Sequential(cl.Linear(6, 8), cl.ReLU(), cl.Linear(8, 2))
+
+
+def _header_file(tmp_path, arch, arrays=None):
+    header = json.dumps({"format": 1, "arch": arch, "metadata": {}}).encode()
+    path = tmp_path / "m.npz"
+    np.savez(path, __convlib__=np.frombuffer(header, np.uint8), **(arrays or {}))
+    return path
+
+
+@pytest.mark.parametrize("name", ["Layer", "Parameter", "_Pool2d", "_ReLUMaxPool", "np", "math", "Sequentia"])
+def test_a_model_file_can_only_name_public_layers(tmp_path, name):
+    path = _header_file(tmp_path, {"type": "Sequential", "layers": [{"type": name}]})
+    with pytest.raises(ValueError, match=f"unknown layer type '{name}'"):
+        cl.load(path)
+
+
+def test_model_file_layer_errors_say_what_was_wrong(tmp_path):
+    for entry in (["Linear"], ["type"], "type", {"in_features": 2}):
+        with pytest.raises(ValueError, match=r"model file: bad layer entry " + re.escape(repr(entry))):
+            cl.load(_header_file(tmp_path, {"type": "Sequential", "layers": [entry]}))
+    with pytest.raises(ValueError, match=r"model file: cannot build Linear from \{'in_features': 2\}"):
+        cl.load(_header_file(tmp_path, {"type": "Sequential", "layers": [{"type": "Linear", "in_features": 2}]}))
+    assert len(cl.load(_header_file(tmp_path, {"type": "Sequential"}))) == 0    # no layers listed: empty
+
+
+def test_metadata_is_a_dict_even_where_none_was_saved(tmp_path):
+    net = _toy_net()
+    cl.save(net, tmp_path / "n.npz")
+    assert cl.load(tmp_path / "n.npz", with_metadata=True)[1] == {}
+    header = {"format": 1, "arch": json.loads(json.dumps(cl.model.layer_to_json(net)))}
+    np.savez(tmp_path / "nometa.npz", __convlib__=np.frombuffer(json.dumps(header).encode(), np.uint8),
+             **net.state_dict())
+    assert cl.load(tmp_path / "nometa.npz", with_metadata=True)[1] == {}
+
+
+def test_load_messages_name_the_file_and_the_problem(tmp_path):
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ValueError, match=r"bad.npz: corrupt or truncated model file \(BadZipFile: "):
+        cl.load(tmp_path / "bad.npz")
+    with pytest.raises(ValueError, match=r"^.*reserved"):
+        net = _toy_net()
+        net.state_dict = lambda: {"__convlib__": np.zeros(1)}
+        cl.save(net, tmp_path / "x.npz")
+    np.savez(tmp_path / "plain.npz", **{f"a{i}": np.zeros(1) for i in range(7)})
+    with pytest.raises(ValueError, match=r"^\S*plain.npz: not a convlib model file \(no __convlib__ header; "
+                                         r"arrays found: \['a0', 'a1', 'a2', 'a3', 'a4'\]\)$"):
+        cl.load(tmp_path / "plain.npz")
+
+
+def test_load_messages_for_odd_entries_and_headers(tmp_path):
+    import zipfile
+    net = _toy_net()
+    cl.save(net, tmp_path / "m.npz")
+    with zipfile.ZipFile(tmp_path / "m.npz") as z, zipfile.ZipFile(tmp_path / "odd.npz", "w") as out:
+        for name in z.namelist():
+            out.writestr(name, z.read(name))
+        out.writestr("notes.txt", b"not an array")                  # np.load hands this back as bytes
+    with pytest.raises(ValueError, match=r"odd.npz: corrupt model file \(entries that are not arrays: "
+                                         r"\['notes.txt'\]\)$"):
+        cl.load(tmp_path / "odd.npz")
+    np.savez(tmp_path / "list.npz", __convlib__=np.frombuffer(b"[1, 2]", np.uint8))
+    with pytest.raises(ValueError, match=r"list.npz: unsupported model file format None"):
+        cl.load(tmp_path / "list.npz")
+    path = _header_file(tmp_path, {"type": "Sequential", "layers": 5})
+    with pytest.raises(ValueError, match=r"m.npz: TypeError: 'int' object is not iterable$"):
+        cl.load(path)
+    path = _header_file(tmp_path, {"type": "Linear", "in_features": 2})
+    with pytest.raises(ValueError, match=r"m.npz: model file: cannot build Linear"):
+        cl.load(path)

@@ -4,7 +4,8 @@ threading thresholds), and the reference itself against a direct loop over every
 second, naive oracle). Every op on fixed edge cases: test_contract.py."""
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from convlib.kernels import backend
 from strategies import large_geometry, pool_values, seeds, window_geometry

@@ -2,10 +2,11 @@
 properties; and bad hyper-parameters / inputs raising clear errors."""
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import convlib as cl
-from convlib.gradcheck import check_layer, check_loss, rel_error
+from convlib.gradcheck import check_layer
 from strategies import distinct_values, seeds, window_geometry
 
 
@@ -46,18 +47,6 @@ def test_sequential_gradients_through_whole_net(rng):
     assert set(errs) == {"x", "0.weight", "0.bias", "3.weight", "3.bias", "7.weight", "7.bias"}
 
 
-@given(seed=seeds, n=st.integers(1, 5), k=st.integers(2, 6))
-def test_softmax_cross_entropy_gradient(seed, n, k):
-    rng = np.random.default_rng(seed)
-    check_loss(cl.softmax_cross_entropy, rng.standard_normal((n, k)) * 3, rng.integers(0, k, n))
-
-
-def test_gradcheck_catches_a_wrong_backward(rng):
-    class Wrong(cl.ReLU):
-        def backward(self, dout):
-            return super().backward(dout) * 1.01                   # 1% off
-    with pytest.raises(AssertionError, match="relative error .* at index"):
-        check_layer(Wrong(), distinct_values(rng, (2, 3)))
 
 
 # ---------------------------------------------------------------- shape properties
@@ -78,20 +67,6 @@ def test_pool_stride_defaults_to_kernel_size():
     assert cl.MaxPool2d(3).stride == (3, 3) and cl.AvgPool2d((2, 3)).stride == (2, 3)
 
 
-@given(seed=seeds, n=st.integers(1, 6), k=st.integers(1, 8), scale=st.sampled_from([1.0, 100.0, 1e4]))
-def test_softmax_rows_sum_to_one_even_for_huge_logits(seed, n, k, scale):
-    logits = np.random.default_rng(seed).standard_normal((n, k)) * scale
-    p = cl.softmax(logits)
-    np.testing.assert_allclose(p.sum(1), 1.0, rtol=1e-12)
-    loss, d = cl.softmax_cross_entropy(logits, np.zeros(n, dtype=int))
-    assert np.isfinite(loss) and np.all(np.isfinite(d))
-
-
-def test_softmax_cross_entropy_value():
-    logits = np.array([[0.0, np.log(3.0)]])                        # p = [1/4, 3/4]
-    loss, d = cl.softmax_cross_entropy(logits, np.array([1]))
-    assert abs(loss - np.log(4 / 3)) < 1e-12
-    np.testing.assert_allclose(d, [[0.25, -0.25]])
 
 
 @given(seed=seeds)
@@ -147,7 +122,8 @@ def test_bad_hyper_parameters(make, match):
 
 
 def test_bad_inputs_name_the_layer():
-    with pytest.raises(ValueError, match=r"Conv2d\(in_channels=3.*expected input of shape \(N, 3, H, W\), got \(2, 4, 8, 8\)"):
+    with pytest.raises(ValueError,
+                       match=r"Conv2d\(in_channels=3.*expected input of shape \(N, 3, H, W\), got \(2, 4, 8, 8\)"):
         cl.Conv2d(3, 4, 3)(np.zeros((2, 4, 8, 8), np.float32))
     with pytest.raises(ValueError, match="smaller than the kernel"):
         cl.Conv2d(3, 4, 5)(np.zeros((1, 3, 4, 8), np.float32))
@@ -164,24 +140,6 @@ def test_bad_inputs_name_the_layer():
         layer.backward(np.zeros((1, 2), np.float32))
 
 
-def test_rel_error():
-    assert rel_error([1.0, 2.0], [1.0, 2.0]) == 0.0
-    assert abs(rel_error([1.0], [1.1]) - 0.1 / 2.1) < 1e-12
-
-
-@pytest.mark.parametrize("eps", [0.1, 0.5])
-def test_label_smoothing_gradient_and_limits(rng, eps):
-    """Finite differences (float64), the plain loss at eps 0, the uniform target's value, and errors."""
-    logits, y = rng.standard_normal((5, 4)) * 3, rng.integers(0, 4, 5)
-    assert check_loss(lambda z, t: cl.softmax_cross_entropy(z, t, label_smoothing=eps), logits, y) < 1e-6
-    plain, smooth = cl.softmax_cross_entropy(logits, y), cl.softmax_cross_entropy(logits, y, label_smoothing=eps)
-    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
-    want = -((1 - eps) * logp[np.arange(5), y] + eps * logp.mean(1)).mean()
-    assert abs(smooth[0] - want) < 1e-12 and abs(smooth[0] - plain[0]) > 1e-3
-    np.testing.assert_allclose(smooth[1].sum(1), 0, atol=1e-12)     # softmax and target both sum to 1
-    for bad in (-0.1, 1.0, "0.1"):
-        with pytest.raises(ValueError, match="label_smoothing must be a number in"):
-            cl.softmax_cross_entropy(logits, y, label_smoothing=bad)
 
 
 def test_adaptive_avg_pool_is_global_average_pooling(rng):
@@ -236,3 +194,13 @@ def test_residual_adds_the_identity_and_skips_the_input_gradient_on_request(rng)
         cl.Residual(cl.Linear(3, 4))(x)
     with pytest.raises(ValueError, match="Residual: shortcut is int, not a convlib layer"):
         cl.Residual(cl.Linear(3, 3), shortcut=3)
+
+
+@pytest.mark.parametrize("layer,x", [(cl.Linear(6, 3), np.zeros((4, 6), np.float32)),
+                                     (cl.Conv2d(2, 3, 3), np.zeros((2, 2, 5, 5), np.float32)),
+                                     (cl.ReLU(), np.zeros((2, 3), np.float32))])
+def test_backward_checks_the_shape_of_dout(layer, x):
+    out = layer(x)
+    import re
+    with pytest.raises(ValueError, match=re.escape(f"backward expected dout of shape {out.shape}") + r".*got \(1, 1\)"):
+        layer.backward(np.zeros((1, 1), np.float32))

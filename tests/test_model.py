@@ -118,10 +118,14 @@ def test_train_eval_switches_every_layer(rng):
     assert not np.array_equal(net(x), net(x))                       # dropout on
 
 
-def test_to_float64_casts_parameters(rng):
+def test_to_float64_casts_parameters_and_float_buffers(rng):
     net = small_net().to(np.float64)
     assert all(p.data.dtype == np.float64 and p.grad.dtype == np.float64 for p in net.parameters())
     assert net(rng.standard_normal((1, 3, 8, 10))).dtype == np.float64
+    bn = cl.BatchNorm2d(3).to(np.float64)                           # running statistics too, not the counter
+    assert bn.running_mean.dtype == bn.running_var.dtype == bn.weight.data.dtype == np.float64
+    assert bn.num_batches_tracked.dtype == np.int64
+    bn(rng.standard_normal((4, 3, 2, 2)))                           # float64 input accepted
     with pytest.raises(ValueError, match="unknown device or dtype"):
         net.to(np.int32)
 
@@ -158,3 +162,13 @@ def test_relu_before_maxpool_runs_fused_with_the_same_values_and_gradients(rng, 
     np.testing.assert_array_equal(dx, d)
     assert check_layer(cl.Sequential(cl.Conv2d(2, 3, 3, padding=1), cl.ReLU(), cl.MaxPool2d(2)),
                        rng.standard_normal((2, 2, 6, 6)))["x"] < 1e-6
+
+
+def test_slicing_a_sequential_shares_the_layers():
+    """Catches: a slice that copies layers (the t-SNE features of net[:-1] would use stale weights)."""
+    cl.manual_seed(0)
+    net = cl.Sequential(cl.Linear(6, 8), cl.ReLU(), cl.Dropout(0.5), cl.Linear(8, 2))
+    head = net[:-1]
+    assert isinstance(head, cl.Sequential) and len(head) == 3 and all(a is b for a, b in zip(head, net))
+    x = np.random.default_rng(0).standard_normal((40, 6)).astype(np.float32)
+    np.testing.assert_array_equal(head.eval()(x), net.layers[1](net.layers[0](x)))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lib import selfie_data as sd                                   # examples/ is on pytest's path (setup.cfg)
+from lib import selfie_data as sd  # examples/ is on pytest's path (setup.cfg)
 from lib.selfie_model import best_crop, crop_boxes
 
 
@@ -188,12 +188,16 @@ def test_crop_search_finds_the_known_best_crop():
                          for c in crops])
     box, best, scores = best_crop(img, score, batch=10)
     assert box == target and best == 100 and len(scores) == len(boxes)
-    assert all(t + s <= 200 and l + s <= 300 for l, t, s in boxes)
+    assert all(top + s <= 200 and left + s <= 300 for left, top, s in boxes)
 
 
 def test_end_to_end_tiny_run(tmp_path, capsys):
+    import selfie_crop
+    import selfie_explain
+    import selfie_rate
+    import selfie_train
+
     import convlib as cl
-    import selfie_crop, selfie_explain, selfie_rate, selfie_train
     from lib.selfie_model import load_model, p_good, prepare
     out = tmp_path / "run"
     argv = ["--synthetic-dir", str(tmp_path / "data"), "--n-images", "320", "--size", "16", "--epochs", "2",
@@ -317,8 +321,9 @@ def test_a_run_removes_only_the_files_an_earlier_run_listed(tmp_path):
 
 
 def test_an_interrupted_run_resumes_to_the_same_model(tmp_path, monkeypatch):
-    import convlib as cl
     import selfie_train
+
+    import convlib as cl
     argv = ["--synthetic-dir", str(tmp_path / "data"), "--n-images", "320", "--size", "16", "--epochs", "3",
             "--no-progress"]
     want = selfie_train.main(argv + ["--out", str(tmp_path / "a")])
@@ -345,8 +350,10 @@ def test_an_interrupted_run_resumes_to_the_same_model(tmp_path, monkeypatch):
 
 def test_rating_a_folder_ranks_it(tmp_path, capsys):
     import shutil
+
     import selfie_rate
     import selfie_train
+
     from lib.selfie_model import load_model, p_good, prepare
     selfie_train.main(["--synthetic-dir", str(tmp_path / "data"), "--n-images", "320", "--size", "16",
                        "--epochs", "1", "--out", str(tmp_path / "run"), "--no-progress"])
@@ -378,9 +385,10 @@ def test_fine_tuning_from_pretrained_weights(tmp_path, capsys):
     """selfie_pretrain.py's model starts selfie_train.py: the frozen layers end as they were
     pretrained, the head (other classes there) starts fresh, the rest trains; --n-labelled
     trains on that many; mismatched options end in messages."""
-    import convlib as cl
     import selfie_pretrain
     import selfie_train
+
+    import convlib as cl
     data = ["--synthetic-dir", str(tmp_path / "data"), "--size", "16", "--no-progress"]
     pre = selfie_pretrain.main(data[:2] + ["--n-images", "200", "--size", "16", "--epochs", "1",
                                            "--seed", "7", "--out", str(tmp_path / "pre"), "--no-progress"])
@@ -424,3 +432,13 @@ def test_fine_tuning_table_medians_ranges_and_paired_gains():
              (2, "scratch", 0.65), (2, "fine-tuned", 0.69)]]
     lines = table(rows, [100]).splitlines()
     assert lines[2] == "| 100 | 65.0% [60.0–70.0] | 75.0% [69.0–80.0] | +10.0 pt |"   # gains 10, 15, 4
+
+
+def test_selfie_tools_say_what_is_missing(tmp_path, capsys):
+    from lib.selfie_model import load_model, open_image
+    with pytest.raises(SystemExit, match="no trained model at .*python examples/selfie_train.py"):
+        load_model(str(tmp_path / "model.npz"))
+    with pytest.raises(ValueError, match="no such file"):
+        open_image(str(tmp_path / "nothing.jpg"))
+    with pytest.raises(ValueError, match="is a folder, not an image"):
+        open_image(str(tmp_path))

@@ -46,7 +46,8 @@ def test_optimizers_match_torch(rng):
     for make_cl, make_t in [
         (lambda p: cl.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=True),
          lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=True)),
-        (lambda p: cl.optim.Adam(p, lr=0.01, weight_decay=0.1), lambda p: torch.optim.Adam(p, lr=0.01, weight_decay=0.1)),
+        (lambda p: cl.optim.Adam(p, lr=0.01, weight_decay=0.1),
+         lambda p: torch.optim.Adam(p, lr=0.01, weight_decay=0.1)),
         (lambda p: cl.optim.AdamW(p, lr=0.01), lambda p: torch.optim.AdamW(p, lr=0.01)),
     ]:
         p = cl.Parameter(w0.copy())
@@ -105,7 +106,8 @@ def test_label_smoothing_matches_torch(rng):
     np.testing.assert_allclose(dlogits, t.grad.numpy(), atol=1e-12)
 
 
-@pytest.mark.parametrize("groups, affine, shape", [(2, True, (3, 6, 5, 4)), (1, True, (2, 4, 7)), (4, False, (2, 4, 3, 3))])
+@pytest.mark.parametrize("groups, affine, shape",
+                         [(2, True, (3, 6, 5, 4)), (1, True, (2, 4, 7)), (4, False, (2, 4, 3, 3))])
 def test_group_norm_matches_torch_forward_and_backward(rng, groups, affine, shape):
     from torch import nn
     layer = cl.GroupNorm(groups, shape[1], eps=1e-4, affine=affine).to(np.float64)

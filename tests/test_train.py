@@ -1,7 +1,9 @@
 """fit / evaluate / predict_proba: a small ConvNet learns a generated image task; NaN detection;
 best-weights restore; input validation; progress output."""
 import functools
+import inspect
 import io
+import re
 
 import numpy as np
 import pytest
@@ -77,17 +79,6 @@ def test_a_loss_with_rows_counts_as_a_loss_of_your_own(rng, monkeypatch):
     assert 0 < hists[0]["acc"][0] < 1 and len(rows_calls) == 8     # 2 epochs x 4 batches, through rows
     for key in ("loss", "acc"):
         np.testing.assert_allclose(hists[0][key], hists[1][key], rtol=1e-12)
-
-
-@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
-                            "ignore:invalid value encountered:RuntimeWarning")     # the point of the test
-def test_fit_names_the_step_where_loss_explodes(rng):
-    x, y = bars(64, rng)
-    x *= 1e3
-    net = bar_net()
-    with pytest.raises(FloatingPointError, match=r"at epoch 1, step \d+"):
-        cl.fit(net, (x, y), epochs=3, batch_size=8, optimizer=cl.optim.SGD(net.parameters(), lr=1e6),
-               progress=False)
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -195,24 +186,323 @@ def test_checkpoint_errors_say_what_is_wrong(tmp_path):
     assert len(fresh["loss"]) == 1 and (tmp_path / "none.npz").exists()
 
 
-def test_optimizer_state_dict_round_trip():
+def _toy_data(n=70, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 6)).astype(np.float32)
+    return x, (x[:, 0] + 0.3 * x[:, 1] > 0).astype(np.int64)
+
+
+def _toy_net(seed=0):
+    cl.manual_seed(seed)
+    return cl.Sequential(cl.Linear(6, 8), cl.ReLU(), cl.Linear(8, 2))
+
+
+def test_history_loss_and_accuracy_are_the_epochs_averages():
+    x, y = _toy_data(70)
+    net = _toy_net(seed=2)
+    want_loss, want_acc = cl.evaluate(net, x, y)                    # the net before any update
+    assert want_acc != 0.5                                           # (so that 1 - acc would show)
+    opt = cl.optim.SGD(net.parameters(), lr=1e-30)                  # steps too small to change a weight
+    hist = cl.fit(net, (x, y), val=(x[:30], y[:30]), epochs=1, batch_size=32, optimizer=opt, progress=False)
+    assert hist["loss"][0] == pytest.approx(want_loss, rel=1e-6)    # batches of 32, 32, 6 weighted by size
+    assert hist["acc"][0] == want_acc
+    assert (hist["val_loss"][0], hist["val_acc"][0]) == pytest.approx(cl.evaluate(net, x[:30], y[:30]))
+    assert 0 < hist["seconds"][0] < 60
+
+
+def test_the_progress_bar_shows_the_epochs_numbers(capsys):
+    x, y = _toy_data(70)
+    hist = cl.fit(_toy_net(), (x, y), val=(x[:30], y[:30]), epochs=2, batch_size=32)    # progress on by default
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2
+    for epoch, line in enumerate(lines, 1):
+        assert line.startswith(f"epoch {epoch}/2 [####################] 3/3 ") and " batch/s " in line
+        values = dict(re.findall(r"(\w+)=([-\d.e+]+)", line))
+        assert float(values["loss"]) == pytest.approx(hist["loss"][epoch - 1], rel=1e-3)
+        assert float(values["acc"]) == pytest.approx(hist["acc"][epoch - 1], rel=1e-3)
+        assert float(values["val_acc"]) == pytest.approx(hist["val_acc"][epoch - 1], rel=1e-3)
+
+
+def test_a_list_of_batches_is_batches(capsys):
+    x, y = _toy_data(40)
+    batches = [(x[:20], y[:20]), (x[20:], y[20:])]                  # two batches, not [x, y]
+    steps = []
+    hist = cl.fit(_toy_net(), batches, epochs=1, augment=None, on_epoch_end=lambda e, h: steps.append(h["loss"]))
+    assert "2/2" in capsys.readouterr().err and len(hist["loss"]) == 1 and steps == [hist["loss"]]
+
+
+def test_fit_defaults_are_the_documented_ones():
+    x, y = _toy_data(70)
+    counted = []
+    net = _toy_net()
+    hist = cl.fit(net, (x, y), progress=False, augment=lambda xb, rng: counted.append(len(xb)) or xb)
+    assert len(hist["loss"]) == 10 and counted[:3] == [32, 32, 6] and len(counted) == 30
+    by_default = net.state_dict()
+    net = _toy_net()
+    cl.fit(net, (x, y), epochs=10, batch_size=32, seed=0, optimizer=cl.optim.SGD(net.parameters(), lr=0.01,
+           momentum=0.9), progress=False, augment=lambda xb, rng: xb)
+    for k, v in net.state_dict().items():
+        np.testing.assert_array_equal(v, by_default[k])
+
+
+def test_augment_gets_the_seeded_generator():
+    x, y = _toy_data(40)
+    draws = {0: [], 1: []}
+    for run in (0, 1):
+        cl.fit(_toy_net(), (x, y), epochs=1, batch_size=16, progress=False,
+               augment=lambda xb, rng, run=run: draws[run].append(rng.integers(1 << 30)) or xb)
+    assert draws[0] == draws[1] and len(set(draws[0])) == 3         # the same draws under the same seed
+
+
+def test_batch_size_one_is_allowed_and_a_fraction_is_not():
+    x, y = _toy_data(5)
+    assert len(cl.fit(_toy_net(), (x, y), epochs=1, batch_size=1, progress=False)["loss"]) == 1
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match=f"^fit: batch_size must be an int >= 1, got {bad}$"):
+            cl.fit(_toy_net(), (x, y), batch_size=bad, progress=False)
+
+
+def test_one_sample_is_enough_and_no_batches_is_an_error():
+    x, y = _toy_data(1)
+    assert len(cl.fit(_toy_net(), [(x, y)], epochs=1, progress=False)["acc"]) == 1
+    with pytest.raises(ValueError, match="^fit: the training data yielded no batches$"):
+        cl.fit(_toy_net(), [], epochs=1, progress=False)
+
+
+def test_training_skips_the_first_layers_input_gradient():
+    x, y = _toy_data(40)
+    net = _toy_net()
+    asked = []
+    first = net[0].backward
+    net[0].backward = lambda dout, need_dx=True: asked.append(need_dx) or first(dout, need_dx)
+    cl.fit(net, (x, y), epochs=1, batch_size=16, progress=False)
+    assert asked == [False, False, False]
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
+                            "ignore:invalid value encountered:RuntimeWarning")
+def test_a_nan_or_infinite_loss_names_the_epoch_and_step():
+    x, y = _toy_data(40)
+    calls = []
+
+    def loss_fn(logits, yb):
+        calls.append(1)
+        loss, d = cl.softmax_cross_entropy(logits, yb)
+        return (float("nan") if len(calls) == 2 else loss), d
+    with pytest.raises(FloatingPointError, match=r"fit: the loss became nan at epoch 1, step 2 \(lr=0.01\); "
+                                                 r"lower the learning rate"):
+        cl.fit(_toy_net(), (x, y), epochs=1, batch_size=16, loss_fn=loss_fn, progress=False)
+    x, y = bars(64, np.random.default_rng(0))                       # the built-in loss: logits blow up
+    net = bar_net()
+    with pytest.raises(FloatingPointError, match=r"at epoch 1, step \d+"):
+        cl.fit(net, (x * 1e3, y), epochs=3, batch_size=8, optimizer=cl.optim.SGD(net.parameters(), lr=1e6),
+               progress=False)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda x, y: cl.fit(_toy_net(), (x, y.astype(float)), progress=False), "fit(train): expected integer labels"),
+    (lambda x, y: cl.fit(_toy_net(), (x, y), val=(x[:3], y[:2]), progress=False), "fit(val): expected integer labels"),
+    (lambda x, y: cl.evaluate(_toy_net(), x, y[:-1]), "evaluate: expected integer labels"),
+    (lambda x, y: cl.predict_proba(_toy_net(), x[0]), "predict_proba: expected float inputs"),
+    (lambda x, y: cl.evaluate(_toy_net(), x[0], y), "evaluate: expected float inputs"),
+    (lambda x, y: cl.evaluate(_toy_net(), x, y.astype(np.uint8) + 0.5), "evaluate: expected integer labels"),
+])
+def test_training_errors_name_the_call(call, message):
+    x, y = _toy_data(10)
+    with pytest.raises(ValueError) as e:
+        call(x, y)
+    assert str(e.value).startswith(message), str(e.value)
+
+
+def test_unsigned_labels_train_and_iterate_batches_keeps_order_by_default():
+    x, y = _toy_data(10)
+    cl.fit(_toy_net(), (x, y.astype(np.uint8)), epochs=1, progress=False)
+    got = np.concatenate([xb for xb, _ in cl.train.iterate_batches(x, y, 4)])
+    np.testing.assert_array_equal(got, x)
+    assert inspect.signature(cl.evaluate).parameters["batch_size"].default == 256
+    assert inspect.signature(cl.predict_proba).parameters["batch_size"].default == 256
+
+
+class _Sizes(cl.Flatten):
+    """Flatten that records the batch sizes it sees."""
+    def __init__(self):
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(len(x))
+        return super().forward(x)
+
+
+def test_evaluation_batches_are_256_and_validation_at_least_that():
     cl.manual_seed(0)
-    a = cl.Linear(3, 2)
-    opt = cl.optim.Adam(a.parameters(), lr=0.1)
-    for _ in range(3):
-        for p in a.parameters():
-            p.grad[:] = 1.0
-        opt.step()
-    sd = opt.state_dict()
-    assert sd["t"] == 3 and set(sd["state"][0]) == {"m", "v"}
-    b = cl.Linear(3, 2)
-    b.load_state_dict(a.state_dict())
-    opt2 = cl.optim.Adam(b.parameters(), lr=0.5).load_state_dict(sd)
-    for o, layer in ((opt, a), (opt2, b)):
-        for p in layer.parameters():
-            p.grad[:] = 0.5
-        o.step()
-    np.testing.assert_array_equal(a.weight.data, b.weight.data)
-    sd["state"][0]["m"] = np.zeros(5)
-    with pytest.raises(ValueError, match="buffer 'm' of parameter 0 has shape"):
-        opt2.load_state_dict(sd)
+    sizes = _Sizes()
+    net = cl.Sequential(sizes, cl.Linear(6, 2))
+    x, y = _toy_data(300)
+    cl.predict_proba(net, x)
+    cl.evaluate(net, x, y)
+    assert sizes.seen == [256, 44, 256, 44]
+    sizes.seen.clear()
+    cl.fit(net, (x[:10], y[:10]), val=(x, y), epochs=1, batch_size=4, progress=False)
+    assert sizes.seen == [4, 4, 2, 256, 44]
+    sizes.seen.clear()
+    cl.fit(net, (x[:10], y[:10]), val=(x, y), epochs=1, batch_size=290, progress=False)
+    assert sizes.seen == [10, 290, 10]                               # validation batches: max(batch_size, 256)
+
+
+def test_fit_shuffles_every_epoch_and_takes_any_re_iterable():
+    x, y = _toy_data(40)
+    firsts = []
+    cl.fit(_toy_net(), (x, y), epochs=2, batch_size=40, progress=False,
+           augment=lambda xb, rng: firsts.append(xb.copy()) or xb)
+    assert not np.array_equal(firsts[0], x) and not np.array_equal(firsts[0], firsts[1])
+    assert sorted(map(tuple, firsts[0])) == sorted(map(tuple, x))    # each sample once
+
+    class Loader:                                                    # iterable, no len()
+        def __iter__(self):
+            return iter([(x[:20], y[:20]), (x[20:], y[20:])])
+    hist = cl.fit(_toy_net(), Loader(), epochs=2, progress=False)
+    assert len(hist["loss"]) == 2
+
+
+def test_progress_false_prints_nothing(capsys):
+    x, y = _toy_data(40)
+    cl.fit(_toy_net(), (x, y), val=(x, y), epochs=1, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_restore_best_false_keeps_the_last_epoch():
+    x, y = _toy_data(40)
+    states = {}
+    cl.manual_seed(0)
+    net = cl.Sequential(cl.Linear(6, 8), cl.ReLU(), cl.Dropout(0.5), cl.Linear(8, 2))
+    hist = cl.fit(net, (x, y), val=(x[:20], y[:20]), epochs=6, batch_size=8, progress=False, restore_best=False,
+                  optimizer=cl.optim.SGD(net.parameters(), lr=0.5),
+                  on_epoch_end=lambda e, h: states.__setitem__(e, net.state_dict()))
+    assert hist.best_epoch != 6                                      # (so that restoring would show)
+    for k, v in net.state_dict().items():
+        np.testing.assert_array_equal(v, states[6][k])
+
+
+def test_checkpoint_resume_is_off_by_default_and_ctrl_c_without_one_is_immediate(tmp_path):
+    import os
+    import signal
+    x, y = _toy_data(40)
+    ck = str(tmp_path / "ck.npz")
+    first = cl.fit(_toy_net(), (x, y), epochs=2, progress=False, checkpoint=ck)
+    again = cl.fit(_toy_net(), (x, y), epochs=2, progress=False, checkpoint=ck)     # not resumed: trains 2 epochs
+    assert again["loss"] == first["loss"]
+    calls = []
+
+    def press(xb, rng):
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return xb
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)   # Python's Ctrl-C, even where the shell
+    try:                                                               # started us with SIGINT ignored (a & job)
+        with pytest.raises(KeyboardInterrupt) as e:
+            cl.fit(_toy_net(), (x, y), epochs=1, batch_size=8, progress=False, augment=press)
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert len(calls) == 1 and "stopped after" not in str(e.value)  # no checkpoint: Python's own Ctrl-C
+
+
+def test_resume_without_schedule_or_best_weights(tmp_path):
+    x, y = _toy_data(40)
+    ck = str(tmp_path / "ck.npz")
+    net = _toy_net()
+    opt = cl.optim.SGD(net.parameters(), lr=0.1)
+    cl.fit(net, (x, y), epochs=1, optimizer=opt, schedule=cl.optim.StepLR(opt, 1), progress=False, checkpoint=ck)
+    net2 = _toy_net()
+    hist = cl.fit(net2, (x, y), epochs=2, optimizer=cl.optim.SGD(net2.parameters(), lr=0.1), progress=False,
+                  checkpoint=ck, resume=True)                        # no schedule now, no val: no best weights
+    assert len(hist["loss"]) == 2 and hist.best_epoch is None
+
+
+def _sign_data(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 6)).astype(np.float32)
+    return x, (x[:, 0] > 0).astype(np.int64)
+
+
+def _dropout_net():
+    cl.manual_seed(0)
+    return cl.Sequential(cl.Linear(6, 8), cl.ReLU(), cl.Dropout(0.5), cl.Linear(8, 2))
+
+
+def test_fit_restores_the_best_validation_epoch():
+    """Catches: restore_best ignored, or the last epoch's weights kept."""
+    x, y = _sign_data()
+    states = {}
+
+    def keep(epoch, hist):
+        states[epoch] = net.state_dict()
+    net = _dropout_net()
+    hist = cl.fit(net, (x, y), val=(x[:20], y[:20]), epochs=6, batch_size=8, progress=False,
+                  optimizer=cl.optim.SGD(net.parameters(), lr=0.5), on_epoch_end=keep)
+    assert sorted(states) == [1, 2, 3, 4, 5, 6]                     # on_epoch_end ran once per epoch
+    assert hist.best_epoch == 1 + int(np.argmax(hist["val_acc"]))
+    for k, v in net.state_dict().items():
+        np.testing.assert_array_equal(v, states[hist.best_epoch][k])
+
+
+def test_fit_steps_the_schedule_once_per_epoch_and_records_lr():
+    """Catches: a schedule never stepped, or stepped per batch."""
+    x, y = _sign_data()
+    net = _dropout_net()
+    opt = cl.optim.SGD(net.parameters(), lr=0.1)
+    hist = cl.fit(net, (x, y), epochs=3, batch_size=8, optimizer=opt, progress=False,
+                  schedule=cl.optim.StepLR(opt, step_size=1, gamma=0.5))
+    assert hist["lr"] == pytest.approx([0.1, 0.05, 0.025])           # the lr each epoch trained with
+    assert opt.lr == pytest.approx(0.1 * 0.5 ** 3)                  # stepped after each of the 3 epochs
+
+
+def test_fit_uses_augment_on_every_training_batch_of_the_right_size():
+    """Catches: augment skipped, or the last partial batch dropped (40 = 8 + 8 + 8 + 8 + 8, 43 adds 3)."""
+    x, y = _sign_data(43)
+    sizes = []
+
+    def augment(xb, rng):
+        sizes.append(len(xb))
+        return xb
+    cl.fit(_dropout_net(), (x, y), epochs=2, batch_size=8, augment=augment, progress=False)
+    assert sizes == [8, 8, 8, 8, 8, 3] * 2
+
+
+def test_iterate_batches_covers_every_sample_once_with_a_partial_last_batch():
+    x = np.arange(10, dtype=np.float32)[:, None]
+    y = np.arange(10)
+    batches = list(cl.iterate_batches(x, y, 4, shuffle=True, rng=np.random.default_rng(0)))
+    assert [len(b[1]) for b in batches] == [4, 4, 2]
+    assert sorted(np.concatenate([b[1] for b in batches])) == list(range(10))
+    for xb, yb in batches:
+        np.testing.assert_array_equal(xb[:, 0], yb)                 # x and y stay paired
+
+
+def test_validation_runs_in_eval_mode_and_the_mode_is_restored():
+    """Catches: dropout active while validating, or evaluate leaving the net in eval mode."""
+    x, y = _sign_data()
+    net = _dropout_net().train()
+    seen = []
+    orig = net.layers[2].forward
+
+    def spy(a):
+        seen.append(net.layers[2].training)
+        return orig(a)
+    net.layers[2].forward = spy
+    cl.evaluate(net, x, y)
+    assert seen and not any(seen) and net.training and net.layers[2].training
+    net.eval()
+    cl.predict_proba(net, x)
+    assert not net.training and not net.layers[2].training          # eval mode stays eval mode
+    net.train()
+    seen.clear()
+    cl.fit(net, (x, y), val=(x, y), epochs=1, batch_size=40, progress=False)
+    assert seen == [True, False]                                    # one training batch, one validation pass
+
+
+@pytest.mark.parametrize("fn", [lambda net, x: cl.evaluate(net, x, np.zeros(0, np.int64)),
+                                lambda net, x: cl.predict_proba(net, x)], ids=["evaluate", "predict_proba"])
+def test_zero_images_say_so(fn):
+    with pytest.raises(ValueError, match=r"got no images \(inputs of shape \(0, 6\)\)"):
+        fn(_dropout_net(), np.zeros((0, 6), np.float32))

@@ -5,7 +5,6 @@ from numba import njit
 
 from .threads import JIT, parallel_for
 
-
 # ---------------------------------------------------------------- batch normalisation
 # x is viewed as (N, C, L) (L = H*W, or 1 for BatchNorm1d). Statistics run over channels
 # [lo, hi), elementwise passes over images [lo, hi). The two reductions may reassociate their

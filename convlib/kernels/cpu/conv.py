@@ -14,8 +14,8 @@ import numpy as np
 from numba import njit
 from numba import uint64 as u
 
-from .threads import JIT, parallel_for, workspace
 from ..reference import out_size
+from .threads import JIT, parallel_for, workspace
 
 
 # ---------------------------------------------------------------- matrix products

@@ -3,9 +3,9 @@ Maths: ``reference.maxpool2d_forward``, ``reference.avgpool2d_forward``."""
 import numpy as np
 from numba import njit
 
+from ..reference import out_size
 from .relu import relu_backward, relu_forward
 from .threads import JIT, parallel_for
-from ..reference import out_size
 
 
 # ---------------------------------------------------------------- pooling

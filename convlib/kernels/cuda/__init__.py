@@ -31,8 +31,9 @@ import math
 import numpy as np
 from numba import config, cuda, float32, float64, int32, uint64
 
-from .memory import empty as _empty, upload
 from ..reference import out_size
+from .memory import empty as _empty
+from .memory import upload
 
 SIM = bool(config.ENABLE_CUDASIM)
 TPB = 8 if SIM else 256                       # threads per block of 1-D kernels
@@ -51,10 +52,10 @@ def _flat(a):
 
 # ---------------------------------------------------------------- array helpers
 @cuda.jit(device=True)
-def _window_of(h, p, i, s, O):
-    """The output index o whose window holds input h at offset i (h = o*s - p + i), or -1."""
+def _window_of(h, p, i, s, n_out):
+    """The output index o (< n_out) whose window holds input h at offset i (h = o*s - p + i), or -1."""
     t = h + p - i
-    return t // s if t >= 0 and t % s == 0 and t // s < O else -1
+    return t // s if t >= 0 and t % s == 0 and t // s < n_out else -1
 
 
 @cuda.jit(device=True)
