@@ -2,6 +2,7 @@
 convlib/, the speed machinery beside it counted apart.
 
     python benchmarks/core_lines.py            # a table per part and the totals; exit 1 over the budget
+    python benchmarks/core_lines.py --markdown # the teaching core's table in docs/reading-guide.md
 
 The teaching core is what a learner reads: every module of convlib/ except the CPU and CUDA
 kernels (convlib/kernels/cpu/, convlib/kernels/cuda/), the distributed pieces and the deprecated
@@ -51,8 +52,40 @@ def count():
     return parts
 
 
+# The reading order of docs/reading-guide.md, and what each file holds.
+ORDER = {
+    "kernels/reference.py": "the maths of every op, forward and backward, in NumPy",
+    "layers.py": "`Parameter`, the `Layer` contract, every layer calling its ops",
+    "model.py": "the containers `Sequential` and `Residual`",
+    "losses.py": "softmax and the cross-entropy loss",
+    "optim.py": "SGD, Adam, AdamW and learning-rate schedules",
+    "train.py": "`fit`, `evaluate`, `predict_proba`",
+    "gradcheck.py": "gradients by central differences, to check any layer",
+    "io.py": "model files: JSON architecture + arrays, never pickle",
+    "data.py": "images and IDX files to arrays, augmentations",
+    "kernels/__init__.py": "how a call to an op finds the backend for its array",
+    "backend.py": "host and GPU arrays, copies between them",
+    "progress.py": "the progress bar",
+    "rng.py": "the random generator of initialisation and dropout",
+    "__init__.py": "what `import convlib as cl` gives you",
+}
+
+
+def markdown(core):
+    """The teaching core's files in reading order with their code lines, as a Markdown table."""
+    rows = [f"| {i} | [`convlib/{path}`](../convlib/{path}) | {core[path]:,} | {what} |"
+            for i, (path, what) in enumerate(ORDER.items(), 1)]
+    rest = sorted(set(core) - set(ORDER))
+    rows += [f"| | [`convlib/{path}`](../convlib/{path}) | {core[path]:,} | |" for path in rest]
+    return "\n".join(["| # | file | code lines | what it holds |", "| --- | --- | ---: | --- |", *rows,
+                      f"| | **teaching core** | **{sum(core.values()):,}** | budget {BUDGET:,} |"])
+
+
 def main():
     parts = count()
+    if "--markdown" in sys.argv:
+        print(markdown(parts["core"]))
+        return 0
     for part, files in parts.items():
         print(f"\n{part}: {sum(files.values()):,} code lines")
         for path, n in sorted(files.items(), key=lambda kv: -kv[1]):

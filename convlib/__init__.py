@@ -11,24 +11,8 @@ from . import data, gradcheck, optim
 from .backend import cuda_available, to_device, to_host, use_kernels
 from .io import load, save
 from .kernels.cpu.threads import get_num_threads, set_num_threads
-from .layers import (
-                     AdaptiveAvgPool2d,
-                     AvgPool2d,
-                     BatchNorm1d,
-                     BatchNorm2d,
-                     Conv2d,
-                     Dropout,
-                     Flatten,
-                     GroupNorm,
-                     Layer,
-                     LeakyReLU,
-                     Linear,
-                     MaxPool2d,
-                     Parameter,
-                     ReLU,
-                     Sigmoid,
-                     Tanh,
-)
+from .layers import AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, GroupNorm
+from .layers import Layer, LeakyReLU, Linear, MaxPool2d, Parameter, ReLU, Sigmoid, Tanh
 from .losses import CrossEntropyLoss, softmax, softmax_cross_entropy
 from .model import Residual, Sequential
 from .rng import manual_seed

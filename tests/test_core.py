@@ -14,13 +14,19 @@ from convlib.kernels import OPS, reference
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "benchmarks"))
-from core_lines import BUDGET, code_lines, count  # noqa: E402
+from core_lines import BUDGET, code_lines, count, markdown  # noqa: E402
 
 
 def test_the_teaching_core_stays_within_its_budget_of_code_lines():
     parts = count()
     assert "layers.py" in parts["core"] and "kernels/cpu/conv.py" in parts["speed"]
     assert sum(parts["core"].values()) <= BUDGET, parts["core"]
+
+
+def test_the_reading_guide_shows_the_current_code_lines():
+    with open(os.path.join(HERE, "..", "docs", "reading-guide.md"), encoding="utf-8") as f:
+        guide = f.read()
+    assert markdown(count()["core"]) in guide, "rerun python benchmarks/core_lines.py --markdown into the guide"
 
 
 def test_code_lines_skip_docstrings_comments_and_blank_lines():
