@@ -42,6 +42,62 @@ def test_conv2d_cpu_matches_reference(dtype, g, seed, bias):
             np.testing.assert_allclose(got, want, **TOL[dtype])
 
 
+# ---------------------------------------------------------------- Winograd F(4x4, 3x3)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@settings(max_examples=15)
+@given(N=st.integers(1, 5), C=st.sampled_from([8, 16, 24]), F=st.sampled_from([8, 16]), H=st.integers(1, 19),
+       W=st.integers(1, 19), pad=st.integers(0, 2), seed=seeds)
+def test_winograd_conv_matches_reference_forward_and_backward(dtype, N, C, F, H, W, pad, seed):
+    """3x3 stride-1 convolutions with 8 or more channels take F(4x4, 3x3), forward and input
+    gradient: every size (partial edge tiles), every padding it takes, against the float64 maths.
+    float32 error stays within the contract test's tolerance (2e-4 relative to the output's scale)."""
+    from convlib.kernels.cpu import winograd
+    H, W = max(H, 3 - 2 * pad), max(W, 3 - 2 * pad)                # an output of at least 1x1
+    assert winograd.applies((F, C, 3, 3), (1, 1), (pad, pad))
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, W))
+    w = rng.standard_normal((F, C, 3, 3)) / np.sqrt(9 * C)
+    b = rng.standard_normal(F)
+    out_r, cache_r = ref.conv2d_forward(x, w, b, (1, 1), (pad, pad))
+    out_c, cache_c = cpu.conv2d_forward(x.astype(dtype), w.astype(dtype), b.astype(dtype), (1, 1), (pad, pad))
+    tol = 2e-4 if dtype == np.float32 else 1e-11
+    assert out_c.dtype == dtype and out_c.shape == out_r.shape
+    np.testing.assert_allclose(out_c, out_r, rtol=0, atol=tol * np.abs(out_r).max())
+    dout = rng.standard_normal(out_r.shape)
+    dx_c, dw_c, db_c = cpu.conv2d_backward(dout.astype(dtype), cache_c)
+    for got, want in zip((dx_c, dw_c, db_c), ref.conv2d_backward(dout, cache_r)):
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got, want, rtol=0, atol=tol * np.abs(want).max())
+
+
+def test_winograd_gradients_against_central_differences(rng):
+    import convlib as cl
+    from convlib.gradcheck import check_layer
+    errs = check_layer(cl.Conv2d(8, 8, 3, padding=1), rng.standard_normal((2, 8, 6, 5)))   # float64, Winograd
+    assert set(errs) == {"x", "weight", "bias"}
+
+
+def test_winograd_takes_only_what_it_computes():
+    from convlib.kernels.cpu import winograd
+    assert winograd.applies((16, 8, 3, 3), (1, 1), (1, 1))
+    for shape, stride, padding in [((16, 4, 3, 3), (1, 1), (1, 1)), ((16, 8, 3, 3), (2, 1), (1, 1)),
+                                   ((16, 8, 5, 5), (1, 1), (2, 2)), ((16, 8, 3, 3), (1, 1), (3, 1))]:
+        assert not winograd.applies(shape, stride, padding)
+
+
+def test_winograd_groups_depend_on_the_batch_not_the_threads(three_threads):
+    """The same images give bit-identical outputs whether run alone, in a batch split over
+    threads, or in one thread with others (BLAS may round a product of another size otherwise)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((9, 16, 12, 12)).astype(np.float32)
+    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    whole = cpu.conv2d_forward(x, w, b, (1, 1), (1, 1))[0]
+    import convlib as cl
+    cl.set_num_threads(1)
+    np.testing.assert_array_equal(cpu.conv2d_forward(x, w, b, (1, 1), (1, 1))[0], whole)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("kind", ["maxpool2d", "avgpool2d"])
 @given(g=window_geometry(), seed=seeds)

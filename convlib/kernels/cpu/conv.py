@@ -15,6 +15,7 @@ from numba import njit
 from numba import uint64 as u
 
 from ..reference import out_size
+from . import winograd
 from .threads import JIT, parallel_for, workspace
 
 
@@ -184,6 +185,10 @@ def conv2d_forward(x, w, b, stride, padding):
     wb[:, :K] = w.reshape(F, K)
     wb[:, K] = b if b is not None else 0
     geometry = (KH, KW, *stride, *padding, OH, OW)
+    if winograd.applies(w.shape, stride, padding):                  # 3x3, stride 1: F(4x4, 3x3)
+        out = np.empty((N, F, OH, OW), dtype=x.dtype)
+        winograd.conv2d(x, winograd.filters(wb[:, :K].reshape(w.shape)), wb[:, K].copy(), tuple(padding), out)
+        return out, (x, w.shape, wb, b is not None, geometry)
     out = np.empty((N, F, OH * OW), dtype=x.dtype)                  # (N, F, OH*OW)
     parallel_for(_conv_images, N, x, wb, geometry, out)
     return out.reshape(N, F, OH, OW), (x, w.shape, wb, b is not None, geometry)
@@ -197,7 +202,13 @@ def conv2d_backward(dout, cache, need_dx=True):
     dout3 = np.ascontiguousarray(dout).reshape(N, F, OH * OW)       # (N, F, OH*OW)
     w2t = np.ascontiguousarray(wb[:, :K].T)                         # (C*KH*KW, F)
     dx = np.empty(x.shape, dtype=dout.dtype) if need_dx else None
-    dwb_t = sum(parallel_for(_conv_grad_images, N, x, w2t, dout3, geometry, dx))  # (C*KH*KW + 1, F)
+    sh, sw, ph, pw, C = *geometry[2:6], wshape[1]
+    wino = need_dx and winograd.applies(wshape, (sh, sw), (ph, pw))
+    dwb_t = sum(parallel_for(_conv_grad_images, N, x, w2t, dout3, geometry, None if wino else dx))  # (C*KH*KW + 1, F)
+    if wino:   # dx is the stride-1 conv of dout with the filters turned 180 degrees, in and out swapped
+        flipped = wb[:, :K].reshape(wshape).transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]   # (C, F, 3, 3)
+        winograd.conv2d(np.ascontiguousarray(dout), winograd.filters(flipped), np.zeros(C, dout.dtype),
+                        (2 - ph, 2 - pw), dx)
     dw = np.ascontiguousarray(dwb_t[:K].T).reshape(wshape)          # (F, C, KH, KW)
     return dx, dw, (dwb_t[K].copy() if has_bias else None)
 

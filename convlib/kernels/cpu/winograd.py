@@ -1,0 +1,224 @@
+"""Winograd convolution F(4x4, 3x3) for stride-1 3x3 convolutions (Lavin and Gray, 2016).
+
+A 4x4 tile of output needs a 6x6 tile of input. Each input tile d and each 3x3 filter g are
+transformed, multiplied elementwise, and transformed back:
+
+    Y = AT [ (G g GT) * (BT d B) ] A        # (4, 4): 36 multiplies where the direct way takes 144
+
+Summed over the C input channels, the elementwise products become 36 matrix products, one per
+position xi of the 6x6 tile, which BLAS does:
+
+    V[xi] (T, C)  = input tiles, transformed       # T tiles of a group of images
+    U[xi] (F, C)  = filters, transformed           # once per call
+    M[xi] (F, T)  = U[xi] @ V[xi].T
+    out           = AT M A per tile, + bias        # written NCHW
+
+The transforms run over channels-last copies (the C or F values of one tile position are
+contiguous), so LLVM vectorises them across channels. Four times fewer multiplies than the
+direct convolution; the transforms' constants (1/4, 1/6, 1/24, 8) cost some float32 precision,
+measured in tests/test_kernels.py against the float64 reference. The input gradient of a
+stride-1 3x3 convolution is itself one (the filters flipped, in and out swapped), so backward
+uses the same code. Maths: ``reference.conv2d_forward``.
+"""
+import numpy as np
+from numba import njit
+
+from .threads import JIT, parallel_for, workspace
+
+# F(4x4, 3x3): BT (6, 6), G (6, 3), AT (4, 6)
+G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+              [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
+
+
+def applies(w_shape, stride, padding):
+    """Whether a convolution of weights (F, C, KH, KW) with this stride and padding runs here:
+    3x3, stride 1, padding at most 2, and channels enough for the products to pay (C, F >= 8)."""
+    F, C, KH, KW = w_shape
+    return (KH, KW) == (3, 3) and tuple(stride) == (1, 1) and max(padding) <= 2 and min(C, F) >= 8
+
+
+@njit(**JIT)
+def filters(w):
+    """w (F, C, 3, 3) -> U (36, F, C): G g GT for each filter g = w[f, c], position-major, summed
+    in float64. Loops over all F*C filters at once, which LLVM vectorises."""
+    F, C = w.shape[0], w.shape[1]
+    K = F * C
+    g = np.empty((3, 3, K))                                         # g[i, j, f*C + c] = w[f, c, i, j]
+    for f in range(F):
+        for c in range(C):
+            for i in range(3):
+                for j in range(3):
+                    g[i, j, f * C + c] = w[f, c, i, j]
+    t = np.empty((6, 3, K))                                         # G g
+    for a in range(6):
+        for j in range(3):
+            g0, g1, g2, dst = g[0, j], g[1, j], g[2, j], t[a, j]
+            for k in range(K):
+                dst[k] = G[a, 0] * g0[k] + G[a, 1] * g1[k] + G[a, 2] * g2[k]
+    U = np.empty((36, K), w.dtype)
+    for a in range(6):
+        t0, t1, t2 = t[a, 0], t[a, 1], t[a, 2]
+        for b in range(6):
+            dst = U[6 * a + b]
+            for k in range(K):
+                dst[k] = t0[k] * G[b, 0] + t1[k] * G[b, 1] + t2[k] * G[b, 2]
+    return U.reshape(36, F, C)
+
+
+@njit(**JIT)
+def _split_columns(x, n0, ph, pw, xq):
+    """Images n0, n0+1, ... of x (N, C, H, W) -> xq (m, HP, 4, P*C): zero-padded (ph rows above,
+    pw columns left), channels last, and the columns split by their remainder mod 4: padded
+    column 4p + r, channel c is xq[n, h, r, p*C + c]. Column j of the 6x6 input tile of the
+    tiles tw = 0, 1, ... of a tile row is then one contiguous run: xq[n, h, j % 4, (j//4)*C:]."""
+    m, HP = xq.shape[0], xq.shape[1]
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    zero = x.dtype.type(0)
+    for n in range(m):
+        for h in range(HP):
+            for r in range(4):
+                for q in range(xq.shape[3]):
+                    xq[n, h, r, q] = zero
+        for c in range(C):
+            for h in range(H):
+                src = x[n0 + n, c, h]
+                for w in range(W):
+                    col = w + pw
+                    xq[n, h + ph, col % 4, (col // 4) * C + c] = src[w]
+
+
+@njit(inline="always")
+def _bt(d0, d1, d2, d3, d4, d5, a, f2, f4, f5):
+    """Row a of BT times the column (d0, ..., d5): the input transform, one value at a time."""
+    if a == 0:
+        return f4 * d0 - f5 * d2 + d4
+    if a == 1:
+        return d3 + d4 - f4 * (d1 + d2)
+    if a == 2:
+        return d4 - d3 + f4 * (d1 - d2)
+    if a == 3:
+        return d4 - d2 + f2 * (d3 - d1)
+    if a == 4:
+        return d4 - d2 + f2 * (d1 - d3)
+    return f4 * d1 - f5 * d3 + d5
+
+
+@njit(inline="always")
+def _at(s0, s1, s2, s3, s4, s5, a, f2, f4, f8):
+    """Row a of AT times the column (s0, ..., s5): the output transform, one value at a time."""
+    if a == 0:
+        return s0 + s1 + s2 + s3 + s4
+    if a == 1:
+        return s1 - s2 + f2 * (s3 - s4)
+    if a == 2:
+        return s1 + s2 + f4 * (s3 + s4)
+    return s1 - s2 + f8 * (s3 - s4) + s5
+
+
+@njit(**JIT)
+def _input_tiles(xq, TH, TW, V):
+    """xq (m, HP, 4, P*C) from ``_split_columns`` -> V (36, m*TH*TW*C): BT d B for the 6x6 input tile
+    d of every 4x4 output tile; V[6*a + b, k*C + c], tile k = (n*TH + th)*TW + tw.
+
+    A tile row at a time, over the runs q = tw*C + c of its TW tiles, one output row per loop:
+    loops that read a few arrays and write one, contiguous in q, are what LLVM vectorises (Numba
+    cannot tell it that two arrays do not overlap, and with many it gives up on the run-time tests)."""
+    m = xq.shape[0]
+    L = xq.shape[3] // (TW + 2) * TW                                # TW*C: one tile row's runs
+    C = L // TW
+    t = np.empty((6, 6, L), xq.dtype)                               # BT along the tile rows
+    f2, f4, f5 = xq.dtype.type(2), xq.dtype.type(4), xq.dtype.type(5)
+    for n in range(m):
+        for th in range(TH):
+            k0 = (n * TH + th) * L
+            for i in range(6):
+                row = xq[n, 4 * th + i]                             # (4, P*C): columns 4p + r at [r, p*C + c]
+                r0, r1, r2, r3 = row[0], row[1], row[2], row[3]
+                r4, r5 = row[0, C:], row[1, C:]
+                for b in range(6):
+                    dst = t[i, b]
+                    for q in range(L):
+                        dst[q] = _bt(r0[q], r1[q], r2[q], r3[q], r4[q], r5[q], b, f2, f4, f5)
+            for b in range(6):                                      # then down the tile columns
+                c0, c1, c2, c3, c4, c5 = t[0, b], t[1, b], t[2, b], t[3, b], t[4, b], t[5, b]
+                for a in range(6):
+                    dst = V[6 * a + b, k0:k0 + L]
+                    for q in range(L):
+                        dst[q] = _bt(c0[q], c1[q], c2[q], c3[q], c4[q], c5[q], a, f2, f4, f5)
+
+
+@njit(**JIT)
+def _output_tiles(M, bias, n0, TH, TW, out):
+    """M (36, F*T), M[xi, f*T + k] for tile k = (n*TH + th)*TW + tw -> out[n0 + n] (F, OH, OW) =
+    AT M A per tile, + bias[f], clipped at the bottom and right edges. The transforms run over
+    all F*T values at once, in loops LLVM vectorises; the second writes each tile's four outputs
+    of a row side by side, y[a, 4*(f*T + k) + b], so that an output row is then one contiguous copy."""
+    F, OH, OW = out.shape[1], out.shape[2], out.shape[3]
+    L = M.shape[1]
+    T = L // F
+    s = np.empty((4, 6, L), M.dtype)                                # AT down the tile columns
+    y = np.empty((4, 4 * L), M.dtype)                               # then along the tile rows
+    f2, f4, f8 = M.dtype.type(2), M.dtype.type(4), M.dtype.type(8)
+    for b in range(6):
+        m0, m1, m2, m3, m4, m5 = M[b], M[6 + b], M[12 + b], M[18 + b], M[24 + b], M[30 + b]
+        for a in range(4):
+            dst = s[a, b]
+            for q in range(L):
+                dst[q] = _at(m0[q], m1[q], m2[q], m3[q], m4[q], m5[q], a, f2, f4, f8)
+    for a in range(4):
+        s0, s1, s2, s3, s4, s5 = s[a, 0], s[a, 1], s[a, 2], s[a, 3], s[a, 4], s[a, 5]
+        dst = y[a]
+        for q in range(L):
+            v0, v1, v2, v3, v4, v5 = s0[q], s1[q], s2[q], s3[q], s4[q], s5[q]
+            dst[4 * q] = v0 + v1 + v2 + v3 + v4
+            dst[4 * q + 1] = v1 - v2 + f2 * (v3 - v4)
+            dst[4 * q + 2] = v1 + v2 + f4 * (v3 + v4)
+            dst[4 * q + 3] = v1 - v2 + f8 * (v3 - v4) + v5
+    for n in range(T // (TH * TW)):                                 # NCHW, with the bias
+        for f in range(F):
+            bf = bias[f]
+            for th in range(TH):
+                k0 = 4 * (f * T + (n * TH + th) * TW)
+                for a in range(min(4, OH - 4 * th)):
+                    dst, src = out[n0 + n, f, 4 * th + a], y[a]
+                    for ow in range(OW):
+                        dst[ow] = src[k0 + ow] + bf
+
+
+def group(x_shape, F, padding):
+    """How many images share one pass (the transforms' arrays V and M of a group about 2**18
+    values, 1 MB in float32; at least one), and how many such groups the batch x_shape makes.
+    Groups are fixed by the batch alone, never by the threads that run them: BLAS may round a
+    product differently with other sizes, and a net must give the same output whichever thread
+    runs it (the web page's requests)."""
+    N, C, H, W = x_shape
+    tiles = -(-(H + 2 * padding[0] - 2) // 4) * -(-(W + 2 * padding[1] - 2) // 4)
+    g = max(1, (1 << 18) // (36 * (C + F) * tiles))
+    return g, -(-N // g)
+
+
+def conv_groups(lo, hi, x, U, bias, padding, g, out):
+    """out[n] = conv3x3(x[n]) + bias for the images of groups [lo, hi) of g images (stride 1,
+    ``padding``), by F(4x4, 3x3): x (N, C, H, W), U (36, F, C) from ``filters``, bias (F,),
+    out (N, F, OH, OW)."""
+    F, C = U.shape[1], U.shape[2]
+    (ph, pw), (OH, OW) = padding, out.shape[2:]
+    TH, TW = -(-OH // 4), -(-OW // 4)                               # tiles down and across
+    for n0 in range(lo * g, min(hi * g, x.shape[0]), g):
+        m = min(g, x.shape[0] - n0)
+        T = m * TH * TW
+        xq = workspace("wino_x", (m, 4 * TH + 2, 4, (TW + 2) * C), x.dtype)   # (m, HP, 4, P*C)
+        V = workspace("wino_v", (36, T, C), x.dtype)                # (36, T, C)
+        M = workspace("wino_m", (36, F, T), x.dtype)                # (36, F, T)
+        _split_columns(x, n0, ph, pw, xq)
+        _input_tiles(xq, TH, TW, V.reshape(36, T * C))
+        np.matmul(U, V.transpose(0, 2, 1), out=M)                   # 36 products (F, C) @ (C, T)
+        _output_tiles(M.reshape(36, F * T), bias, n0, TH, TW, out)
+
+
+def conv2d(x, U, bias, padding, out):
+    """out = conv3x3(x) + bias (stride 1, ``padding``) on all threads: x (N, C, H, W), U (36, F, C)
+    from ``filters``, bias (F,), out (N, F, OH, OW)."""
+    g, groups = group(x.shape, U.shape[1], padding)
+    parallel_for(conv_groups, groups, x, U, bias, padding, g, out)
+    return out
