@@ -1,7 +1,9 @@
 """Per-layer breakdown of one training step of the reference net: forward and backward time of
-every layer (as Sequential runs them: a ReLU before a MaxPool2d as one fused unit), GFLOP/s of each conv
-(and its share of the machine's matmul peak), and each part's
-share of the step, so the next bottleneck is visible.
+every layer (as Sequential runs them: a ReLU before a MaxPool2d as one fused unit) beside
+PyTorch's same layer, each conv's effective GFLOP/s (direct-convolution FLOPs over its time) and
+its share of the machine's sgemm peak (measured here: one large product on the same threads),
+the same over all conv layers of a step together (median and range over the steps), and each
+part's share of the step, so the next bottleneck is visible.
 
     python benchmarks/bench_layers.py [--batch 32] [--size 64] [--reps 15]
     python benchmarks/bench_layers.py --net fashion --batch 128     # the Fashion-MNIST example's net
@@ -44,6 +46,17 @@ def torch_layer_times(net, x, y, reps):
             bwd[i].append(time.perf_counter() - t)
             g = inp.grad
     return [float(np.median(v[3:])) for v in fwd], [float(np.median(v[3:])) for v in bwd]
+
+
+def conv_flops(conv, shape, first):
+    """(forward, backward) FLOPs of a direct convolution on input ``shape``: 2 per multiply-add;
+    backward counts both gradients, or the weight gradient alone for the first layer (fit skips
+    its input gradient). Effective GFLOP/s divide these by the time, so a faster algorithm
+    (Winograd) can pass the machine's peak."""
+    N, C = shape[:2]
+    oh, ow = conv.output_shape(shape)[2:]
+    flops = 2 * N * conv.out_channels * oh * ow * C * conv.kernel_size[0] * conv.kernel_size[1]
+    return flops, flops if first else 2 * flops
 
 
 def main():
@@ -96,10 +109,7 @@ def main():
         layers = range(i, units[n + 1][0] if n + 1 < len(units) else len(net))   # the layers of this unit
         gf = ""
         if isinstance(unit, cl.Conv2d):
-            N, C, H, W = shapes[i]
-            oh, ow = unit.output_shape(shapes[i])[2:]
-            flops = 2 * N * unit.out_channels * oh * ow * C * unit.kernel_size[0] * unit.kernel_size[1]
-            bflops = flops if i == 0 else 2 * flops                 # no input gradient for the first layer
+            flops, bflops = conv_flops(unit, shapes[i], first=i == 0)
             gf = f"{flops / f / 1e9:.0f} / {bflops / b / 1e9:.0f}"
             gf += f" ({100 * (flops + bflops) / (f + b) / 1e9 / peak:.0f}% peak)"
         name = "+".join(type(net[j]).__name__ for j in layers)
@@ -109,6 +119,13 @@ def main():
                      f"{1e3 * b:.2f}"] + (torch_cols if tf else []) + [gf, f"{100 * (f + b) / total:.1f}%"])
     for k, v in other.items():
         rows.append([k, f"{1e3 * med(v):.2f}", ""] + (["", ""] if tf else []) + ["", f"{100 * med(v) / total:.1f}%"])
+    convs = [(i, conv_flops(unit, shapes[i], first=i == 0)) for i, unit in units if isinstance(unit, cl.Conv2d)]
+    for label, chosen in (("all conv layers", convs), ("without the first", convs[1:])):
+        per_step = [sum(fl) / sum(fwd[i][r] + bwd[i][r] for i, _ in chosen) / 1e9       # effective GFLOP/s per step
+                    for r in range(3, args.reps + 3) for fl in [[f + b for _, (f, b) in chosen]]]
+        lo, mid, hi = np.min(per_step), np.median(per_step), np.max(per_step)
+        rows.append([f"{label}, one step", "", ""] + (["", ""] if tf else []) +
+                    [f"{mid:.0f} ({lo:.0f}-{hi:.0f}): {100 * mid / peak:.0f}% peak", ""])
     print(f"{args.net} net, batch {B}, {'x'.join(map(str, shape[1:]))}: one training step {1e3 * total:.1f} ms "
           f"({B / total:.0f} img/s); matmul peak {peak:.0f} GFLOP/s")
     print(table(rows, ["layer", "fwd ms", "bwd ms"] + (["torch fwd", "torch bwd"] if tf else [])

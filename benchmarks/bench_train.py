@@ -12,7 +12,9 @@ plus the peak memory of a training step and the start-up time (cached and cold k
     python benchmarks/bench_train.py --protocols separate          # only the headline
     python benchmarks/bench_train.py --net fashion --batch 128     # the Fashion-MNIST example's net
 
-PyTorch is optional (pip install torch==2.13.0); without it only convlib's columns print.
+PyTorch and ONNX Runtime are optional (pip install -e ".[bench]"); without them their columns are
+skipped. ONNX Runtime runs the torch twin exported to ONNX, inference only, alone in its own
+fresh process each round (the separate protocol).
 The torch-alone process builds its weights with convlib's constructors (NumPy only: no convlib
 kernel runs there, and importing convlib changes no thread or memory setting).
 """
@@ -54,6 +56,48 @@ def _child(args):
     train = alternate({k: v[0] for k, v in steps.items()}, rounds=args.rounds, reps=args.reps)
     infer = alternate({k: v[1] for k, v in steps.items()}, rounds=args.rounds, reps=args.reps)
     print(json.dumps({"train_s": train, "infer_s": infer}))
+
+
+def _child_ort(args):
+    """Fresh process: ONNX Runtime's inference on the torch twin exported to ONNX (the parent
+    exported it; nothing else is imported here), intra_op_num_threads = --threads; the same
+    rounds of timed steps as the other children."""
+    import numpy as np
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = args.threads, 1
+    session = ort.InferenceSession(args.child_ort, so, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    x = np.random.default_rng(0).random((args.batch, *session.get_inputs()[0].shape[1:]), dtype=np.float32)
+    infer = lambda: session.run(None, {name: x})
+    for _ in range(2):
+        infer()
+    rounds = []
+    for _ in range(args.rounds):
+        ts = []
+        for _ in range(args.reps):
+            t = time.perf_counter()
+            infer()
+            ts.append(time.perf_counter() - t)
+        rounds.append(float(np.median(ts)))
+    print(json.dumps({"infer_s": {"ort": float(np.median(rounds))}, "version": ort.__version__}))
+
+
+def _export_onnx(args, folder):
+    """The reference (or Fashion) net's torch twin as an ONNX file in folder, or None when torch or
+    onnxruntime is missing (the [bench] extra has both)."""
+    try:
+        import onnxruntime  # noqa: F401
+        import torch
+    except ImportError:
+        return None
+    sys.path.insert(0, HERE)
+    from common import build, torch_twin
+    net, shape, _ = build(args.net, args.size)
+    path = os.path.join(folder, f"{args.net}.onnx")
+    x = torch.zeros((args.batch, *shape))
+    torch.onnx.export(torch_twin(net).eval(), x, path, dynamo=False, input_names=["x"], output_names=["logits"])
+    return path
 
 
 def _child_memory(args):
@@ -120,9 +164,12 @@ def main():
     ap.add_argument("--protocols", default=",".join(PROTOCOLS))
     ap.add_argument("--child")
     ap.add_argument("--child-memory")
+    ap.add_argument("--child-ort")
     args = ap.parse_args()
     if args.child:
         return _child(args)
+    if args.child_ort:
+        return _child_ort(args)
     if args.child_memory:
         return _child_memory(args)
     try:
@@ -140,11 +187,20 @@ def main():
     libs = ["convlib", "torch"] if have_torch else ["convlib"]
     # warm the kernel cache once, so that no timed process compiles
     run_child(args, "--child", "convlib")
+    onnx_dir = tempfile.TemporaryDirectory()
+    onnx_path = _export_onnx(args, onnx_dir.name)
+    if onnx_path is None:
+        print("ONNX Runtime or PyTorch is not installed: its column is skipped (pip install -e \".[bench]\")")
+    ort = {"infer": [], "version": None}
     results = {p: {"train": {k: [] for k in libs}, "infer": {k: [] for k in libs}} for p in protocols}
     for r in range(args.rounds):
         for p in protocols:
             if p == "separate":
                 runs = [run_child(args, "--child", lib) for lib in libs]
+                if onnx_path:
+                    res = run_child(args, "--child-ort", onnx_path)
+                    ort["infer"].append(args.batch / res["infer_s"]["ort"])
+                    ort["version"] = res["version"]
             else:
                 order = "torch,convlib" if p == "torch-first" else "convlib,torch"
                 runs = [run_child(args, "--child", order)]
@@ -174,6 +230,14 @@ def main():
           f"medians over {args.rounds} fresh processes per protocol (each: median of {args.child_rounds} "
           f"alternating rounds of {args.reps} steps); ratios paired round by round")
     print(table(rows, header))
+    if ort["infer"]:
+        conv = results["separate"]["infer"]["convlib"]
+        med, lo, hi = _median_range(ort["infer"])
+        rmed, rlo, rhi = _median_range([c / o for c, o in zip(conv, ort["infer"])])
+        print(f"ONNX Runtime {ort['version']} (the torch twin exported to ONNX, intra_op_num_threads="
+              f"{args.threads}), each alone in a fresh process: inference {med:.0f} ({lo:.0f}-{hi:.0f}) img/s; "
+              f"convlib / ONNX Runtime {rmed:.2f}x ({rlo:.2f}-{rhi:.2f})")
+    onnx_dir.cleanup()
     mem = {lib: run_child(args, "--child-memory", lib, env={"MALLOC_MMAP_THRESHOLD_": "65536"}) for lib in libs}
     # A fixed mmap threshold makes glibc return every large block to the OS when it is freed, so
     # the resident size follows the live arrays of both libraries and the high-water mark is the

@@ -202,13 +202,16 @@ def conv2d_backward(dout, cache, need_dx=True):
     dout3 = np.ascontiguousarray(dout).reshape(N, F, OH * OW)       # (N, F, OH*OW)
     w2t = np.ascontiguousarray(wb[:, :K].T)                         # (C*KH*KW, F)
     dx = np.empty(x.shape, dtype=dout.dtype) if need_dx else None
-    sh, sw, ph, pw, C = *geometry[2:6], wshape[1]
-    wino = need_dx and winograd.applies(wshape, (sh, sw), (ph, pw))
-    dwb_t = sum(parallel_for(_conv_grad_images, N, x, w2t, dout3, geometry, None if wino else dx))  # (C*KH*KW + 1, F)
-    if wino:   # dx is the stride-1 conv of dout with the filters turned 180 degrees, in and out swapped
-        flipped = wb[:, :K].reshape(wshape).transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]   # (C, F, 3, 3)
-        winograd.conv2d(np.ascontiguousarray(dout), winograd.filters(flipped), np.zeros(C, dout.dtype),
-                        (2 - ph, 2 - pw), dx)
+    padding = geometry[4:6]
+    if winograd.applies(wshape, geometry[2:4], padding):             # 3x3, stride 1: F(4x4, 3x3)
+        dout = np.ascontiguousarray(dout)
+        if need_dx:        # the stride-1 conv of dout with the filters turned 180 degrees, in and out swapped
+            flipped = wb[:, :K].reshape(wshape).transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]   # (C, F, 3, 3)
+            winograd.conv2d(dout, winograd.filters(flipped), np.zeros(wshape[1], dout.dtype),
+                            (2 - padding[0], 2 - padding[1]), dx)
+        db = dout.sum(axis=(0, 2, 3)) if has_bias else None
+        return dx, winograd.filter_grads(x, dout, padding), db
+    dwb_t = sum(parallel_for(_conv_grad_images, N, x, w2t, dout3, geometry, dx))  # (C*KH*KW + 1, F)
     dw = np.ascontiguousarray(dwb_t[:K].T).reshape(wshape)          # (F, C, KH, KW)
     return dx, dw, (dwb_t[K].copy() if has_bias else None)
 

@@ -185,6 +185,82 @@ def _output_tiles(M, bias, n0, TH, TW, out):
                         dst[ow] = src[k0 + ow] + bf
 
 
+@njit(inline="always")
+def _a(y0, y1, y2, y3, a, f2, f4, f8):
+    """Row a of A (= AT transposed) times (y0, ..., y3): the output transform's adjoint."""
+    if a == 0:
+        return y0
+    if a == 1:
+        return y0 + y1 + y2 + y3
+    if a == 2:
+        return y0 - y1 + y2 - y3
+    if a == 3:
+        return y0 + f2 * y1 + f4 * y2 + f8 * y3
+    if a == 4:
+        return y0 - f2 * y1 + f4 * y2 - f8 * y3
+    return y3
+
+
+@njit(**JIT)
+def _dout_tiles(dout, n0, TH, TW, dM):
+    """dout (N, F, OH, OW), images n0, ... -> dM (36, F*T): A d AT for the 4x4 tile d of every
+    output tile (zero past the bottom and right edges): the gradient of M, the transposed
+    output transform. dM[6*a + b, f*T + k], tile k = (n*TH + th)*TW + tw."""
+    F, OH, OW = dout.shape[1], dout.shape[2], dout.shape[3]
+    L = dM.shape[1]
+    T = L // F
+    y = np.zeros((4, 4, L), dout.dtype)                             # y[p, q, f*T + k] = d[p, q]
+    for n in range(T // (TH * TW)):
+        for f in range(F):
+            for th in range(TH):
+                k0 = f * T + (n * TH + th) * TW
+                for p in range(min(4, OH - 4 * th)):
+                    src = dout[n0 + n, f, 4 * th + p]
+                    for q in range(4):
+                        dst = y[p, q]
+                        for tw in range((OW - q + 3) // 4):
+                            dst[k0 + tw] = src[4 * tw + q]
+    r = np.empty((4, 6, L), dout.dtype)                             # A along each tile row
+    f2, f4, f8 = dout.dtype.type(2), dout.dtype.type(4), dout.dtype.type(8)
+    for p in range(4):
+        y0, y1, y2, y3 = y[p, 0], y[p, 1], y[p, 2], y[p, 3]
+        for b in range(6):
+            dst = r[p, b]
+            for q in range(L):
+                dst[q] = _a(y0[q], y1[q], y2[q], y3[q], b, f2, f4, f8)
+    for b in range(6):                                              # then down each tile column
+        r0, r1, r2, r3 = r[0, b], r[1, b], r[2, b], r[3, b]
+        for a in range(6):
+            dst = dM[6 * a + b]
+            for q in range(L):
+                dst[q] = _a(r0[q], r1[q], r2[q], r3[q], a, f2, f4, f8)
+
+
+@njit(**JIT)
+def _filter_grads(dU, dw):
+    """dU (36, F, C), the gradient of the transformed filters -> dw (F, C, 3, 3) = GT dU G (the
+    filter transform's adjoint), in float64, over all F*C filters at once."""
+    F, C = dU.shape[1], dU.shape[2]
+    K = F * C
+    d = dU.reshape(36, K)
+    t = np.empty((3, 6, K))                                         # GT dU
+    for i in range(3):
+        for b in range(6):
+            dst = t[i, b]
+            for k in range(K):
+                acc = 0.0
+                for a in range(6):
+                    acc += G[a, i] * d[6 * a + b, k]
+                dst[k] = acc
+    for i in range(3):
+        for j in range(3):                                          # then times G
+            for k in range(K):
+                acc = 0.0
+                for b in range(6):
+                    acc += t[i, b, k] * G[b, j]
+                dw[k // C, k % C, i, j] = acc
+
+
 def group(x_shape, F, padding):
     """How many images share one pass (the transforms' arrays V and M of a group about 2**18
     values, 1 MB in float32; at least one), and how many such groups the batch x_shape makes.
@@ -222,3 +298,35 @@ def conv2d(x, U, bias, padding, out):
     g, groups = group(x.shape, U.shape[1], padding)
     parallel_for(conv_groups, groups, x, U, bias, padding, g, out)
     return out
+
+
+def grad_groups(lo, hi, x, dout, padding, g):
+    """The filters' gradient of the groups [lo, hi) of g images, in the transformed domain:
+    dU (36, F, C) = sum over tiles of dM (F, T) @ V (T, C), dM from ``_dout_tiles``."""
+    C, F = x.shape[1], dout.shape[1]
+    (ph, pw), (OH, OW) = padding, dout.shape[2:]
+    TH, TW = -(-OH // 4), -(-OW // 4)
+    dU = np.zeros((36, F, C), x.dtype)
+    for n0 in range(lo * g, min(hi * g, x.shape[0]), g):
+        m = min(g, x.shape[0] - n0)
+        T = m * TH * TW
+        xq = workspace("wino_x", (m, 4 * TH + 2, 4, (TW + 2) * C), x.dtype)
+        V = workspace("wino_v", (36, T, C), x.dtype)
+        dM = workspace("wino_m", (36, F, T), x.dtype)
+        part = workspace("wino_du", (36, F, C), x.dtype)
+        _split_columns(x, n0, ph, pw, xq)
+        _input_tiles(xq, TH, TW, V.reshape(36, T * C))
+        _dout_tiles(dout, n0, TH, TW, dM.reshape(36, F * T))
+        np.matmul(dM, V, out=part)                                  # 36 products (F, T) @ (T, C)
+        dU += part
+    return dU
+
+
+def filter_grads(x, dout, padding):
+    """dw (F, C, 3, 3) of the stride-1 3x3 convolution of x (N, C, H, W) giving dout (N, F, OH, OW),
+    on all threads: the products in the transformed domain, 4x fewer multiplies than im2col's."""
+    g, groups = group(x.shape, dout.shape[1], padding)
+    dU = sum(parallel_for(grad_groups, groups, x, dout, padding, g))   # (36, F, C)
+    dw = np.empty((dout.shape[1], x.shape[1], 3, 3), x.dtype)
+    _filter_grads(dU, dw)
+    return dw
