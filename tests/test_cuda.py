@@ -402,3 +402,45 @@ def test_tuning_options_compute_the_same_products(rng):
     with pytest.raises(ValueError, match="split 'fixed' or 'sm'"):
         with K.tuning(split="auto"):
             pass
+
+
+# ---------------------------------------------------------------- benchmarks/gpu_check.py
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_gpu_check_runs_end_to_end_in_the_simulator(tmp_path):
+    """The first-contact script's smoke mode (small shapes, numba's simulator): every part runs
+    and its JSON says what a GPU run would: every check passes, each batch's step is timed launch
+    by launch, each tuning option gives the default's gradients, and the sanitizer's script runs."""
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu_check.py"), "--sim", "--out",
+                          str(tmp_path)], env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    d = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert d["errors"] == {} and d["skipped"] == {}, (d["errors"], d["skipped"])
+    assert d["versions"]["first_kernel"].startswith("ok")
+    ops = d["correctness"]["ops"]
+    assert {r["batch"] for r in ops} == {2, 3} and all(r["ok"] and len(r["rel_err"]) == 3 for r in ops)
+    assert sum(r["op"].startswith("conv") for r in ops) == 4 and all(s["ok"] for s in d["correctness"]["training_step"])
+    steps = d["timing"]["steps"]
+    assert [s["batch"] for s in steps] == [2, 3] and all(s["launches"] == len(s["per_launch"]) > 10 for s in steps)
+    assert any(r["kernel"] == "product conv dw" and r["grid"][2] > 1 for r in steps[0]["per_launch"])  # split K
+    ab = d["timing"]["ab"]
+    assert {(r["split"], r["blocks_per_sm"]) for r in ab} == {("fixed", 0), ("sm", 0), ("fixed", 2), ("sm", 2)}
+    assert all(r["grads_vs_default"] <= 1e-4 for r in ab)
+    assert "rows" in d["torch"] or "skipped" in d["torch"]
+    assert d["sanitizer"]["script"]["rc"] == 0
+    assert "checks ok" in (tmp_path / "gpu_check.txt").read_text()
+
+
+def test_gpu_check_records_a_failing_part_and_runs_the_next(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import gpu_check
+    report = gpu_check.Report(gpu_check.parse_args(["--out", str(tmp_path), "--parts", "ab"]))
+    report.part("a", "versions", lambda: 1 / 0)
+    report.part("b", "correctness", lambda: {"ops": [dict(op="x", batch=1, rel_err=[0.0], identical=True, ok=True)],
+                                             "repeats": 1})
+    report.part("c", "timing", lambda: 1 / 0)                      # not asked for: not run
+    d = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert list(d["errors"]) == ["versions"] and "ZeroDivisionError" in d["errors"]["versions"]
+    assert d["correctness"]["ops"][0]["ok"] and "timing" not in d and "timing" not in d["errors"]
+    assert "ERROR in versions" in (tmp_path / "gpu_check.txt").read_text()

@@ -39,6 +39,9 @@ from .memory import empty as _empty
 from .memory import upload
 
 SIM = bool(config.ENABLE_CUDASIM)
+if SIM:
+    from .simulator import make_shared_arrays_thread_safe
+    make_shared_arrays_thread_safe()
 TPB = 8 if SIM else 256                       # threads per block of 1-D kernels
 RB = 8 if SIM else 256                        # threads per block of per-channel reductions (power of 2)
 MAX_BLOCKS = 4 if SIM else 65535
