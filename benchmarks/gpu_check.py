@@ -24,8 +24,10 @@ measured. Each part is guarded: an exception is recorded and the next part runs.
   e. compute-sanitizer memcheck and racecheck on a short script (one split-K product, one batch
      norm), each under a timeout, where the tool is installed; in --sim the script runs alone.
 
---budget (seconds, default 300) stops starting new work once spent, so a second run fits the
-same device lease; --parts picks parts (e.g. --parts cd).
+--budget (seconds, default 300) bounds the run, so that a second one fits the same 15-minute
+device lease: each part stops starting new work at its share (a by 10 %, b by 45 %, c by 70 %,
+d by 80 %, e the rest; what it skipped is listed), so no part takes the others' time. --parts
+runs some parts only (e.g. --parts ce).
 """
 import argparse
 import contextlib
@@ -61,6 +63,7 @@ def parse_args(argv=None):
     return args
 
 
+os.environ.setdefault("NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS", "0")   # one per small grid would bury the output
 if __name__ == "__main__" and "--sim" in sys.argv:
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"        # read once, when numba is first imported
     sys.setswitchinterval(1e-4)                     # its Python threads meet at barriers: hand over fast
@@ -83,37 +86,52 @@ class Report:
     """The results by part, written as JSON and a text table after every part."""
 
     def __init__(self, args):
-        self.args, self.t0 = args, time.perf_counter()
+        self.args, self.t0, self.deadline = args, time.perf_counter(), args.budget
         self.data = {"command": " ".join(["python3"] + sys.argv), "sim": args.sim, "budget_s": args.budget,
                      "errors": {}, "skipped": {}, "seconds": {}}
         os.makedirs(args.out, exist_ok=True)
 
     def left(self):
-        return self.args.budget - (time.perf_counter() - self.t0)
+        """Seconds until the running part must stop starting new work."""
+        return self.deadline - (time.perf_counter() - self.t0)
 
-    def part(self, key, name, fn):
-        """Run fn() -> results, stored under name; an exception is recorded, never raised."""
+    def part(self, key, name, fn, until=1.0):
+        """Run part ``key`` (if asked for) until the fraction ``until`` of the budget has passed
+        (no part can take the others' time): fn(out) fills the dict stored under ``name`` as it
+        goes, so an exception (recorded, never raised) keeps what came before."""
         if key not in self.args.parts:
             return
+        self.deadline = self.args.budget * until
         if self.left() <= 0:
-            self.data["skipped"][name] = f"the budget of {self.args.budget:.0f} s was spent"
-        else:
-            print(f"== {key}. {name}", flush=True)
-            t = time.perf_counter()
-            try:
-                self.data[name] = fn()
-            except Exception:
-                self.data["errors"][name] = traceback.format_exc()[-3000:]
-                print(self.data["errors"][name], flush=True)
-            self.data["seconds"][name] = round(time.perf_counter() - t, 1)
-        self.data["total_s"] = round(time.perf_counter() - self.t0, 1)
+            self.data["skipped"][name] = f"its share of the {self.args.budget:.0f} s budget was spent"
+            return self.write()
+        print(f"== {key}. {name}", flush=True)
+        t = time.perf_counter()
+        self.data[name] = out = {}
+        self.guard(name, lambda: fn(out))
+        self.data["seconds"][name] = round(time.perf_counter() - t, 1)
         self.write()
 
+    def guard(self, name, fn):
+        """fn(), or None with the traceback recorded under errors[name]; the report is written after."""
+        try:
+            return fn()
+        except Exception:
+            self.data["errors"][name] = traceback.format_exc()[-3000:]
+            print(self.data["errors"][name], flush=True)
+        finally:
+            self.write()
+
     def write(self):
+        self.data["total_s"] = round(time.perf_counter() - self.t0, 1)
         with open(os.path.join(self.args.out, "gpu_check.json"), "w") as f:
             json.dump(self.data, f, indent=1, default=str)
+        try:
+            text = summary(self.data)
+        except Exception:                                           # the JSON has it all anyway
+            text = "could not summarise:\n" + traceback.format_exc()
         with open(os.path.join(self.args.out, "gpu_check.txt"), "w") as f:
-            f.write(summary(self.data) + "\n")
+            f.write(text + "\n")
 
 
 def table(rows, header):
@@ -131,7 +149,7 @@ def summary(d):
                    f"{v.get('numba_cuda')}, cuda-bindings {v.get('cuda_bindings')}, NVVM {v.get('nvvm')}, "
                    f"nvJitLink {v.get('nvjitlink')} | first kernel: {v.get('first_kernel')}")
     c = d.get("correctness")
-    if c:
+    if c and c.get("ops"):
         bad = [r for r in c["ops"] if not r["ok"]]
         worst = max(c["ops"], key=lambda r: max(r["rel_err"]))
         out.append(f"\ncorrectness: {len(c['ops']) - len(bad)} of {len(c['ops'])} checks ok (float32 vs float64, "
@@ -143,7 +161,7 @@ def summary(d):
             out.append(f"  training step vs the CPU, batch {s['batch']}: worst rel err {s['worst']:.1e} "
                        f"({s['worst_of']}): {'ok' if s['ok'] else 'FAILED'}")
     t = d.get("timing")
-    if t:
+    if t and t.get("steps"):
         rows = [[s["batch"], f"{s['host_ms']:.2f}", f"{s['wall_ms']:.2f}", f"{s['kernel_ms']:.2f}", s["launches"],
                  f"{s['batch'] / s['wall_ms'] * 1e3:.0f}"] for s in t["steps"]]
         out += ["\ntraining step (ms, medians): host = queued without the final sync, wall = with it",
@@ -159,7 +177,7 @@ def summary(d):
                     table(rows, ["split", "blocks/SM", "batch", "wall", "products", "grads vs default"])]
     tt = d.get("torch")
     if tt:
-        if "rows" in tt:
+        if tt.get("rows"):
             rows = [[r["batch"], r["tf32"], f"{r['ms']:.2f}", f"{r['batch'] / r['ms'] * 1e3:.0f}",
                      r.get("convlib_over_torch", "")] for r in tt["rows"]]
             out += [f"\nPyTorch {tt['version']} CUDA, cuDNN benchmark on (ms per step, median)",
@@ -178,11 +196,11 @@ def summary(d):
 
 
 # ---------------------------------------------------------------- a. versions
-def versions():
+def versions(v):
     import importlib.metadata as md
 
     import numba
-    v = {"python": sys.version.split()[0], "numpy": np.__version__, "numba": numba.__version__}
+    v.update(python=sys.version.split()[0], numpy=np.__version__, numba=numba.__version__)
 
     nvvm = lambda: __import__("numba.cuda.cudadrv.nvvm", fromlist=["nvvm"])
     driver = lambda: __import__("numba.cuda.cudadrv.driver", fromlist=["driver"])
@@ -210,7 +228,6 @@ def versions():
         v["nvidia_smi"] = (run.stdout or run.stderr).strip()
     v["split"] = {"blocks": K.SPLIT_BLOCKS, "min_k": K.SPLIT_MIN_K, "product_blocks_per_sm": K.PRODUCT_BLOCKS_PER_SM}
     v["first_kernel"] = first_kernel()
-    return v
 
 
 def device_name():
@@ -341,29 +358,36 @@ def op_checks(net, size, B, rng):
     return checks
 
 
-def correctness(args, report, repeats=3):
-    rows, steps = [], []
+def correctness(args, report, out, repeats=3):
+    out.update(repeats=repeats, tolerance=TOL, ops=[], training_step=[])
     K.memory.POISON = True
     try:
         for B in args.batches:
-            rng = np.random.default_rng(B)
-            for name, fn in op_checks(net_for(args), args.size, B, rng):
+            for name, fn in op_checks(net_for(args), args.size, B, np.random.default_rng(B)):
                 if report.left() <= 0:
-                    report.data["skipped"][f"correctness batch {B} from {name}"] = "budget spent"
+                    report.data["skipped"][f"correctness, batch {B}, from {name}"] = "its share of the budget was spent"
                     break
-                want = fn(REF, lambda a: np.array(a, np.float64))
-                got = [[cl.to_host(o) for o in fn(K, lambda a: cl.to_device(np.asarray(a, np.float32)))]
-                       for _ in range(repeats)]
-                errs = [max(rel_err(g, w) for g, w in zip(run, want)) for run in got]
-                identical = all(np.array_equal(a, b, equal_nan=True) for run in got[1:] for a, b in zip(got[0], run))
-                rows.append(dict(op=name, batch=B, rel_err=errs, identical=identical,
-                                 ok=bool(identical and max(errs) <= TOL)))
-                print(f"  batch {B} {name}: {max(errs):.1e}{'' if identical else ' CHANGES BETWEEN REPEATS'}",
-                      flush=True)
-        steps.append(training_step_vs_cpu(args, args.batches[0]))
+                row = report.guard(f"correctness: {name}, batch {B}", lambda: check(fn, repeats))
+                if row:
+                    out["ops"].append(dict(op=name, batch=B, **row))
+                    print(f"  batch {B} {name}: {max(row['rel_err']):.1e}"
+                          f"{'' if row['identical'] else ' CHANGES BETWEEN REPEATS'}", flush=True)
+            if B == args.batches[0] and report.left() > 0:            # before the larger batches' checks
+                step = report.guard("correctness: training step", lambda: training_step_vs_cpu(args, B))
+                out["training_step"] += [step] if step else []
     finally:
         K.memory.POISON = False
-    return {"repeats": repeats, "tolerance": TOL, "ops": rows, "training_step": steps}
+
+
+def check(fn, repeats):
+    """fn (see op_checks) in float64 with the reference, then repeats times on the GPU:
+    {rel_err: the worst over the outputs, per repeat; identical: the repeats agree bit for bit; ok}."""
+    want = fn(REF, lambda a: np.array(a, np.float64))
+    got = [[cl.to_host(o) for o in fn(K, lambda a: cl.to_device(np.asarray(a, np.float32)))]
+           for _ in range(repeats)]
+    errs = [max(rel_err(g, w) for g, w in zip(run, want)) for run in got]
+    identical = all(np.array_equal(a, b, equal_nan=True) for run in got[1:] for a, b in zip(got[0], run))
+    return dict(rel_err=errs, identical=identical, ok=bool(identical and max(errs) <= TOL))
 
 
 def training_step_vs_cpu(args, B):
@@ -464,27 +488,30 @@ def kernel_times(step):
     return [dict(kernel=k, grid=g, ms=ms(s, e)) for k, g, s, e in records]   # (the simulator times nothing)
 
 
-def timing(args, report):
-    steps, ab = [], []
+def timing(args, report, out):
+    out.update(steps=[], ab=[])
     for B in args.batches:
-        if report.left() <= 0:
-            break
-        step, _ = training_step(args, B)
-        for _ in range(args.warmup):                                # compile, fill the pool
-            step()
-        host_ms, wall_ms = step_times(step, args.reps)
-        launches = kernel_times(step)
-        by_kernel = {}
-        for r in launches:
-            ms, n = by_kernel.get(r["kernel"], (0.0, 0))
-            by_kernel[r["kernel"]] = (round(ms + r["ms"], 4), n + 1)
-        steps.append(dict(batch=B, host_ms=host_ms, wall_ms=wall_ms, kernel_ms=sum(r["ms"] for r in launches),
-                          launches=len(launches), by_kernel=by_kernel, per_launch=launches))
-        print(f"  batch {B}: host {host_ms:.2f} ms, wall {wall_ms:.2f} ms, {len(launches)} launches", flush=True)
+        step = report.guard(f"timing: batch {B}", lambda: timed_step(args, B)) if report.left() > 0 else None
+        out["steps"] += [step] if step else []
     for B in args.ab_batches:
         if report.left() > 0:
-            ab += tuning_ab(args, B)
-    return {"steps": steps, "ab": ab}
+            out["ab"] += report.guard(f"timing: tuning A/B, batch {B}", lambda: tuning_ab(args, B)) or []
+
+
+def timed_step(args, B):
+    """Host and wall times of the training step at batch B (medians), and every launch of one step."""
+    step, _ = training_step(args, B)
+    for _ in range(args.warmup):                                    # compile, fill the pool
+        step()
+    host_ms, wall_ms = step_times(step, args.reps)
+    launches = kernel_times(step)
+    by_kernel = {}
+    for r in launches:
+        ms, n = by_kernel.get(r["kernel"], (0.0, 0))
+        by_kernel[r["kernel"]] = (round(ms + r["ms"], 4), n + 1)
+    print(f"  batch {B}: host {host_ms:.2f} ms, wall {wall_ms:.2f} ms, {len(launches)} launches", flush=True)
+    return dict(batch=B, host_ms=host_ms, wall_ms=wall_ms, kernel_ms=sum(r["ms"] for r in launches),
+                launches=len(launches), by_kernel=by_kernel, per_launch=launches)
 
 
 def tuning_ab(args, B, configs=(("fixed", 0), ("sm", 0), ("fixed", 2), ("sm", 2))):
@@ -513,46 +540,48 @@ def tuning_ab(args, B, configs=(("fixed", 0), ("sm", 0), ("fixed", 2), ("sm", 2)
 
 
 # ---------------------------------------------------------------- d. PyTorch
-def torch_part(args, report):
+def torch_part(args, report, out):
     try:
         import torch
     except ImportError:
-        return {"skipped": "PyTorch is not installed"}
+        return out.update(skipped="PyTorch is not installed")
     if not torch.cuda.is_available():
-        return {"skipped": f"PyTorch {torch.__version__} sees no CUDA GPU"}
+        return out.update(skipped=f"PyTorch {torch.__version__} sees no CUDA GPU")
     torch.backends.cudnn.benchmark = True
-    rows = []
+    out.update(version=torch.__version__, rows=[])
     ours = {s["batch"]: s["wall_ms"] for s in report.data.get("timing", {}).get("steps", [])}
     for tf32 in (False, True):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
         for B in args.batches:
-            if report.left() <= 0:
-                break
-            rng = np.random.default_rng(0)
-            net = torch_twin(net_for(args)).cuda()
-            x = torch.from_numpy(rng.random((B, 3, args.size, args.size), dtype=np.float32)).cuda()
-            y = torch.from_numpy(rng.integers(0, 2, B)).cuda()
-            opt, lossf = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9), torch.nn.CrossEntropyLoss()
+            if report.left() > 0:
+                ms = report.guard(f"torch: batch {B}, TF32 {tf32}", lambda: torch_step_ms(torch, args, B))
+                if ms:
+                    out["rows"].append(dict(batch=B, tf32=tf32, ms=ms, **(
+                        {"convlib_over_torch": round(ours[B] / ms, 2)} if B in ours else {})))
+                    print(f"  batch {B}, TF32 {tf32}: {ms:.2f} ms", flush=True)
 
-            def step():
-                opt.zero_grad()
-                lossf(net(x), y).backward()
-                opt.step()
-            for _ in range(5):                                      # cuDNN's benchmark mode picks its kernels
-                step()
-            times = []
-            for _ in range(args.reps):
-                t = time.perf_counter()
-                step()
-                torch.cuda.synchronize()
-                times.append(time.perf_counter() - t)
-            ms = float(np.median(times)) * 1e3
-            row = dict(batch=B, tf32=tf32, ms=ms)
-            if B in ours:
-                row["convlib_over_torch"] = round(ours[B] / ms, 2)
-            rows.append(row)
-            print(f"  batch {B}, TF32 {tf32}: {ms:.2f} ms", flush=True)
-    return {"version": torch.__version__, "rows": rows}
+
+def torch_step_ms(torch, args, B):
+    """The median wall time (ms) of a PyTorch training step of the same net at batch B."""
+    rng = np.random.default_rng(0)
+    net = torch_twin(net_for(args)).cuda()
+    x = torch.from_numpy(rng.random((B, 3, args.size, args.size), dtype=np.float32)).cuda()
+    y = torch.from_numpy(rng.integers(0, 2, B)).cuda()
+    opt, lossf = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9), torch.nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad()
+        lossf(net(x), y).backward()
+        opt.step()
+    for _ in range(5):                                              # cuDNN's benchmark mode picks its kernels
+        step()
+    times = []
+    for _ in range(args.reps):
+        t = time.perf_counter()
+        step()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times)) * 1e3
 
 
 # ---------------------------------------------------------------- e. compute-sanitizer
@@ -577,7 +606,7 @@ print("ran a split-K product and a batch norm")
 '''
 
 
-def sanitizer(args, report):
+def sanitizer(args, report, out):
     script = os.path.join(tempfile.mkdtemp(), "sanitized.py")
     with open(script, "w") as f:
         f.write(SANITIZED)
@@ -587,16 +616,17 @@ def sanitizer(args, report):
          if os.path.exists(p)), None)
     if args.sim or tool is None:
         why = "the simulator" if args.sim else "compute-sanitizer is not installed"
-        return {"script": run_logged([sys.executable, script], env, max(30, report.left())),
-                "note": f"{why}: the script ran without the sanitizer"}
-    out = {"tool": tool}
-    for check in ("memcheck", "racecheck"):
+        return out.update(script=run_logged([sys.executable, script], env, max(30, report.left())),
+                          note=f"{why}: the script ran without the sanitizer")
+    out["tool"] = tool
+    checks = ("memcheck", "racecheck")
+    for i, check in enumerate(checks):
         if report.left() < 30:
             out[check] = {"summary": "skipped: the budget is spent"}
             continue
         out[check] = run_logged([tool, "--tool", check, "--error-exitcode", "9", sys.executable, script], env,
-                                min(150, report.left()))
-    return out
+                                min(150, report.left() / (len(checks) - i)))    # a fair share of what is left
+        report.write()
 
 
 def run_logged(cmd, env, timeout):
@@ -623,12 +653,13 @@ def main(argv=None):
     report = Report(args)
     print(f"convlib gpu_check: {'the simulator' if args.sim else 'GPU'}, batches {args.batches}, "
           f"budget {args.budget:.0f} s, writing to {args.out}", flush=True)
-    report.part("a", "versions", versions)
-    report.part("b", "correctness", lambda: correctness(args, report))
-    report.part("c", "timing", lambda: timing(args, report))
-    report.part("d", "torch", lambda: torch_part(args, report))
-    report.part("e", "sanitizer", lambda: sanitizer(args, report))
-    print("\n" + summary(report.data), flush=True)
+    report.part("a", "versions", versions, until=0.1)               # each part's end, as a share of the budget
+    report.part("b", "correctness", lambda out: correctness(args, report, out), until=0.45)
+    report.part("c", "timing", lambda out: timing(args, report, out), until=0.7)
+    report.part("d", "torch", lambda out: torch_part(args, report, out), until=0.8)
+    report.part("e", "sanitizer", lambda out: sanitizer(args, report, out))
+    with open(os.path.join(args.out, "gpu_check.txt")) as f:
+        print("\n" + f.read(), flush=True)
     print(f"\nwritten: {os.path.join(args.out, 'gpu_check.json')} and gpu_check.txt")
 
 

@@ -436,10 +436,10 @@ def test_gpu_check_records_a_failing_part_and_runs_the_next(tmp_path):
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import gpu_check
     report = gpu_check.Report(gpu_check.parse_args(["--out", str(tmp_path), "--parts", "ab"]))
-    report.part("a", "versions", lambda: 1 / 0)
-    report.part("b", "correctness", lambda: {"ops": [dict(op="x", batch=1, rel_err=[0.0], identical=True, ok=True)],
-                                             "repeats": 1})
-    report.part("c", "timing", lambda: 1 / 0)                      # not asked for: not run
+    report.part("a", "versions", lambda out: 1 / 0)
+    report.part("b", "correctness", lambda out: out.update(
+        repeats=1, ops=[dict(op="x", batch=1, rel_err=[0.0], identical=True, ok=True)]))
+    report.part("c", "timing", lambda out: 1 / 0)                  # not asked for: not run
     d = json.loads((tmp_path / "gpu_check.json").read_text())
     assert list(d["errors"]) == ["versions"] and "ZeroDivisionError" in d["errors"]["versions"]
     assert d["correctness"]["ops"][0]["ok"] and "timing" not in d and "timing" not in d["errors"]
