@@ -164,7 +164,8 @@ def summary(d):
     if t and t.get("steps"):
         rows = [[s["batch"], f"{s['host_ms']:.2f}", f"{s['wall_ms']:.2f}", f"{s['kernel_ms']:.2f}", s["launches"],
                  f"{s['batch'] / s['wall_ms'] * 1e3:.0f}"] for s in t["steps"]]
-        out += ["\ntraining step (ms, medians): host = queued without the final sync, wall = with it",
+        out += ["\ntraining step (ms, medians): host = queued without the final sync, wall = with it"
+                + (" (the simulator: no kernel times, and the rest is Python's)" if d["sim"] else ""),
                 table(rows, ["batch", "host", "wall", "kernels", "launches", "img/s"])]
         for s in t["steps"]:
             top = sorted(s["by_kernel"].items(), key=lambda kv: -kv[1][0])[:8]
@@ -172,7 +173,9 @@ def summary(d):
                        ", ".join(f"{k} {ms:.3f} ({n})" for k, (ms, n) in top))
         if t.get("ab"):
             rows = [[r["split"], r["blocks_per_sm"], r["batch"], f"{r['wall_ms']:.2f}", f"{r['product_ms']:.2f}",
-                     f"{r['grads_vs_default']:.1e}"] for r in t["ab"]]
+                     "-" if r["grads_vs_default"] is None else f"{r['grads_vs_default']:.1e}"] if "wall_ms" in r
+                    else [r["split"], r["blocks_per_sm"], r["batch"], "ERROR", r.get("error", "")[:60], ""]
+                    for r in t["ab"]]
             out += ["\ntuning options A/B (ms, medians)",
                     table(rows, ["split", "blocks/SM", "batch", "wall", "products", "grads vs default"])]
     tt = d.get("torch")
@@ -288,7 +291,7 @@ def op_checks(net, size, B, rng):
     """[(name, fn)] where fn(k, to) runs an op (or forward + backward) with backend k on inputs made
     by to() (a float32 device copy, or a float64 host copy) and returns its outputs."""
     checks = []
-    s1, p1, p0, k2 = (1, 1), (1, 1), (0, 0), (2, 2)
+    p0, k2 = (0, 0), (2, 2)
     inputs = layer_inputs(net, size)
     convs = [(layer, shape) for layer, shape in inputs if type(layer).__name__ == "Conv2d"]
     linears = [(layer, shape) for layer, shape in inputs if type(layer).__name__ == "Linear"]
@@ -297,8 +300,8 @@ def op_checks(net, size, B, rng):
         F = layer.out_channels
         x, w, b, d = r(C, H, W), layer.weight.data, layer.bias.data, r(F, H, W)
 
-        def conv(k, to, x=x, w=w, b=b, d=d):
-            out, cache = k.conv2d_forward(to(x), to(w), to(b), s1, p1)
+        def conv(k, to, x=x, w=w, b=b, d=d, layer=layer):
+            out, cache = k.conv2d_forward(to(x), to(w), to(b), layer.stride, layer.padding)
             return (out, *k.conv2d_backward(to(d), cache))            # out, dx, dw (split K), db
         checks.append((f"conv{i} fwd+bwd", conv))
         y, dp = r(F, H, W), r(F, H // 2, W // 2)
@@ -515,27 +518,36 @@ def timed_step(args, B):
 
 
 def tuning_ab(args, B, configs=(("fixed", 0), ("sm", 0), ("fixed", 2), ("sm", 2))):
-    """Each tuning option's first-step gradients against the defaults', then wall times in rounds
-    that take the options in turn (medians)."""
-    runs, first = [], None
+    """Each tuning option (the first is the default) at batch B: its first step's gradients against
+    the default's, the products' milliseconds in one step, then wall times in rounds that take the
+    options in turn (medians). An option that fails is reported with its error; the others go on."""
+    runs, default = [], None
     for split, bps in configs:
-        with K.tuning(split=split, blocks_per_sm=bps):
-            step, net = training_step(args, B)
-            step()
-            grads = [cl.to_host(p.grad) for p in net.parameters()]
-            first = first or grads
-            step()                                                  # compiled; the pool holds the step's arrays
-            product_ms = sum(r["ms"] for r in kernel_times(step) if r["kernel"].startswith("product"))
-        runs.append(dict(split=split, blocks_per_sm=bps, batch=B, step=step, walls=[], product_ms=product_ms,
-                         grads_vs_default=max(rel_err(g, f) for g, f in zip(grads, first))))
+        run = dict(split=split, blocks_per_sm=bps, batch=B)
+        try:
+            with K.tuning(split=split, blocks_per_sm=bps):
+                step, net = training_step(args, B)
+                step()
+                grads = [cl.to_host(p.grad) for p in net.parameters()]
+                default = grads if (split, bps) == configs[0] else default
+                step()                                              # compiled; the pool holds the step's arrays
+                run.update(step=step, walls=[], grads_vs_default=None if default is None else
+                           max(rel_err(g, f) for g, f in zip(grads, default)),
+                           product_ms=sum(r["ms"] for r in kernel_times(step) if r["kernel"].startswith("product")))
+        except Exception as e:
+            run["error"] = f"{type(e).__name__}: {e}"[:500]
+        runs.append(run)
+    timed = [r for r in runs if "step" in r]
     for _ in range(args.rounds):
-        for r in runs:
+        for r in timed:
             with K.tuning(split=r["split"], blocks_per_sm=r["blocks_per_sm"]):
                 r["walls"].append(step_times(r["step"], max(1, args.reps // args.rounds))[1])
-    for r in runs:
+    for r in timed:
         r["wall_ms"] = float(np.median(r.pop("walls")))
         del r["step"]
-        print(f"  batch {B}, split {r['split']}, blocks/SM {r['blocks_per_sm']}: {r['wall_ms']:.2f} ms", flush=True)
+    for r in runs:
+        print(f"  batch {B}, split {r['split']}, blocks/SM {r['blocks_per_sm']}: "
+              + (f"{r['wall_ms']:.2f} ms" if "wall_ms" in r else r["error"]), flush=True)
     return runs
 
 
