@@ -14,9 +14,9 @@ columns or layout copies are ever stored:
 
 Long, narrow products (the weight gradients: few outputs, K = N*OH*OW) split K over blocks and
 add the parts in float64; batch norm's per-channel sums split each channel over blocks the same
-way (the last block to finish adds the parts: ``_last_block``, whose tickets each launch site
-has to itself, and ``_read_part``, which reads the parts past the L1 cache). ``tuning`` holds
-the options a GPU has yet to measure (benchmarks/gpu_check.py times them). The other kernels walk their
+way. The last block to finish adds the parts (``_last_block``, with tickets of its launch
+site's own; ``_read_part`` reads the parts past the L1 cache). ``tuning`` holds the options a
+GPU has yet to measure (benchmarks/gpu_check.py times them). The other kernels walk their
 outputs with a grid-stride loop (``for i in range(cuda.grid(1), n, cuda.gridsize(1))``), so any
 launch size is correct; backward passes gather (each thread sums what flows into its own input
 element) rather than scatter. The optimizer updates every parameter of a model in one launch.
@@ -389,8 +389,8 @@ def _parts(blocks, length):
 
 
 def multiprocessors():
-    """The current GPU's multiprocessor (SM) count (the simulator: SPLIT_BLOCKS // 2)."""
-    return getattr(cuda.get_current_device(), "MULTIPROCESSOR_COUNT", SPLIT_BLOCKS // 2)
+    """The current GPU's multiprocessor (SM) count (the simulator has none: 8)."""
+    return getattr(cuda.get_current_device(), "MULTIPROCESSOR_COUNT", 8)
 
 
 @contextlib.contextmanager
