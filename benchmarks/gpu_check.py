@@ -34,6 +34,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -642,16 +643,21 @@ def sanitizer(args, report, out):
 
 
 def run_logged(cmd, env, timeout):
-    """Run cmd under a timeout: {rc, seconds, summary, tail}; never raises."""
+    """Run cmd under a timeout, in a process group of its own, which is killed whole at the
+    timeout (compute-sanitizer's Python child with it): {rc, seconds, summary, tail}; never raises."""
     t = time.perf_counter()
     try:
-        run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-        text, rc = run.stdout + run.stderr, run.returncode
-    except subprocess.TimeoutExpired as e:
-        text, rc = f"{e.stdout or ''}{e.stderr or ''}timed out after {timeout:.0f} s", None
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
     except OSError as e:
-        text, rc = f"could not run: {e}", None
-    text = text if isinstance(text, str) else text.decode(errors="replace")
+        return dict(rc=None, seconds=0.0, summary=f"could not run: {e}", tail="")
+    try:
+        text, _ = proc.communicate(timeout=timeout)
+        rc = proc.returncode
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        text, _ = proc.communicate()
+        text, rc = f"{text or ''}\ntimed out after {timeout:.0f} s", None
     lines = [ln for ln in text.splitlines() if "ERROR SUMMARY" in ln or "RACECHECK SUMMARY" in ln]
     last = (text.strip().splitlines() or [""])[-1]
     summary = lines[-1].strip("= ") if lines else (f"ok: {last}" if rc == 0 else f"rc {rc}: {last}")
