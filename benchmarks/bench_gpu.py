@@ -1,9 +1,11 @@
 """Training throughput of the reference net on an NVIDIA GPU: convlib's numba.cuda kernels vs
 PyTorch CUDA (cuDNN) on the same GPU, timed side by side in alternating rounds, medians.
 
-    pip install -e ".[test,gpu]" torch     # torch with CUDA, for the comparison column
-    python -m pytest -q tests/test_cuda.py  # the CUDA kernels on the real GPU first
-    python benchmarks/bench_gpu.py [--batches 32 256] [--size 64]
+    PYTHONPATH=. python3 benchmarks/gpu_check.py   # first: correctness on this GPU (docs/gpu.md)
+    PYTHONPATH=. python3 benchmarks/bench_gpu.py [--batches 32 256] [--size 64]
+
+(numba-cuda, and torch with CUDA for the comparison column, as installed; or
+``pip install -e ".[gpu]" torch``.)
 
 Each timed call is one training step (forward, loss, backward without the input gradient,
 SGD with momentum) on a batch already on the GPU, ending in a device synchronisation; convlib's
@@ -51,7 +53,8 @@ def main():
     gpu = gpu.decode() if isinstance(gpu, bytes) else gpu
     print(f"reference net, {args.size}x{args.size}, training steps on {gpu}")
     print(table(rows, header))
-    print(f"\nrerun: python benchmarks/bench_gpu.py --batches {' '.join(map(str, args.batches))} --size {args.size}")
+    batches = " ".join(map(str, args.batches))
+    print(f"\nrerun: PYTHONPATH=. python3 benchmarks/bench_gpu.py --batches {batches} --size {args.size}")
 
 
 if __name__ == "__main__":

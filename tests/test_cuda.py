@@ -6,6 +6,13 @@ sets NUMBA_ENABLE_CUDASIM=1 on machines without an NVIDIA driver). The simulator
 thread as a Python thread, so the shapes here are tiny; they are chosen so that every kernel still
 sees partial tiles, padding, strides, overlapping windows and ties.
 """
+import inspect
+import json
+import os
+import re
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -110,7 +117,8 @@ def small_net(seed=3):
                          cl.Linear(3, 5), cl.Tanh(), cl.Linear(5, 3))
 
 
-def test_training_step_on_cuda_equals_cpu(rng):
+def test_training_step_on_cuda_equals_cpu(rng, monkeypatch):
+    monkeypatch.setattr(K.memory, "POISON", True)                  # arrays start as NaN: all written
     x = rng.standard_normal((3, 2, 4, 5)).astype(np.float32)
     y = np.array([0, 2, 1])
     nets = {"cpu": small_net(), "cuda": small_net().to("cuda")}
@@ -248,3 +256,191 @@ def test_a_training_step_on_cuda_waits_once_and_allocates_nothing_after_the_firs
     assert per_step[0]["allocations"] > 0 and per_step[1]["allocations"] == 0   # the pool serves every step
     assert per_step[1]["copies_to_host"] == 1                       # the loss and the correct count
     assert per_step[1]["launches"] <= 45                            # 29: 17 products, 8 pools, 1 update, ...
+
+
+# ---------------------------------------------------------------- what the simulator cannot show
+# The simulator has no caches, registers or streams: these hazards are checked in the PTX that
+# numba-cuda compiles for an H100/H200 (sm_90), in a child process without the simulator.
+@pytest.fixture(scope="module")
+def ptx(tmp_path_factory):
+    """{kernel: its PTX for sm_90} of tests/ptx_check.py's hazard_kernels."""
+    path = tmp_path_factory.mktemp("ptx") / "ptx.json"
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    run = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "ptx_check.py"), "--emit",
+                          str(path)], env=env, capture_output=True, text=True)
+    if run.returncode == 3:
+        pytest.skip("numba-cuda's compiler is not installed (the [gpu] extra, which CI installs)")
+    assert run.returncode == 0, run.stderr[-4000:]
+    return json.loads(path.read_text())
+
+
+def last_block_path(text):
+    """The PTX after the ticket's atomic add: the path of the block that adds the parts."""
+    assert text.count("atom.global.add") == 1
+    return text[text.index("atom.global.add"):]
+
+
+def test_the_last_block_acquires_the_parts_after_its_ticket(ptx):
+    """A fence between the ticket's atomic and the barrier after it, in every kernel with a last
+    block: without it the parts' reads are not ordered after the ticket."""
+    for name, text in ptx.items():
+        between = last_block_path(text).split("bar.sync")[0]
+        assert re.search(r"\bmembar\.gl\b|\bfence\.", between), name
+
+
+def test_the_last_block_reads_the_parts_through_l2(ptx):
+    """Each part another block wrote is read with ld.global.cg (an ordinary load may hit a stale
+    copy in L1): in the products, the float32 parts that the last block converts to add them in
+    float64; in batch norm (float64 parts), every load after the ticket."""
+    for name, text in ptx.items():
+        path = last_block_path(text)
+        if name.startswith("_"):                                     # batch norm's sums
+            loads = re.findall(r"\bld\.global\.[\w.]+", path)
+            assert loads and all(ld.startswith("ld.global.cg") for ld in loads), (name, set(loads))
+        else:
+            parts = re.findall(r"cvt\.f64\.f32\s+%\w+,\s*(%\w+)", path)
+            assert parts and all(defining(text, r).startswith("ld.global.cg") for r in parts), name
+
+
+def test_float32_products_compute_in_float32(ptx):
+    """The only float32 -> float64 conversions in a float32 product kernel are of the parts the
+    last block adds (read with ld.global.cg): the operands are read and multiplied in float32.
+    An untyped literal (``else 0``) beside a float32 element would add a conversion per element."""
+    for name, text in ptx.items():
+        if not name.startswith("_"):
+            converted = re.findall(r"cvt\.f64\.f32\s+%\w+,\s*(%\w+)", text)
+            assert all(defining(text, r).startswith("ld.global.cg") for r in converted), name
+
+
+def defining(text, register):
+    """The instruction that sets a PTX register, through a mov (an inline ld.global.cg loads
+    into an integer register, moved to a float one)."""
+    m = re.search(rf"^\s*([\w.]+)\s+{re.escape(register)},\s*([^;]*);", text, re.M)
+    if m is None:
+        return ""
+    if m.group(1).startswith("mov.b"):
+        return defining(text, m.group(2).strip())
+    return m.group(0).strip()
+
+
+def test_launch_bounds_option_reaches_the_ptx(ptx):
+    assert ".minnctapersm 2" in ptx["conv2d_backward dw, 2 blocks per SM"]
+    assert ".minnctapersm" not in ptx["conv2d_backward dw"]
+
+
+@pytest.mark.skipif(not config.ENABLE_CUDASIM, reason="recorded by instrumenting numba's CUDA simulator")
+def test_each_launch_site_has_its_own_tickets(rng, monkeypatch):
+    """Batch norm's two per-channel sums and the split products of a convolution's, a linear
+    layer's and a matmul's weight gradients, each over 6 last-block slots (channels or tiles):
+    every launch site has a ticket array of its own (before, all five shared one)."""
+    from numba.cuda.simulator.kernel import FakeCUDAKernel
+    sites, run = {}, FakeCUDAKernel.__call__                       # ticket array -> launch sites
+
+    def launch(kernel, *args):
+        names = list(inspect.signature(kernel.fn).parameters)
+        if not kernel._device and "tickets" in names and args[names.index("tickets")].size == 6:
+            caller = sys._getframe(1)
+            while caller.f_code.co_name == "_product":
+                caller = caller.f_back
+            sites.setdefault(address(args[names.index("tickets")]), set()).add(caller.f_code.co_name +
+                                                                              f":{caller.f_lineno}")
+        return run(kernel, *args)
+    monkeypatch.setattr(FakeCUDAKernel, "__call__", launch)
+    x = dev(rng.standard_normal((2, 6, 5, 5)))                       # 6 channels in 3 parts each
+    ones, zeros = dev(np.ones(6)), dev(np.zeros(6))
+    _, cache = K.batchnorm_forward(x, ones, zeros, dev(np.zeros(6)), dev(np.ones(6)), 0.1, 1e-5, True)
+    K.batchnorm_backward(x, cache)
+    _, cache = K.conv2d_forward(dev(rng.standard_normal((2, 8, 5, 5))), dev(rng.standard_normal((8, 8, 1, 1))),
+                                dev(np.zeros(8)), (1, 1), (0, 0))
+    K.conv2d_backward(dev(rng.standard_normal((2, 8, 5, 5))), cache)   # dw: 2 x 3 tiles of (8, 8 + 1)
+    _, cache = K.linear_forward(dev(rng.standard_normal((40, 8))), dev(rng.standard_normal((8, 8))), dev(np.zeros(8)))
+    K.linear_backward(dev(rng.standard_normal((40, 8))), cache)         # dw: 2 x 3 tiles, K = 40
+    K.matmul(dev(rng.standard_normal((40, 8))), dev(rng.standard_normal((40, 12))), ta=True)
+    assert len(sites) == 5 and all(len(s) == 1 for s in sites.values()), sites
+
+
+@pytest.mark.skipif(not config.ENABLE_CUDASIM, reason="recorded by instrumenting numba's CUDA simulator")
+def test_labels_are_copied_without_waiting_for_the_device(rng, monkeypatch):
+    """The loss's labels go to the device from a pinned buffer, copied on a stream (queued, no
+    wait for the forward pass); a second call of the same batch size first waits for the event
+    of the last copy, then reuses the buffer. The losses are right either way."""
+    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+    log, copy = [], FakeCUDAArray.copy_to_device
+
+    class Event:
+        def record(self, stream=0):
+            log.append("record")
+
+        def synchronize(self):
+            log.append("wait")
+
+    def copied(self, ary, stream=0):
+        log.append(("copy", id(ary), stream != 0))
+        return copy(self, ary, stream)
+    monkeypatch.setattr(K, "_label_buffers", {})
+    monkeypatch.setattr(cuda, "event", Event)
+    logits = rng.standard_normal((5, 3))
+    d = dev(logits)
+    monkeypatch.setattr(FakeCUDAArray, "copy_to_device", copied)
+    for y in ([0, 2, 1, 1, 0], [2, 2, 0, 1, 1]):
+        rows, _ = cl.losses.loss_rows(d, np.array(y))
+        close(rows, cl.losses.loss_rows(logits, np.array(y))[0], tol=1e-12)
+    buffer = id(K._label_buffers[5][0])
+    assert log == ["wait", ("copy", buffer, True), "record"] * 2
+
+
+def test_tuning_options_compute_the_same_products(rng):
+    """The options gpu_check.py times on a GPU: the SM-count split and launch bounds (ignored by
+    the simulator) give the same weight gradients, and the settings come back afterwards."""
+    dout2, cols = rng.standard_normal((6, 203)), rng.standard_normal((9, 203))
+    saved = K.SPLIT_BLOCKS, K.SPLIT_MIN_K, K.PRODUCT_BLOCKS_PER_SM
+    with K.tuning(split="sm", blocks_per_sm=2):
+        assert (K.SPLIT_BLOCKS, K.SPLIT_MIN_K) == (2 * K.multiprocessors(), 8 * K.BK)
+        assert K._grid(6, 9, 203)[2] > 1
+        close(K.matmul(dev(dout2), dev(cols), tb=True), dout2 @ cols.T, tol=1e-9)
+    assert (K.SPLIT_BLOCKS, K.SPLIT_MIN_K, K.PRODUCT_BLOCKS_PER_SM) == saved
+    with pytest.raises(ValueError, match="split 'fixed' or 'sm'"):
+        with K.tuning(split="auto"):
+            pass
+
+
+# ---------------------------------------------------------------- benchmarks/gpu_check.py
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_gpu_check_runs_end_to_end_in_the_simulator(tmp_path):
+    """The first-contact script's smoke mode (small shapes, numba's simulator): every part runs
+    and its JSON says what a GPU run would: every check passes, each batch's step is timed launch
+    by launch, each tuning option gives the default's gradients, and the sanitizer's script runs."""
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu_check.py"), "--sim", "--out",
+                          str(tmp_path)], env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    d = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert d["errors"] == {} and d["skipped"] == {}, (d["errors"], d["skipped"])
+    assert d["versions"]["first_kernel"].startswith("ok")
+    ops = d["correctness"]["ops"]
+    assert {r["batch"] for r in ops} == {2, 3} and all(r["ok"] and len(r["rel_err"]) == 3 for r in ops)
+    assert sum(r["op"].startswith("conv") for r in ops) == 4 and all(s["ok"] for s in d["correctness"]["training_step"])
+    steps = d["timing"]["steps"]
+    assert [s["batch"] for s in steps] == [2, 3] and all(s["launches"] == len(s["per_launch"]) > 10 for s in steps)
+    assert any(r["kernel"] == "product conv dw" and r["grid"][2] > 1 for r in steps[0]["per_launch"])  # split K
+    ab = d["timing"]["ab"]
+    assert {(r["split"], r["blocks_per_sm"]) for r in ab} == {("fixed", 0), ("sm", 0), ("fixed", 2), ("sm", 2)}
+    assert all(r["grads_vs_default"] <= 1e-4 for r in ab)
+    assert "rows" in d["torch"] or "skipped" in d["torch"]
+    assert d["sanitizer"]["script"]["rc"] == 0
+    assert "checks ok" in (tmp_path / "gpu_check.txt").read_text()
+
+
+def test_gpu_check_records_a_failing_part_and_runs_the_next(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import gpu_check
+    report = gpu_check.Report(gpu_check.parse_args(["--out", str(tmp_path), "--parts", "ab"]))
+    report.part("a", "versions", lambda out: 1 / 0)
+    report.part("b", "correctness", lambda out: out.update(
+        repeats=1, ops=[dict(op="x", batch=1, rel_err=[0.0], identical=True, ok=True)]))
+    report.part("c", "timing", lambda out: 1 / 0)                  # not asked for: not run
+    d = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert list(d["errors"]) == ["versions"] and "ZeroDivisionError" in d["errors"]["versions"]
+    assert d["correctness"]["ops"][0]["ok"] and "timing" not in d and "timing" not in d["errors"]
+    assert "ERROR in versions" in (tmp_path / "gpu_check.txt").read_text()

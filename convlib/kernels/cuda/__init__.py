@@ -14,7 +14,9 @@ columns or layout copies are ever stored:
 
 Long, narrow products (the weight gradients: few outputs, K = N*OH*OW) split K over blocks and
 add the parts in float64; batch norm's per-channel sums split each channel over blocks the same
-way (the last block to finish adds the parts: ``_last_block``). The other kernels walk their
+way. The last block to finish adds the parts (``_last_block``, with tickets of its launch
+site's own; ``_read_part`` reads the parts past the L1 cache). ``tuning`` holds the options a
+GPU has yet to measure (benchmarks/gpu_check.py times them). The other kernels walk their
 outputs with a grid-stride loop (``for i in range(cuda.grid(1), n, cuda.gridsize(1))``), so any
 launch size is correct; backward passes gather (each thread sums what flows into its own input
 element) rather than scatter. The optimizer updates every parameter of a model in one launch.
@@ -26,16 +28,20 @@ Under ``NUMBA_ENABLE_CUDASIM=1`` numba runs these kernels on the CPU, one Python
 GPU thread; blocks are made small there (TPB, RB, the product's tiles) so the tests stay quick.
 The code is the same.
 """
+import contextlib
 import math
 
 import numpy as np
-from numba import config, cuda, float32, float64, int32, uint64
+from numba import config, cuda, float32, float64, int32, int64, uint64
 
 from ..reference import out_size
 from .memory import empty as _empty
 from .memory import upload
 
 SIM = bool(config.ENABLE_CUDASIM)
+if SIM:
+    from .simulator import make_shared_arrays_thread_safe
+    make_shared_arrays_thread_safe()
 TPB = 8 if SIM else 256                       # threads per block of 1-D kernels
 RB = 8 if SIM else 256                        # threads per block of per-channel reductions (power of 2)
 MAX_BLOCKS = 4 if SIM else 65535
@@ -68,15 +74,29 @@ def _unravel(idx, C, H, W):
 def _last_block(tickets, slot, count, flag):
     """Called by every thread of a block once it has written its part of a result: True (in all
     its threads) in the last of the ``count`` blocks that share tickets[slot] to get here, which
-    then resets the slot for the next launch. flag: a shared int32 (1,)."""
-    cuda.threadfence()                                  # this block's part is seen before its ticket
+    then resets the slot for the next launch. flag: a shared int32 (1,). The last block must then
+    read the other blocks' parts with ``_read_part``."""
+    cuda.threadfence()                                  # release: this block's part is seen before its ticket
     cuda.syncthreads()
     if cuda.threadIdx.x == 0 and cuda.threadIdx.y == 0:
         flag[0] = cuda.atomic.add(tickets, slot, 1) == count - 1
         if flag[0]:
             tickets[slot] = 0
+            cuda.threadfence()                          # acquire: the parts are read after the ticket
     cuda.syncthreads()
     return flag[0]
+
+
+_ldcg = (lambda a, i: a[i]) if SIM else cuda.ldcg      # (the simulator has no caches, nor cuda.ldcg)
+
+
+@cuda.jit(device=True)
+def _read_part(parts, z, i, j):
+    """parts[z, i, j], written by another block, read through the L2 cache (ld.global.cg), never
+    L1: a multiprocessor's L1 is not kept coherent with other multiprocessors' writes, and an
+    ordinary load may return a stale copy of the line (CUDA's threadFenceReduction sample reads
+    its parts through ``volatile`` for the same reason)."""
+    return _ldcg(parts, (int64(z), int64(i), int64(j)))
 
 
 @cuda.jit
@@ -170,14 +190,18 @@ def all_finite(x):
 # `rows` and `im2col_t` read 1 one column past their right edge: a product asked for one more
 # output column than the result has gets, in it, the row sums of the other operand: a bias's
 # gradient, from the same pass as the weights' (the store sends that column to ``extra``).
+# Literals are written in the array's own type (``a.dtype.type(1)``): a bare 0 or 1 beside a
+# float32 element would make numba unify the two as float64, and a float32 kernel would convert
+# every element it reads to float64 and back (slow where FP64 runs at 1/64 rate).
 BM, BN, BK = (4, 4, 4) if SIM else (64, 64, 16)        # block tile: BM x BN outputs, BK-deep slabs
 RM, RN = (2, 2) if SIM else (4, 4)                      # outputs per thread: (BN/RN, BM/RM) threads
-SPLIT_BLOCKS, SPLIT_MIN_K = (16, 16) if SIM else (264, 512)   # split-K: aim, least K per part
+SPLIT_BLOCKS, SPLIT_MIN_K = (16, 16) if SIM else (264, 512)   # split sums: blocks to aim at, least terms per part
+PRODUCT_BLOCKS_PER_SM = 0                               # launch bounds of the product kernels (0: none); ``tuning``
 
 
 @cuda.jit(device=True)
 def _rows(a, r, c, g):
-    return a[r, c] if c < a.shape[1] else 1
+    return a[r, c] if c < a.shape[1] else a.dtype.type(1)
 
 
 @cuda.jit(device=True)
@@ -197,12 +221,12 @@ def _im2col(x, r, q, g):
     c, i, j = r // (KH * KW), (r // KW) % KH, r % KW
     n, p = q // (OH * OW), q % (OH * OW)
     h, w = (p // OW) * sh - ph + i, (p % OW) * sw - pw + j
-    return x[n, c, h, w] if 0 <= h < x.shape[2] and 0 <= w < x.shape[3] else 0
+    return x[n, c, h, w] if 0 <= h < x.shape[2] and 0 <= w < x.shape[3] else x.dtype.type(0)
 
 
 @cuda.jit(device=True)
 def _im2col_t(x, q, r, g):
-    return _im2col(x, r, q, g) if r < x.shape[1] * g[0] * g[1] else 1
+    return _im2col(x, r, q, g) if r < x.shape[1] * g[0] * g[1] else x.dtype.type(1)
 
 
 @cuda.jit(device=True)
@@ -217,7 +241,7 @@ def _dcols(dout, r, q, g):
     f, i, j = r // (KH * KW), (r // KW) % KH, r % KW
     n, p = q // (H * W), q % (H * W)
     oh, ow = _window_of(p // W, ph, i, sh, OH), _window_of(p % W, pw, j, sw, OW)
-    return dout[n, f, oh, ow] if oh >= 0 and ow >= 0 else 0
+    return dout[n, f, oh, ow] if oh >= 0 and ow >= 0 else dout.dtype.type(0)
 
 
 @cuda.jit(device=True)
@@ -247,10 +271,13 @@ _STORES = {"rows": _store_rows, "rows_bias": _store_rows_bias, "nchw_bias": _sto
 _PRODUCTS = {}
 
 
-def _product_kernel(dtype, a_kind, b_kind, store_kind):
+def _product_kernel(dtype, a_kind, b_kind, store_kind, blocks_per_sm=0):
     """The blocked product kernel reading op(A) as ``a_kind``, op(B) as ``b_kind`` and writing
-    through ``store_kind`` (names in _OPERANDS / _STORES), for one dtype; built once, cached."""
-    key = (np.dtype(dtype).str, a_kind, b_kind, store_kind)
+    through ``store_kind`` (names in _OPERANDS / _STORES), for one dtype; built once, cached.
+    blocks_per_sm > 0: compiled with launch bounds asking for registers few enough that this many
+    blocks fit on a multiprocessor at once (see ``tuning``)."""
+    blocks_per_sm = int(blocks_per_sm)                          # (tests/ptx_check.py passes a key's str)
+    key = (np.dtype(dtype).str, a_kind, b_kind, store_kind, str(blocks_per_sm))
     if key not in _PRODUCTS:
         nbtype = float32 if np.dtype(dtype) == np.float32 else float64
         (read_a, a_fast), (read_b, b_fast), store = _OPERANDS[a_kind], _OPERANDS[b_kind], _STORES[store_kind]
@@ -265,7 +292,9 @@ def _product_kernel(dtype, a_kind, b_kind, store_kind):
             axis, so neighbouring threads read neighbouring addresses); each thread keeps RM x RN
             sums in registers: rows ty + i*TY, columns tx + j*TX. With split > 1 (grid z) each
             block sums one part of K into partial (split, M, N); the last block of a tile to
-            finish (counted in tickets) adds the parts up in float64 and stores the result."""
+            finish (counted in tickets) adds the parts up in float64, in order (the same result
+            every run), and stores the result. Everything else is computed in the dtype of C:
+            the literals are ``nbtype(0)``, not 0 (see the operands' note above)."""
             sa = cuda.shared.array(SA, nbtype)                    # op(A)'s slab, k-major
             sb = cuda.shared.array(SB, nbtype)                    # op(B)'s slab
             last = cuda.shared.array(1, int32)
@@ -284,11 +313,11 @@ def _product_kernel(dtype, a_kind, b_kind, store_kind):
                     for e in range(t, BM * BK, TX * TY):
                         i, k = (e // BK, e % BK) if a_fast else (e % BM, e // BM)
                         ok = row0 + i < M and k0 + k < k_hi
-                        sa[k, i] = read_a(a, row0 + i, k0 + k, g) if ok else 0
+                        sa[k, i] = read_a(a, row0 + i, k0 + k, g) if ok else nbtype(0)
                     for e in range(t, BK * BN, TX * TY):
                         k, j = (e // BN, e % BN) if b_fast else (e % BK, e // BK)
                         ok = k0 + k < k_hi and col0 + j < N
-                        sb[k, j] = read_b(b, k0 + k, col0 + j, g) if ok else 0
+                        sb[k, j] = read_b(b, k0 + k, col0 + j, g) if ok else nbtype(0)
                     cuda.syncthreads()
                     for k in range(BK):
                         for j in range(RN):
@@ -317,10 +346,12 @@ def _product_kernel(dtype, a_kind, b_kind, store_kind):
                                 if r < M and q < N:
                                     s = 0.0
                                     for z in range(split):
-                                        s += partial[z, r, q]
-                                    store(c, extra, r, q, s)
+                                        s += _read_part(partial, z, r, q)
+                                    store(c, extra, r, q, nbtype(s))
         product.product_key = key                                 # for tests/ptx_check.py
-        _PRODUCTS[key] = cuda.jit(product)
+        product.launch_bounds = (TX * TY, blocks_per_sm) if blocks_per_sm > 0 else None
+        options = {} if SIM or product.launch_bounds is None else {"launch_bounds": product.launch_bounds}
+        _PRODUCTS[key] = cuda.jit(product, **options)             # (the simulator has no registers to bound)
     return _PRODUCTS[key]
 
 
@@ -329,7 +360,7 @@ _CONSTANTS = {}
 
 def _constant(key, make):
     """A small device array made once by make() and cached: a kernel argument never written
-    (or, for the split-K tickets, always left as it was found)."""
+    (or, for the last-block tickets, always left as it was found)."""
     if key not in _CONSTANTS:
         _CONSTANTS[key] = cuda.to_device(make())
     return _CONSTANTS[key]
@@ -339,9 +370,13 @@ def _zeros(n, dtype):
     return _constant(("zeros", n, np.dtype(dtype).str), lambda: np.zeros(n, dtype))
 
 
-def _tickets(n):
-    """n zeros (int32) for ``_last_block``: kept, since every launch leaves them as it found them."""
-    return _zeros(n, np.int32)
+def _tickets(site, n):
+    """n zeros (int32) for ``_last_block``, made once for each launch site (``site``: its name)
+    and count, and kept, since every launch leaves them as it found them. Launches of one site
+    share its array, which is safe only because convlib runs every kernel in order on one stream
+    (as the memory pool assumes): two launches of a site in flight at once, on two streams,
+    would need an array each. Different sites never share one."""
+    return _constant(("tickets", site, n), lambda: np.zeros(n, np.int32))
 
 
 _NO_GEOMETRY = (0,) * 10
@@ -353,6 +388,39 @@ def _parts(blocks, length):
     return max(1, min(-(-SPLIT_BLOCKS // blocks), length // SPLIT_MIN_K))
 
 
+def multiprocessors():
+    """The current GPU's multiprocessor (SM) count (the simulator has none: 8)."""
+    return getattr(cuda.get_current_device(), "MULTIPROCESSOR_COUNT", 8)
+
+
+@contextlib.contextmanager
+def tuning(split="fixed", blocks_per_sm=0):
+    """Launch the enclosed ops with other settings, then restore them. Options that
+    benchmarks/gpu_check.py times against the defaults on a GPU; a default changes only once a
+    GPU has measured it.
+
+    split: "fixed" (the default: SPLIT_BLOCKS and SPLIT_MIN_K as set above) or "sm": aim at 2
+        blocks per multiprocessor of this GPU, with parts of at least 8 slabs (8 * BK terms), so
+        the short sums of deep layers at small batches are split more (at batch 32 the fixed
+        rule gives the last conv's weight gradient 40 blocks for an H200's 132 SMs).
+    blocks_per_sm: > 0 builds the product kernels with launch bounds asking the compiler to fit
+        that many blocks on a multiprocessor (2: at most 128 registers per thread; without bounds
+        they take more, and one block fits).
+    """
+    global SPLIT_BLOCKS, SPLIT_MIN_K, PRODUCT_BLOCKS_PER_SM
+    if split not in ("fixed", "sm") or not (isinstance(blocks_per_sm, int) and blocks_per_sm >= 0):
+        raise ValueError(f"tuning: expected split 'fixed' or 'sm' and blocks_per_sm an int >= 0, "
+                         f"got {split!r} and {blocks_per_sm!r}")
+    saved = SPLIT_BLOCKS, SPLIT_MIN_K, PRODUCT_BLOCKS_PER_SM
+    if split == "sm":
+        SPLIT_BLOCKS, SPLIT_MIN_K = 2 * multiprocessors(), 8 * BK
+    PRODUCT_BLOCKS_PER_SM = blocks_per_sm
+    try:
+        yield
+    finally:
+        SPLIT_BLOCKS, SPLIT_MIN_K, PRODUCT_BLOCKS_PER_SM = saved
+
+
 def _grid(M, N, K):
     """(column tiles, row tiles, parts of K) of a product: K is split only where the tiles alone
     leave the GPU idle and every row tile has its own y-block."""
@@ -360,22 +428,23 @@ def _grid(M, N, K):
     return tiles_x, tiles_y, (1 if tiles_y > MAX_BLOCKS else _parts(tiles_x * tiles_y, K))
 
 
-def _product(a_kind, a, b_kind, b, store_kind, c, M, N, K, extra=None, g=_NO_GEOMETRY):
+def _product(site, a_kind, a, b_kind, b, store_kind, c, M, N, K, extra=None, g=_NO_GEOMETRY):
     """Launch C (M, N) = op(A) (M, K) @ op(B) (K, N) into c through ``store_kind`` (see above);
-    ``extra`` is the store's bias (or bias-gradient) vector, ``g`` the convolution's geometry
-    (KH, KW, SH, SW, PH, PW, OH, OW, H, W). K is split over blocks when the tiles of C alone would
-    leave most of the GPU idle (the weight gradients: few outputs, K = N*OH*OW long)."""
+    ``site`` names the call for its tickets, ``extra`` is the store's bias (or bias-gradient)
+    vector, ``g`` the convolution's geometry (KH, KW, SH, SW, PH, PW, OH, OW, H, W). K is split
+    over blocks when the tiles of C alone would leave most of the GPU idle (the weight gradients:
+    few outputs, K = N*OH*OW long)."""
     if M == 0 or N == 0:                                            # a grid of zero blocks fails on a GPU
         return
     tiles_x, tiles_y, split = _grid(M, N, K)
     blocks_y = min(MAX_BLOCKS, tiles_y)
     if split > 1:
         partial = _empty((split, M, N), c.dtype)                    # (split, M, N)
-        tickets = _tickets(tiles_x * tiles_y)
-    else:
-        partial, tickets = _zeros(1, c.dtype).reshape((1, 1, 1)), _tickets(1)
+        tickets = _tickets(site, tiles_x * tiles_y)                 # this call site's own
+    else:                                                           # (neither is touched)
+        partial, tickets = _zeros(1, c.dtype).reshape((1, 1, 1)), _zeros(1, np.int32)
     extra = _zeros(1, c.dtype) if extra is None else extra
-    kernel = _product_kernel(c.dtype, a_kind, b_kind, store_kind)
+    kernel = _product_kernel(c.dtype, a_kind, b_kind, store_kind, PRODUCT_BLOCKS_PER_SM)
     kernel[(tiles_x, blocks_y, split), (BN // RN, BM // RM)](a, b, c, extra, M, N, K, g, split, partial, tickets)
 
 
@@ -388,7 +457,7 @@ def matmul(a, b, ta=False, tb=False, out=None):
         raise ValueError(f"matmul: inner sizes differ: {a.shape}{'.T' if ta else ''} @ "
                          f"{b.shape}{'.T' if tb else ''}")
     out = _empty((M, N), a.dtype) if out is None else out
-    _product("cols" if ta else "rows", a, "cols" if tb else "rows", b, "rows", out, M, N, K)
+    _product("matmul", "cols" if ta else "rows", a, "cols" if tb else "rows", b, "rows", out, M, N, K)
     return out
 
 
@@ -455,8 +524,8 @@ def _channel_sums(a, b, mean, parts, tickets, sum_a, sum_ab):
     if _last_block(tickets, c, P, flag) and t == 0:
         s1, s2 = 0.0, 0.0
         for k in range(P):
-            s1 += parts[k, c, 0]
-            s2 += parts[k, c, 1]
+            s1 += _read_part(parts, k, c, 0)
+            s2 += _read_part(parts, k, c, 1)
         sum_a[c], sum_ab[c] = s1, s2
 
 
@@ -477,11 +546,11 @@ def _mean_var(x, parts, tickets, mean, var):
     if _last_block(tickets, c, P, flag) and t == 0:
         n, m, q = 0.0, 0.0, 0.0
         for k in range(P):
-            nk = parts[k, c, 0]
+            nk = _read_part(parts, k, c, 0)
             if nk > 0:
-                d = parts[k, c, 1] - m
+                d = _read_part(parts, k, c, 1) - m
                 m += d * nk / (n + nk)
-                q += parts[k, c, 2] + d * d * n * nk / (n + nk)
+                q += _read_part(parts, k, c, 2) + d * d * n * nk / (n + nk)
                 n += nk
         mean[c], var[c] = m, q / max(n, 1.0)
 
@@ -497,8 +566,8 @@ def conv2d_forward(x, w, b, stride, padding):
     g = (KH, KW, *stride, *padding, OH, OW, H, W)
     out = _empty((N, F, OH * OW), x.dtype)                          # (N, F, OH*OW)
     bias = b if b is not None else _zeros(F, x.dtype)
-    _product("rows", w.reshape((F, C * KH * KW)), "im2col", x, "nchw_bias", out, F, N * OH * OW, C * KH * KW,
-             bias, g)
+    _product("conv2d_forward", "rows", w.reshape((F, C * KH * KW)), "im2col", x, "nchw_bias", out,
+             F, N * OH * OW, C * KH * KW, bias, g)
     return out.reshape((N, F, OH, OW)), (x, w, b is not None, g)
 
 
@@ -512,12 +581,14 @@ def conv2d_backward(dout, cache, need_dx=True):
     d3 = dout.reshape((N, F, OH * OW))                              # (N, F, OH*OW)
     dw = _empty((F, C * KH * KW), dout.dtype)                       # (F, C*KH*KW)
     db = _empty(F, dout.dtype) if has_bias else None
-    _product("nchw", d3, "im2col_t", x, "rows", dw, F, C * KH * KW + has_bias, N * OH * OW, db, g)
+    _product("conv2d_backward dw", "nchw", d3, "im2col_t", x, "rows", dw, F, C * KH * KW + has_bias, N * OH * OW,
+             db, g)
     if not need_dx:
         return None, dw.reshape(w.shape), db
     H, W = x.shape[2:]
     dx = _empty((N, C, H * W), dout.dtype)                          # (N, C, H*W)
-    _product("w_t", w, "dcols", dout, "nchw_bias", dx, C, N * H * W, F * KH * KW, _zeros(C, dout.dtype), g)
+    _product("conv2d_backward dx", "w_t", w, "dcols", dout, "nchw_bias", dx, C, N * H * W, F * KH * KW,
+             _zeros(C, dout.dtype), g)
     return dx.reshape(x.shape), dw.reshape(w.shape), db
 
 
@@ -625,7 +696,7 @@ def linear_forward(x, w, b):
     N, F = x.shape[0], w.shape[0]
     out = _empty((N, F), x.dtype)                                   # (N, OUT)
     bias = b if b is not None else _zeros(F, x.dtype)
-    _product("rows", x, "cols", w, "rows_bias", out, N, F, x.shape[1], bias)
+    _product("linear_forward", "rows", x, "cols", w, "rows_bias", out, N, F, x.shape[1], bias)
     return out, (x, w, b is not None)
 
 
@@ -635,7 +706,7 @@ def linear_backward(dout, cache, need_dx=True):
     x, w, has_bias = cache
     N, F = dout.shape
     dw, db = _empty(w.shape, dout.dtype), (_empty(F, dout.dtype) if has_bias else None)
-    _product("cols", dout, "rows", x, "rows", dw, F, x.shape[1] + has_bias, N, db)
+    _product("linear_backward dw", "cols", dout, "rows", x, "rows", dw, F, x.shape[1] + has_bias, N, db)
     return (matmul(dout, w) if need_dx else None), dw, db
 
 
@@ -833,7 +904,8 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, momentum, eps, 
     mean, var, inv_std = _empty(C, np.float64), _empty(C, np.float64), _empty(C, np.float64)
     if training:
         grid = _channel_grid(x3)
-        _mean_var[grid, RB](x3, _empty((grid[1], C, 3), np.float64), _tickets(C), mean, var)
+        parts, tickets = _empty((grid[1], C, 3), np.float64), _tickets("batchnorm_forward", C)
+        _mean_var[grid, RB](x3, parts, tickets, mean, var)
     m = x3.shape[0] * x3.shape[2]
     _bn_finish[_launch(C)](mean, var, running_mean, running_var, momentum, m / max(m - 1, 1), eps,
                            training, inv_std)
@@ -849,7 +921,8 @@ def batchnorm_backward(dout, cache):
     C = x3.shape[1]
     dbeta, dxhat_sum = _empty(C, np.float64), _empty(C, np.float64)
     grid = _channel_grid(x3)                                        # sum dout, sum dout * (x - mean):
-    _channel_sums[grid, RB](d3, x3, mean, _empty((grid[1], C, 2), np.float64), _tickets(C), dbeta, dxhat_sum)
+    parts, tickets = _empty((grid[1], C, 2), np.float64), _tickets("batchnorm_backward", C)
+    _channel_sums[grid, RB](d3, x3, mean, parts, tickets, dbeta, dxhat_sum)
     dgamma = _empty(C, dout.dtype)
     _mul[_launch(C)](dxhat_sum, inv_std, dgamma)
     dx = _empty(x3.shape, dout.dtype)
@@ -924,13 +997,37 @@ def softmax(logits):
     return _rowwise(_softmax, logits)
 
 
+_label_buffers = {}                                    # N -> (pinned host array (N,) int64, event after its copy)
+
+
+def _upload_labels(y):
+    """y int (N,) on the host -> a device copy (N,) int64, queued without waiting for the device.
+    A copy from ordinary (pageable) host memory first waits for every kernel queued before it:
+    for the labels, the whole forward pass, during which the host could have queued the backward.
+    So y goes through a pinned host buffer (one per N, kept), copied asynchronously, in order on
+    the default stream; the event recorded after the copy keeps the next call of that N from
+    writing the buffer before the copy has read it (in a training loop, long done by then)."""
+    N = len(y)
+    if N not in _label_buffers:
+        _label_buffers[N] = cuda.pinned_array(N, np.int64), cuda.event()
+    host, copied = _label_buffers[N]
+    copied.synchronize()                                # (an event never recorded: returns at once)
+    host[:] = y
+    out = _empty(N, np.int64)
+    stream = cuda.default_stream()
+    out.copy_to_device(host, stream=stream)
+    copied.record(stream)
+    return out
+
+
 def softmax_cross_entropy(logits, y, label_smoothing):
     """logits (N, K) on the device, y int (N,) on the host -> rows (2, N) float64, dlogits (N, K),
-    both on the device (see reference.softmax_cross_entropy); nothing comes back to the host."""
+    both on the device (see reference.softmax_cross_entropy); nothing comes back to the host, and
+    the labels' copy does not wait for the device (``_upload_labels``)."""
     N = logits.shape[0]
     rows, dlogits = _empty((2, N), np.float64), _empty(logits.shape, logits.dtype)
     if N:
-        _cross_entropy[_launch(N)](logits, upload(np.asarray(y, np.int64)), float(label_smoothing), rows, dlogits)
+        _cross_entropy[_launch(N)](logits, _upload_labels(y), float(label_smoothing), rows, dlogits)
     return rows, dlogits
 
 

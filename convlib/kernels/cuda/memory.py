@@ -12,7 +12,9 @@ the same order).
 Sizes are rounded up to 512 bytes. If the device runs out of memory, the pool frees its idle
 blocks and tries once more; ``release()`` frees them on demand. ``stats`` counts device
 allocations ("allocs") and reuses ("reuses"). ``CONVLIB_CUDA_POOL=0`` turns the pool off: every
-array is then allocated and freed by numba.
+array is then allocated and freed by numba. With ``POISON`` set (checks and tests), every array
+handed out starts with all its bits set, NaN in floats and -1 in ints, so an element a kernel
+forgot to write shows in its result instead of an old value that happens to be right.
 
 Why not numba's External Memory Management plug-in: it replaces the memory manager of the whole
 process (every other library that uses numba.cuda), must be installed before the CUDA context
@@ -29,6 +31,7 @@ from numba import config, cuda
 
 ROUND = 512                                        # bytes: sizes are rounded up to a multiple
 ENABLED = os.environ.get("CONVLIB_CUDA_POOL", "1") != "0"
+POISON = False                                     # True: arrays start as NaN (every bit set), see above
 stats = {"allocs": 0, "reuses": 0}
 _idle = defaultdict(list)                          # block size in bytes -> idle blocks (uint8 device arrays)
 
@@ -40,9 +43,12 @@ def empty(shape, dtype):
     nbytes = int(np.prod(shape)) * dtype.itemsize
     if not ENABLED or nbytes == 0:
         stats["allocs"] += nbytes > 0
-        return cuda.device_array(shape, dtype)
-    block = _take(-(-nbytes // ROUND) * ROUND)
-    return _view(block, shape, dtype, nbytes)
+        out = cuda.device_array(shape, dtype)
+    else:
+        out = _view(_take(-(-nbytes // ROUND) * ROUND), shape, dtype, nbytes)
+    if POISON and nbytes:
+        out.copy_to_device(np.full(nbytes, 255, np.uint8).view(dtype).reshape(shape))
+    return out
 
 
 def upload(x):
