@@ -10,36 +10,9 @@ if "NUMBA_ENABLE_CUDASIM" not in os.environ and not (
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
 
 
-def _simulator_shared_arrays_thread_safe():
-    """numba's simulator runs each GPU thread as a Python thread and creates a block's shared array
-    in whichever thread asks first, keyed by the calling line, with no lock: two threads can both
-    create one and then not share it, an intermittent wrong result of a correct kernel (seen here in
-    the tiled matmul). Same logic as the simulator's FakeCUDAShared.array, under a lock."""
-    import threading
-    import traceback
-
-    import numpy as np
-    from numba.core import types
-    from numba.cuda.simulator import kernelapi
-    from numba.np import numpy_support
-    lock, original = threading.Lock(), kernelapi.FakeCUDAShared.array
-
-    def array(self, shape, dtype, alignment=None):
-        if shape == 0 or alignment is not None:                     # dynamic shared memory: unchanged
-            return original(self, shape, dtype, alignment)
-        if isinstance(dtype, types.Type):
-            dtype = numpy_support.as_dtype(dtype)
-        caller = traceback.extract_stack(sys._getframe())[-2][0:2]  # the kernel's line
-        with lock:
-            if caller not in self._allocations:
-                self._allocations[caller] = np.empty(shape, dtype)
-            return self._allocations[caller]
-    kernelapi.FakeCUDAShared.array = array
-
-
 if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
     sys.setswitchinterval(1e-4)       # the simulator's Python threads meet at barriers: hand over fast
-    _simulator_shared_arrays_thread_safe()
+    # (its shared arrays are made thread-safe by convlib/kernels/cuda/simulator.py, on import)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
