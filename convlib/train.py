@@ -1,6 +1,5 @@
 """Training loop: ``fit``, ``evaluate`` and ``predict_proba``."""
 import math
-import os
 import signal
 import threading
 import time
@@ -111,8 +110,9 @@ def fit(net, train, val=None, *, epochs=10, batch_size=32, optimizer=None, sched
     hist = History(loss=[], acc=[], val_loss=[], val_acc=[], lr=[], seconds=[])
     best_state = None
     at = dict(epoch=1, step=0)                                      # where this run starts
-    if checkpoint is not None and resume and os.path.exists(checkpoint):
+    if checkpoint is not None and resume and distributed.checkpoint_exists(comm, checkpoint):
         hist, best_state, at = _restore(checkpoint, net, optimizer, schedule, rng)
+        distributed.restore_rng_states(comm, at["ranks"], aug_rng)     # each rank's own generators
     with _CtrlC(enabled=checkpoint is not None and comm.size == 1) as interrupted:
         for epoch in range(at["epoch"], epochs + 1):
             net.train()
@@ -167,8 +167,10 @@ def fit(net, train, val=None, *, epochs=10, batch_size=32, optimizer=None, sched
                 hist["seconds"].append(time.perf_counter() - t0)
             if schedule is not None:
                 schedule.step()
+            ranks = distributed.rng_states(comm, aug_rng) if checkpoint is not None else None   # a collective
             if checkpoint is not None and checkpoint_writer:
-                _save(checkpoint, net, optimizer, schedule, rng, hist, best_state, epoch=epoch + 1, step=0)
+                _save(checkpoint, net, optimizer, schedule, rng, hist, best_state, epoch=epoch + 1, step=0,
+                      ranks=ranks)
             if on_epoch_end is not None and lead:
                 on_epoch_end(epoch, hist)
     if best_state is not None:
@@ -233,7 +235,8 @@ class _CtrlC:
             signal.signal(signal.SIGINT, self.old)
 
 
-def _save(path, net, optimizer, schedule, rng, hist, best_state, epoch, step, totals=None, epoch_rng=None):
+def _save(path, net, optimizer, schedule, rng, hist, best_state, epoch, step, totals=None, epoch_rng=None,
+          ranks=None):
     """Write a checkpoint: the net with its weights, plus in metadata and extra arrays everything
     else a run needs to go on from (epoch, step) exactly."""
     opt = optimizer.state_dict()
@@ -243,7 +246,7 @@ def _save(path, net, optimizer, schedule, rng, hist, best_state, epoch, step, to
                  global_rng=get_rng().bit_generator.state, optimizer={"lr": opt["lr"], "t": opt["t"]},
                  schedule=schedule.state_dict() if schedule is not None else None,
                  history=dict(hist), best_epoch=hist.best_epoch, best_val_acc=hist.best_val_acc,
-                 has_best=best_state is not None)
+                 has_best=best_state is not None, ranks=ranks)
     save(net, path, metadata={"checkpoint": state}, extra=extra)
 
 
@@ -272,7 +275,8 @@ def _restore(path, net, optimizer, schedule, rng):
     hist.best_epoch, hist.best_val_acc = state["best_epoch"], state["best_val_acc"]
     best = {k[len("best."):]: v for k, v in extra.items() if k.startswith("best.")} if state["has_best"] else None
     at = dict(epoch=state["epoch"], step=state["step"], epoch_rng=state["epoch_rng"], rng=state["rng"],
-              global_rng=state["global_rng"], totals=state["totals"])   # epoch_rng, totals: mid-epoch only
+              global_rng=state["global_rng"], totals=state["totals"],   # epoch_rng, totals: mid-epoch only
+              ranks=state.get("ranks"))                             # every rank's generators (multi-rank runs)
     return hist, best, at
 
 
