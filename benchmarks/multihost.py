@@ -62,6 +62,13 @@ def nic_bytes(dev="eth0"):
     return 0, 0
 
 
+def barrier_then_bytes(comm):
+    """Bytes eth0 has sent, read once every rank got here: what a rank sent before is delivered
+    (a barrier's messages follow it on the same connections), so none is still queued."""
+    comm.barrier()
+    return nic_bytes()[0]
+
+
 # ---------------------------------------------------------------- workers (run as MPI ranks)
 class Repeat:
     """A batch iterable: the same batch ``(x, y)`` ``steps`` times (fit splits it among the ranks)."""
@@ -82,10 +89,11 @@ def train_worker(steps):
     from common import reference_net
 
     import convlib as cl
+    from convlib import distributed
     from convlib.distributed import MPIComm, Single, launched_size
 
     class Clocked(MPIComm if launched_size() > 1 else Single):
-        """The communicator, noting (start, end, bytes eth0 has sent by the end) of every allreduce."""
+        """The communicator, noting (start, end) of every allreduce."""
         def __init__(self):
             super().__init__()
             self.log = []
@@ -93,7 +101,7 @@ def train_worker(steps):
         def allreduce_sum(self, buf):
             t0 = time.perf_counter()
             super().allreduce_sum(buf)
-            self.log.append((t0, time.perf_counter(), nic_bytes()[0]))
+            self.log.append((t0, time.perf_counter()))
             return buf
 
     comm = Clocked()
@@ -104,25 +112,28 @@ def train_worker(steps):
     net = reference_net(SIZE)
     opt = cl.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     cl.fit(net, Repeat(x, y, 3), epochs=1, batch_size=n, optimizer=opt, progress=False, comm=comm)   # warm-up
+    sent = [barrier_then_bytes(comm)]
+    distributed.broadcast_state(comm, net)                          # what fit sends before its first step
+    sent.append(barrier_then_bytes(comm))
     comm.log.clear()
-    comm.barrier()
     t_start = time.perf_counter()
     cl.fit(net, Repeat(x, y, steps), epochs=1, batch_size=n, optimizer=opt, progress=False, comm=comm)
     seconds = time.perf_counter() - t_start
-    log = comm.log[:]
-    ends = [t_start] + [b for _, b, _ in log]
-    compute = [a - e for (a, _, _), e in zip(log, ends)]
-    in_step = [b - a for a, b, _ in log]
+    sent.append(barrier_then_bytes(comm))
+    log = comm.log[:]                                               # one allreduce per step
+    if len(log) > 1:                                                # steady state: from the first step's end
+        seconds = (log[-1][1] - log[0][1]) * steps / (len(log) - 1)
+    compute = [log[k][0] - log[k - 1][1] for k in range(1, len(log))]
+    in_step = [b - a for a, b in log[1:]]
     n_params = sum(p.data.size for p in net.parameters())
     buf = np.zeros(n_params, np.float32)                            # what fit reduces each step
     alone, blocking = [], []
-    sent1 = nic_bytes()[0]
     for _ in range(REPS):
         comm.barrier()
         t0 = time.perf_counter()
         comm.allreduce_sum(buf)
         alone.append(time.perf_counter() - t0)
-    sent2 = nic_bytes()[0]
+    sent.append(barrier_then_bytes(comm))
     for _ in range(REPS if comm.size > 1 else 0):                   # MPI's blocking call, for comparison
         comm.barrier()
         t0 = time.perf_counter()
@@ -136,8 +147,8 @@ def train_worker(steps):
         tiny.append(time.perf_counter() - t0)
     ms = lambda v: 1e3 * float(np.median(v)) if len(v) else 0.0
     mine = {"rank": comm.rank, "step": 1e3 * seconds / steps, "compute": ms(compute), "in_step": ms(in_step),
-            "alone": ms(alone), "blocking": ms(blocking), "tiny": ms(tiny), "sent_alone": (sent2 - sent1) / REPS,
-            "sent_step": (log[-1][2] - log[0][2]) / (len(log) - 1) if len(log) > 1 else 0.0,   # first to last step
+            "alone": ms(alone), "blocking": ms(blocking), "tiny": ms(tiny), "sent_alone": (sent[3] - sent[2]) / REPS,
+            "sent_step": (sent[2] - sent[1] - (sent[1] - sent[0])) / steps,   # less the broadcast fit starts with
             "weights": float(sum(np.abs(p.data).sum(dtype=np.float64) for p in net.parameters()))}
     everyone = comm.allgather(mine)
     if comm.rank == 0:
@@ -425,9 +436,14 @@ def fault_scenario(hosts, tmp, mpi_timeout=10, variant="random"):
         open(os.path.join(dirs["cut"], "cut-done"), "w").close()
         code, out = finish(job, mpi_timeout + 120)
         ended_after = time.monotonic() - t_cut
+        left = len(hosts.pids(1))                                   # host 1's rank and proxy, cut off
     finally:
         job.kill()
         hosts.mend(1)
+    t_mend = time.monotonic()
+    while hosts.pids(1) and time.monotonic() < t_mend + 30:
+        time.sleep(0.1)
+    gone_after = time.monotonic() - t_mend if not hosts.pids(1) else None
     for d in ("resumed", "survivor"):
         shutil.copy(os.path.join(dirs["cut"], "ckpt.npz"), dirs[d])
     import convlib as cl
@@ -438,7 +454,8 @@ def fault_scenario(hosts, tmp, mpi_timeout=10, variant="random"):
         if c != 0:
             raise RuntimeError(f"{what} failed (exit {c}):\n{o[-3000:]}")
     full, again, alone = weights(dirs["full"]), weights(dirs["resumed"]), weights(dirs["survivor"])
-    return {"code": code, "output": out, "ended_after": ended_after, "checkpoint_epoch": epoch, "full": full,
+    return {"code": code, "output": out, "ended_after": ended_after, "left": left, "gone_after": gone_after,
+            "checkpoint_epoch": epoch, "full": full,
             "resumed": again, "survivor": alone, "rank1_resumed": weights(dirs["resumed"], 1)}
 
 
@@ -449,6 +466,9 @@ def fault_command(args):
     print(f"host 1's link cut at epoch {CUT_AT[0]}, step {CUT_AT[1]} (CONVLIB_MPI_TIMEOUT=10): the job ended "
           f"{r['ended_after']:.1f} s later with exit status {r['code']}")
     print("  " + (errors[-1] if errors else "(no CollectiveTimeout in the output)\n" + r["output"][-2000:]))
+    print(f"host 1 then still ran {r['left']} processes (its rank in MPI_Abort, waiting for its hydra proxy, which "
+          f"waits for mpiexec); with the link back they ended "
+          + (f"{r['gone_after']:.1f} s later" if r["gone_after"] is not None else "NOT within 30 s"))
     print(f"its last checkpoint: the start of epoch {r['checkpoint_epoch']}")
     same = all(np.array_equal(r["full"][k], r["resumed"][k]) for k in r["full"] if k != "size")
     print(f"resumed on 2 hosts: final weights {'bit for bit' if same else 'NOT'} those of the uninterrupted run; "

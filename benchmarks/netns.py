@@ -168,6 +168,10 @@ class Hosts:
         for ns in self.ns:
             _ip("-n", ns, "neigh", "flush", "all", check=False)
 
+    def pids(self, i):
+        """The processes running inside host i's namespace."""
+        return [int(p) for p in _ip("netns", "pids", self.ns[i], check=False).split()]
+
     def counters(self):
         """[(tx bytes, rx bytes)] of every host's eth0, as the kernel counts them."""
         out = []

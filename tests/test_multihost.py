@@ -185,7 +185,7 @@ def test_two_hosts_train_with_every_allreduce_byte_on_the_link(can_make_hosts):
     with the same weights, and the namespaces are gone afterwards."""
     with netns.Hosts(2, gbit=1) as hosts:
         prefix = hosts.prefix
-        r = multihost.measure(hosts, steps=2, timeout=300)
+        r = multihost.measure(hosts, steps=3, timeout=300)
     volume = multihost.ring_bytes(2, r["n_params"])                 # 4P bytes: the whole buffer, once
     assert r["size"] == 2 and len({q["weights"] for q in r["ranks"]}) == 1
     for q in r["ranks"]:
@@ -197,13 +197,14 @@ def test_two_hosts_train_with_every_allreduce_byte_on_the_link(can_make_hosts):
 
 def test_a_cut_link_ends_the_job_and_the_checkpoint_resumes(can_make_hosts, tmp_path):
     """Host 1's link cut in epoch 3: the job ends by itself (within the 5 s timeout plus the bound
-    of fault_scenario) with the timeout's message; its last checkpoint (the start of epoch 3)
-    resumed on both hosts gives the uninterrupted run's weights bit for bit; on host 0 alone it
-    trains on from the same epochs."""
+    of fault_scenario) with the timeout's message, and host 1's processes end once its link is
+    back; the last checkpoint (the start of epoch 3) resumed on both hosts gives the uninterrupted
+    run's weights bit for bit; on host 0 alone it trains on from the same epochs."""
     with netns.Hosts(2, gbit=1) as hosts:
         r = multihost.fault_scenario(hosts, str(tmp_path), mpi_timeout=5)
     assert r["code"] not in (0, None), r["output"]
     assert "CollectiveTimeout" in r["output"] and "its network is cut" in r["output"], r["output"]
+    assert r["gone_after"] is not None, "host 1's processes outlived the mended link by 30 s"
     assert r["checkpoint_epoch"] == multihost.CUT_AT[0]
     for k in r["full"]:
         np.testing.assert_array_equal(r["resumed"][k], r["full"][k], err_msg=k)
