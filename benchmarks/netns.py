@@ -8,8 +8,8 @@ each link shaped with ``tc ... tbf``, and MPI ranks launched one per namespace.
 Layout: host i is namespace ``<prefix>-h<i>`` holding ``eth0`` with 10.77.0.<i+1>/24 and
 nothing else (no default route, no NAT: it can reach the other hosts and only them); the
 other end of its veth pair is ``v<i>`` in namespace ``<prefix>-br``, a port of the bridge
-``br0`` there. Both ends are shaped to ``gbit`` with a token bucket (tbf), so a host sends
-and receives at most ``gbit`` each way, as on a switch port. The root namespace gets no
+``br0`` there. Both ends are shaped to ``gbit`` with a token bucket (tbf, ``Hosts.shape``), so
+a host sends and receives at most ``gbit`` each way, as on a switch port. The root namespace gets no
 interface and no address. ``netem`` is not in this kernel, so no latency is added: a veth
 hop takes tens of microseconds, a real network's a few hundred.
 
@@ -139,14 +139,16 @@ class Hosts:
 
     def shape(self, gbit):
         """Shape every link to ``gbit`` Gbit/s each way: tbf on the host's eth0 (what it sends) and
-        on its bridge port (what it receives), with a bucket of 1 ms at that rate (at least 256 KB,
-        as veth hands tbf segments of up to 64 KB)."""
+        on its bridge port (what it receives). The bucket is 64 KB (one segment as veth hands it
+        over) or 0.1 ms at the rate, whichever is more, so over any longer time a link carries at
+        most ``gbit``; the FIFO queue in front of it holds 5 ms at the rate (this kernel has no
+        fq_codel: a small packet waits behind the data queued before it)."""
         self.gbit = gbit
-        burst = max(256 * 1024, int(gbit * 1e9 / 8 * 1e-3))
+        bucket = max(64 * 1024, int(gbit * 1e9 / 8 * 1e-4))
         for i, ns in enumerate(self.ns):
             for where, dev in ((ns, "eth0"), (self.bridge, f"v{i}")):
                 r = subprocess.run(["tc", "-n", where, "qdisc", "replace", "dev", dev, "root", "tbf",
-                                    "rate", f"{gbit * 1000:g}mbit", "burst", str(burst), "latency", "50ms"],
+                                    "rate", f"{gbit * 1000:g}mbit", "burst", str(bucket), "latency", "5ms"],
                                    check=False, capture_output=True, text=True, timeout=20)
                 if r.returncode:
                     raise RuntimeError(f"tc on {where}/{dev}: {r.stderr.strip()}")
