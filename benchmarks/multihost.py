@@ -3,7 +3,7 @@ allreduce byte over TCP through veth links shaped to 1 or 10 Gbit/s (benchmarks/
 Needs root, Linux, iproute2 and the [mpi] extra (the Dask part: [dask]).
 
     python benchmarks/multihost.py                  # 2, 4, 8 ranks at 1 and 10 Gbit/s: the table, the projection
-    python benchmarks/multihost.py --ranks 2 --gbit 1 --steps 5     # one row
+    python benchmarks/multihost.py --ranks 2 --gbit 1 --rounds 1    # one row
     python benchmarks/multihost.py --fault          # cut a host's link mid-epoch; resume from the checkpoint
     python benchmarks/multihost.py --dask           # rate a folder on Dask workers in two other namespaces
     python benchmarks/multihost.py --cleanup        # remove the namespaces of a killed run
@@ -139,6 +139,14 @@ def train_worker(steps):
         t0 = time.perf_counter()
         comm.comm.Allreduce(comm.MPI.IN_PLACE, buf, op=comm.MPI.SUM)
         blocking.append(time.perf_counter() - t0)
+    sleepy = []                                                     # waiting asleep: the cores left to the kernel
+    for _ in range(REPS if comm.size > 1 else 0):
+        comm.barrier()
+        t0 = time.perf_counter()
+        request = comm.comm.Iallreduce(comm.MPI.IN_PLACE, buf, op=comm.MPI.SUM)
+        while not request.Test():
+            time.sleep(1e-4)
+        sleepy.append(time.perf_counter() - t0)
     tiny, one = [], np.zeros(1)                                     # 8 bytes: the latency of a round
     for _ in range(REPS if comm.size > 1 else 0):
         comm.barrier()
@@ -147,7 +155,8 @@ def train_worker(steps):
         tiny.append(time.perf_counter() - t0)
     ms = lambda v: 1e3 * float(np.median(v)) if len(v) else 0.0
     mine = {"rank": comm.rank, "step": 1e3 * seconds / steps, "compute": ms(compute), "in_step": ms(in_step),
-            "alone": ms(alone), "blocking": ms(blocking), "tiny": ms(tiny), "sent_alone": (sent[3] - sent[2]) / REPS,
+            "alone": ms(alone), "blocking": ms(blocking), "sleepy": ms(sleepy),
+            "tiny": ms(tiny), "sent_alone": (sent[3] - sent[2]) / REPS,
             "sent_step": (sent[2] - sent[1] - (sent[1] - sent[0])) / steps,   # less the broadcast fit starts with
             "weights": float(sum(np.abs(p.data).sum(dtype=np.float64) for p in net.parameters()))}
     everyone = comm.allgather(mine)
@@ -313,14 +322,15 @@ def rows_of(n, gbit, link, r):
     step = [n, f"{gbit:g}", f"{ranks[0]['step']:.0f}", f"{mean('compute'):.0f}", f"{mean('in_step'):.1f}",
             f"{mean('sent_step') / 1e3:.0f}", f"{PER_RANK * n / (ranks[0]['step'] / 1e3):.0f}"]
     reduce = [n, f"{gbit:g}", f"{link:.2f}", f"{ranks[0]['tiny']:.2f}", f"{1e3 * alone:.1f}",
-              f"{ranks[0]['blocking']:.1f}", f"{1e3 * volume * 8 / (gbit * 1e9):.1f}", f"{sent / 1e3:.0f}",
+              f"{ranks[0]['blocking']:.1f}", f"{ranks[0]['sleepy']:.1f}", f"{1e3 * volume * 8 / (gbit * 1e9):.1f}",
+              f"{sent / 1e3:.0f}",
               f"{volume / 1e3:.0f}", f"{8 * sent / alone / 1e9:.2f}", f"{8 * n * sent / alone / 1e9:.1f}"]
     return step, reduce
 
 
 STEP_HEADER = ["ranks", "Gbit/s", "step ms", "compute ms", "allreduce in step ms", "sent KB/step", "img/s"]
 REDUCE_HEADER = ["ranks", "Gbit/s", "one TCP stream Gbit/s", "8-byte allreduce ms", "allreduce ms (fit's)",
-                 "MPI_Allreduce ms", "at line rate ms", "sent KB", "2(N-1)/N x 4P KB", "Gbit/s per rank",
+                 "MPI_Allreduce ms", "asleep between tests ms", "at line rate ms", "sent KB", "2(N-1)/N x 4P KB", "Gbit/s per rank",
                  "Gbit/s all ranks"]
 
 
@@ -342,28 +352,43 @@ def projection(results, one_ms, gbits, n_params):
     return rows, header
 
 
+def median_of(runs):
+    """One result from several runs of ``measure`` (and their link rates): every number the median
+    over the runs, rank by rank."""
+    ranks = [{k: float(np.median([r["ranks"][i][k] for r, _ in runs])) for k in runs[0][0]["ranks"][i]}
+             for i in range(len(runs[0][0]["ranks"]))]
+    return dict(runs[0][0], ranks=ranks), float(np.median([link for _, link in runs]))
+
+
 def table_command(args):
-    """Measure every (ranks, Gbit/s) pair; print the tables and the projection."""
+    """Measure every (ranks, Gbit/s) pair ``args.rounds`` times (in turn, so that a busy moment on
+    a shared machine spoils one round, not a row); print the tables and the projection."""
+    runs, ones = {}, []
+    for _ in range(args.rounds):
+        ones.append(one_machine(args.steps))
+        print(f"  one process x 2 threads: {ones[-1]:.1f} ms per {PER_RANK}-image step", file=sys.stderr, flush=True)
+        for n in args.ranks:
+            with netns.Hosts(n) as hosts:
+                for gbit in args.gbit:
+                    hosts.shape(gbit)
+                    link = link_rate(hosts)
+                    r = measure(hosts, args.steps)
+                    if len({q["weights"] for q in r["ranks"]}) != 1:
+                        raise RuntimeError(f"{n} ranks at {gbit:g} Gbit/s: the ranks ended with different weights")
+                    runs.setdefault((n, gbit), []).append((r, link))
+                    print(f"  {n} ranks at {gbit:g} Gbit/s: {rows_of(n, gbit, link, r)}", file=sys.stderr, flush=True)
     steps, reduces, results = [], [], {}
-    one_ms = one_machine(args.steps)
-    print(f"  one process x 2 threads: {one_ms:.1f} ms per {PER_RANK}-image step", file=sys.stderr, flush=True)
-    for n in args.ranks:
-        with netns.Hosts(n) as hosts:
-            for gbit in args.gbit:
-                hosts.shape(gbit)
-                link = link_rate(hosts)
-                r = results[n, gbit] = measure(hosts, args.steps)
-                if len({q["weights"] for q in r["ranks"]}) != 1:
-                    raise RuntimeError(f"{n} ranks at {gbit:g} Gbit/s: the ranks ended with different weights")
-                step, reduce = rows_of(n, gbit, link, r)
-                steps.append(step)
-                reduces.append(reduce)
-                print(f"  {n} ranks at {gbit:g} Gbit/s: {step} {reduce}", file=sys.stderr, flush=True)
+    for (n, gbit), these in runs.items():
+        results[n, gbit], link = median_of(these)
+        step, reduce = rows_of(n, gbit, link, results[n, gbit])
+        steps.append(step)
+        reduces.append(reduce)
+    one_ms = float(np.median(ones))
     n_params = next(iter(results.values()))["n_params"]
     print(f"The step: the reference net, {PER_RANK} images per rank, every rank on this machine's cores "
-          f"(one thread each); {n_params:,} float32 parameters reduced per step\n")
+          f"(one thread each); {n_params:,} float32 parameters reduced per step; medians of {args.rounds} rounds\n")
     print(markdown(steps, STEP_HEADER))
-    print("\nThe allreduce alone (after a barrier, median of 20; bytes each rank sent, by eth0's counters):\n")
+    print(f"\nThe allreduce alone (after a barrier, median of {REPS}; bytes each rank sent, by eth0's counters):\n")
     print(markdown(reduces, REDUCE_HEADER))
     rows, header = projection(results, one_ms, args.gbit, n_params)
     print(f"\nProjection to N machines like this one, each computing a {PER_RANK}-image step in {one_ms:.0f} ms "
@@ -371,9 +396,8 @@ def table_command(args):
           f"formula had it:\n")
     print(markdown(rows, header))
     print(f"\npython benchmarks/multihost.py --ranks {' '.join(map(str, args.ranks))} "
-          f"--gbit {' '.join(f'{g:g}' for g in args.gbit)} --steps {args.steps}")
+          f"--gbit {' '.join(f'{g:g}' for g in args.gbit)} --steps {args.steps} --rounds {args.rounds}")
     return results
-
 
 def fault_job(hosts, out, mode, variant="random", ranks=2, timeout=300):
     """Launch ``fault_worker`` as ``ranks`` ranks over ``hosts`` (1: one plain process on host 0)
@@ -527,6 +551,7 @@ def main(argv=None):
     ap.add_argument("--ranks", type=int, nargs="+", default=[2, 4, 8])
     ap.add_argument("--gbit", type=float, nargs="+", default=[1.0, 10.0])
     ap.add_argument("--steps", type=int, default=10, help="timed steps per row")
+    ap.add_argument("--rounds", type=int, default=3, help="measure every row this many times, report medians")
     ap.add_argument("--fault", action="store_true", help="the fault scenario instead of the table")
     ap.add_argument("--dask", action="store_true", help="the Dask rating instead of the table")
     ap.add_argument("--cleanup", action="store_true", help="remove namespaces a killed run left")
@@ -551,8 +576,8 @@ def main(argv=None):
     reason = netns.why_not()
     if reason:
         raise SystemExit(f"multihost: {reason}")
-    if any(n < 2 for n in args.ranks) or args.steps < 1:
-        raise SystemExit("multihost: --ranks must be >= 2 and --steps >= 1")
+    if any(n < 2 for n in args.ranks) or args.steps < 2 or args.rounds < 1:
+        raise SystemExit("multihost: --ranks must be >= 2, --steps >= 2 and --rounds >= 1")
     return table_command(args)
 
 

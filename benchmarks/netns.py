@@ -9,9 +9,11 @@ Layout: host i is namespace ``<prefix>-h<i>`` holding ``eth0`` with 10.77.0.<i+1
 nothing else (no default route, no NAT: it can reach the other hosts and only them); the
 other end of its veth pair is ``v<i>`` in namespace ``<prefix>-br``, a port of the bridge
 ``br0`` there. Both ends are shaped to ``gbit`` with a token bucket (tbf, ``Hosts.shape``), so
-a host sends and receives at most ``gbit`` each way, as on a switch port. The root namespace gets no
+a host sends and receives at most ``gbit`` each way, as on a switch port; receive packet steering
+keeps each flow on one CPU, so its packets arrive in order as on a real link (without it, TCP saw
+paced packets out of order and retransmitted for nothing). The root namespace gets no
 interface and no address. ``netem`` is not in this kernel, so no latency is added: a veth
-hop takes tens of microseconds, a real network's a few hundred.
+hop takes tens of microseconds, a real network's tens to hundreds.
 
 MPICH is told to leave shared memory alone (``MPI_ENV``): ranks in different namespaces still
 share /dev/shm, and with MPICH's defaults UCX reaches the other rank's memory through it (an
@@ -29,6 +31,7 @@ import time
 PREFIX = "clmh"
 HERE = os.path.dirname(os.path.abspath(__file__))
 SSH = os.path.join(HERE, "netns_ssh")                               # hydra's "ssh": enters a namespace
+RPS_MASK = format((1 << min(os.cpu_count() or 1, 32)) - 1, "x")   # receive packet steering over every CPU
 MPI_ENV = {"MPIR_CVAR_NOLOCAL": "1",                                # no shared-memory path between ranks
            "MPIR_CVAR_CH4_NETMOD": "ucx", "UCX_TLS": "tcp", "UCX_NET_DEVICES": "eth0"}
 
@@ -135,16 +138,20 @@ class Hosts:
             _ip("-n", ns, "addr", "add", f"{self.addr[i]}/24", "dev", "eth0")
             for dev in ("lo", "eth0"):
                 _ip("-n", ns, "link", "set", dev, "up")
+            for where, dev in ((ns, "eth0"), (self.bridge, f"v{i}")):     # one flow, one CPU: in order
+                subprocess.run(["ip", "netns", "exec", where, "sh", "-c",
+                                f"echo {RPS_MASK} > /sys/class/net/{dev}/queues/rx-0/rps_cpus"],
+                               check=False, capture_output=True, timeout=20)
         self.shape(self.gbit)
 
     def shape(self, gbit):
         """Shape every link to ``gbit`` Gbit/s each way: tbf on the host's eth0 (what it sends) and
-        on its bridge port (what it receives). The bucket is 64 KB (one segment as veth hands it
-        over) or 0.1 ms at the rate, whichever is more, so over any longer time a link carries at
-        most ``gbit``; the FIFO queue in front of it holds 5 ms at the rate (this kernel has no
-        fq_codel: a small packet waits behind the data queued before it)."""
+        on its bridge port (what it receives), over a 5 ms FIFO queue (this kernel has no fq_codel).
+        The bucket holds one 64 KB segment as veth hands it over (a smaller one makes tbf cut each
+        segment into 45 packets, each released by its own timer: an eight-rank allreduce at 1 Gbit/s
+        then took 3x its line-rate time, a cost of the simulation), or 0.1 ms at the rate if more."""
         self.gbit = gbit
-        bucket = max(64 * 1024, int(gbit * 1e9 / 8 * 1e-4))
+        bucket = max(68 * 1024, int(gbit * 1e9 / 8 * 1e-4))
         for i, ns in enumerate(self.ns):
             for where, dev in ((ns, "eth0"), (self.bridge, f"v{i}")):
                 r = subprocess.run(["tc", "-n", where, "qdisc", "replace", "dev", dev, "root", "tbf",
