@@ -2,7 +2,7 @@
 allreduce byte over TCP through veth links shaped to 1 or 10 Gbit/s (benchmarks/netns.py).
 Needs root, Linux, iproute2 and the [mpi] extra (the Dask part: [dask]).
 
-    python benchmarks/multihost.py                  # 2, 4, 8 ranks at 1 and 10 Gbit/s: the table, the projection
+    python benchmarks/multihost.py                  # 2, 4, 8 ranks at 1 and 10 Gbit/s: the tables, the projection
     python benchmarks/multihost.py --ranks 2 --gbit 1 --rounds 1    # one row
     python benchmarks/multihost.py --fault          # cut a host's link mid-epoch; resume from the checkpoint
     python benchmarks/multihost.py --dask           # rate a folder on Dask workers in two other namespaces
@@ -13,8 +13,10 @@ The table: the reference net (64x64, 32 images per rank per step, SGD with momen
 the end of one allreduce to the start of the next: forward, backward, the optimizer, flattening),
 the allreduce as it happens in the step (including the wait for the slowest rank), the same
 allreduce alone (after a barrier, median of 20), and the bytes each rank's eth0 sent per step, by
-the kernel's counters. All ranks share this machine's cores (one kernel thread each).
-Results: docs/distributed.md.
+the kernel's counters. All ranks share this machine's cores (one kernel thread each); every row is
+measured --rounds times in turn (default 3) and the medians printed. Then the projection to N real
+machines: one machine's step (one process, 2 threads) plus the allreduce as measured, next to the
+old formula (2(N-1)/N x 4P bytes at line rate). Run as root. Results: docs/distributed.md.
 """
 import argparse
 import json
