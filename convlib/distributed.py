@@ -9,12 +9,24 @@ of one flat buffer per step, batch-norm running statistics are averaged at each 
 only rank 0 shows progress and writes files. Run as plain ``python`` it is ``Single()``: size 1,
 nothing is imported and nothing changes. ``python -m mpi4py`` makes an exception on one rank
 abort every rank instead of leaving the others waiting in a collective.
+
+A rank that is alive but unreachable (its host's link cut) raises no exception anywhere: a
+blocking collective would wait for it forever. So every allreduce and broadcast here waits at
+most ``CONVLIB_MPI_TIMEOUT`` seconds (default 600; 0 waits forever) and then raises
+``CollectiveTimeout`` naming the rank and the call, which under ``python -m mpi4py`` ends the job.
+Checkpoints of a multi-rank ``fit`` hold every rank's random generators (``rng_states``), so a
+resumed run on as many ranks is bit for bit the uninterrupted one (docs/distributed.md).
 """
 import os
+import time
 
 import numpy as np
 
-__all__ = ["Single", "MPIComm", "world", "launched_size"]
+from .rng import get_rng, manual_seed
+
+__all__ = ["CollectiveTimeout", "MPIComm", "Single", "launched_size", "world"]
+
+DEFAULT_TIMEOUT = 600.0                                             # seconds; CONVLIB_MPI_TIMEOUT overrides
 
 _world = []
 
@@ -43,26 +55,68 @@ class Single:
     def barrier(self):
         """Wait until every rank gets here."""
 
+    def allgather(self, obj):
+        """The list of every rank's ``obj`` (small Python objects), in rank order."""
+        return [obj]
+
+
+class CollectiveTimeout(TimeoutError):
+    """A collective got no answer from the other ranks within the communicator's timeout."""
+
+
+def timeout_from_env():
+    """Seconds a collective may wait: ``CONVLIB_MPI_TIMEOUT`` (0: forever), else ``DEFAULT_TIMEOUT``."""
+    text = os.environ.get("CONVLIB_MPI_TIMEOUT", "").strip()
+    if not text:
+        return DEFAULT_TIMEOUT
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise ValueError(f"CONVLIB_MPI_TIMEOUT: expected seconds >= 0 (0: wait forever), got {text!r}")
+    return seconds or None
+
 
 class MPIComm(Single):
-    """The same calls over an mpi4py communicator (default ``MPI.COMM_WORLD``)."""
+    """The same calls over an mpi4py communicator (default ``MPI.COMM_WORLD``); ``allreduce_sum``
+    and ``broadcast`` raise ``CollectiveTimeout`` after ``timeout`` seconds (None: wait forever;
+    default ``timeout_from_env()``)."""
 
-    def __init__(self, comm=None):
+    def __init__(self, comm=None, timeout="env"):
         from mpi4py import MPI
         self.MPI, self.comm = MPI, comm if comm is not None else MPI.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self.local_size = self.comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size()   # ranks on this machine
+        self.timeout = timeout_from_env() if timeout == "env" else timeout
 
     def allreduce_sum(self, buf):
-        self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
-        return buf
+        return self._wait(self.comm.Iallreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM), buf, "allreduce")
 
     def broadcast(self, buf, root=0):
-        self.comm.Bcast(buf, root=root)
-        return buf
+        return self._wait(self.comm.Ibcast(buf, root=root), buf, "broadcast")
 
     def barrier(self):
         self.comm.Barrier()
+
+    def allgather(self, obj):
+        return self.comm.allgather(obj)
+
+    def _wait(self, request, buf, what):
+        """``buf`` once ``request`` completes; polled (each test moves MPI's progress on, and a
+        yield lets ranks that share cores compute meanwhile) until ``self.timeout`` runs out."""
+        if self.timeout is None:
+            request.Wait()
+            return buf
+        deadline = time.monotonic() + self.timeout
+        while not request.Test():
+            if time.monotonic() > deadline:
+                raise CollectiveTimeout(
+                    f"convlib.distributed: rank {self.rank} of {self.size} waited {self.timeout:g} s in an "
+                    f"{what} of {buf.nbytes:,} bytes and got no answer: another rank stopped or its network "
+                    f"is cut (set CONVLIB_MPI_TIMEOUT to wait longer; resume from the last checkpoint)")
+            os.sched_yield()
+        return buf
 
 
 def world():
@@ -134,3 +188,40 @@ def shard(n, comm):
     base, extra = divmod(n, comm.size)
     lo = comm.rank * base + min(comm.rank, extra)
     return slice(lo, lo + base + (comm.rank < extra))
+
+
+def rng_states(comm, aug_rng):
+    """Every rank's random generators for a checkpoint: a list (one entry per rank, in rank order)
+    of {"aug": the rank's augmentation generator ``aug_rng``, "global": convlib's generator, which
+    draws dropout masks}, as ``bit_generator.state`` dicts; None in one process (the checkpoint's
+    own generators are all there is). A collective: every rank calls it, every rank gets the list."""
+    if comm.size == 1:
+        return None
+    return comm.allgather({"aug": aug_rng.bit_generator.state, "global": get_rng().bit_generator.state})
+
+
+def restore_rng_states(comm, states, aug_rng):
+    """Set this rank's generators from a checkpoint's ``rng_states`` list. On as many ranks as
+    saved, each rank goes on with its own streams, so a resumed run is bit for bit the uninterrupted
+    one. On fewer ranks (the survivors of a failure), rank r takes saved rank r's streams; on more,
+    a rank past the saved ones gets a stream of its own. ``states`` None (a one-process checkpoint,
+    or one from before convlib saved them) and a one-process run change nothing."""
+    if states is None or comm.size == 1:
+        return
+    if comm.rank < len(states):
+        aug_rng.bit_generator.state = states[comm.rank]["aug"]
+        get_rng().bit_generator.state = states[comm.rank]["global"]
+    else:                                                           # drawn from rank 0's saved stream
+        manual_seed([int(get_rng().integers(2 ** 62)), comm.rank])
+
+
+def checkpoint_exists(comm, path):
+    """Whether the checkpoint ``path`` exists, asked on every rank (a collective). ValueError naming
+    the ranks that cannot see it when some can: they would start afresh while the others resume."""
+    seen = comm.allgather(os.path.exists(path))
+    if any(seen) and not all(seen):
+        missing = [r for r, s in enumerate(seen) if not s]
+        raise ValueError(f"fit: resume: rank(s) {missing} cannot find the checkpoint {path} that rank(s) "
+                         f"{[r for r, s in enumerate(seen) if s]} find: put it on a filesystem every host "
+                         f"shares, or copy it to every host")
+    return seen[0]

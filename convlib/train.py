@@ -1,6 +1,5 @@
 """Training loop: ``fit``, ``evaluate`` and ``predict_proba``."""
 import math
-import os
 import signal
 import threading
 import time
@@ -91,7 +90,7 @@ def fit(net, train, val=None, *, epochs=10, batch_size=32, optimizer=None, sched
     optimizer = optimizer or SGD(net.parameters(), lr=0.01, momentum=0.9)
     loss_fn = CrossEntropyLoss() if loss_fn is None else loss_fn
     ranks = _Ranks(comm, net, seed, rng)                            # MPI data parallelism; one process: no-op
-    run = _Run(checkpoint if resume else None, net, optimizer, schedule, rng)   # or where a checkpoint stopped
+    run = _Run(checkpoint if resume else None, net, optimizer, schedule, rng, ranks)   # or where a checkpoint stopped
     with _CtrlC(enabled=checkpoint is not None and ranks.size == 1) as interrupted:
         for epoch in range(run.epoch, epochs + 1):
             net.train()
@@ -110,8 +109,11 @@ def fit(net, train, val=None, *, epochs=10, batch_size=32, optimizer=None, sched
                 run.end_epoch(epoch, net, optimizer.lr, val, max(batch_size, 256), ranks.comm, restore_best, bar)
             if schedule is not None:
                 schedule.step()
-            if checkpoint is not None and ranks.lead:
-                _save(checkpoint, net, optimizer, schedule, rng, run.hist, run.best, epoch=epoch + 1, step=0)
+            if checkpoint is not None:                              # every rank's generators: a collective
+                states = distributed.rng_states(ranks.comm, ranks.aug_rng)
+                if ranks.lead:
+                    _save(checkpoint, net, optimizer, schedule, rng, run.hist, run.best, epoch=epoch + 1, step=0,
+                          ranks=states)
             if on_epoch_end is not None and ranks.lead:
                 on_epoch_end(epoch, run.hist)
     if run.best is not None:
@@ -185,11 +187,12 @@ class _Run:
     """A run's bookkeeping: history, the epoch's running totals, the best epoch's weights, and
     where it starts (epoch 1, or where the checkpoint ``resume_from`` stopped, mid-epoch too)."""
 
-    def __init__(self, resume_from, net, optimizer, schedule, rng):
+    def __init__(self, resume_from, net, optimizer, schedule, rng, ranks):
         self.hist = History(loss=[], acc=[], val_loss=[], val_acc=[], lr=[], seconds=[])
         self.best, self.at = None, dict(epoch=1, step=0)
-        if resume_from is not None and os.path.exists(resume_from):
+        if resume_from is not None and distributed.checkpoint_exists(ranks.comm, resume_from):
             self.hist, self.best, self.at = _restore(resume_from, net, optimizer, schedule, rng)
+            distributed.restore_rng_states(ranks.comm, self.at["ranks"], ranks.aug_rng)   # each rank's own
         self.epoch = self.at["epoch"]
 
     def steps(self, epoch, batches, rng, bar):
@@ -271,7 +274,8 @@ class _CtrlC:
             signal.signal(signal.SIGINT, self.old)
 
 
-def _save(path, net, optimizer, schedule, rng, hist, best_state, epoch, step, totals=None, epoch_rng=None):
+def _save(path, net, optimizer, schedule, rng, hist, best_state, epoch, step, totals=None, epoch_rng=None,
+          ranks=None):
     """Write a checkpoint: the net with its weights, plus in metadata and extra arrays everything
     else a run needs to go on from (epoch, step) exactly."""
     opt = optimizer.state_dict()
@@ -281,7 +285,7 @@ def _save(path, net, optimizer, schedule, rng, hist, best_state, epoch, step, to
                  global_rng=get_rng().bit_generator.state, optimizer={"lr": opt["lr"], "t": opt["t"]},
                  schedule=schedule.state_dict() if schedule is not None else None,
                  history=dict(hist), best_epoch=hist.best_epoch, best_val_acc=hist.best_val_acc,
-                 has_best=best_state is not None)
+                 has_best=best_state is not None, ranks=ranks)
     save(net, path, metadata={"checkpoint": state}, extra=extra)
 
 
@@ -310,7 +314,8 @@ def _restore(path, net, optimizer, schedule, rng):
     hist.best_epoch, hist.best_val_acc = state["best_epoch"], state["best_val_acc"]
     best = {k[len("best."):]: v for k, v in extra.items() if k.startswith("best.")} if state["has_best"] else None
     at = dict(epoch=state["epoch"], step=state["step"], epoch_rng=state["epoch_rng"], rng=state["rng"],
-              global_rng=state["global_rng"], totals=state["totals"])   # epoch_rng, totals: mid-epoch only
+              global_rng=state["global_rng"], totals=state["totals"],   # epoch_rng, totals: mid-epoch only
+              ranks=state.get("ranks"))                             # every rank's generators (several ranks)
     return hist, best, at
 
 
