@@ -31,7 +31,8 @@ def pytest_collection_modifyitems(config, items):
     """With CONVLIB_KERNELS=reference (the NumPy maths only) the tests of the compiled CPU kernels
     (marked ``compiled``) skip, saying so; every other test runs on the reference."""
     if os.environ.get("CONVLIB_KERNELS") == "reference":
-        skip = pytest.mark.skip(reason="CONVLIB_KERNELS=reference: this test checks the compiled CPU kernels")
         for item in items:
-            if "compiled" in item.keywords:
-                item.add_marker(skip)
+            marker = item.get_closest_marker("compiled")
+            if marker is not None:
+                why = marker.kwargs.get("reason", "this test checks the compiled CPU kernels")
+                item.add_marker(pytest.mark.skip(reason=f"CONVLIB_KERNELS=reference: {why}"))

@@ -54,6 +54,8 @@ def test_shards_join_in_order(folder_and_model, one_thread):
     np.testing.assert_array_equal(x, want_x)
 
 
+@pytest.mark.compiled(reason="the NumPy maths leave BLAS at its own thread count, so a worker and this process "
+                               "may round a P(good) differently in its last bit")
 def test_local_dask_cluster_gives_identical_results(folder_and_model, one_thread, capsys):
     """Decoding and rating a folder on a LocalCluster of 2 workers: bit for bit the in-process results."""
     pytest.importorskip("distributed", reason="Dask is not installed (pip install -e '.[dask]')")
@@ -68,6 +70,8 @@ def test_local_dask_cluster_gives_identical_results(folder_and_model, one_thread
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.compiled(reason="the NumPy maths leave BLAS at its own thread count, so a worker and this process "
+                               "may round a P(good) differently in its last bit")
 def test_rating_a_folder_on_dask(folder_and_model, one_thread, tmp_path, capsys):
     """selfie_rate.py --scheduler local:2 writes the same ranking as the in-process run."""
     pytest.importorskip("distributed", reason="Dask is not installed (pip install -e '.[dask]')")
