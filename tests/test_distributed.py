@@ -115,3 +115,95 @@ def test_selfie_train_runs_unchanged_under_mpiexec(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count("test accuracy:") == 1 and r.stdout.count("epoch 2:") == 1
     assert sorted(os.listdir(tmp_path / "run")) == ["model.npz", "run.json"]
+
+
+class ThreadComm(Single):
+    """Ranks as threads of this process, for tests: every collective meets at a barrier and combines
+    the ranks' buffers in rank order (what MPI does, without a launcher, so that the data-parallel
+    path of fit runs inside pytest and its coverage)."""
+
+    def __init__(self, rank, size, shared):
+        self.rank, self.size, self.shared = rank, size, shared
+
+    def _exchange(self, value):
+        slots, barrier = self.shared["slots"], self.shared["barrier"]
+        slots[self.rank] = value
+        barrier.wait()
+        got = list(slots)
+        barrier.wait()
+        return got
+
+    def allreduce_sum(self, buf):
+        parts = self._exchange(np.array(buf, copy=True))
+        total = parts[0].copy()
+        for p in parts[1:]:
+            total += p
+        buf[...] = total
+        return buf
+
+    def broadcast(self, buf, root=0):
+        buf[...] = self._exchange(np.array(buf, copy=True))[root]
+        return buf
+
+    def allgather(self, obj):
+        return self._exchange(obj)
+
+    def barrier(self):
+        self.shared["barrier"].wait()
+
+
+def fit_on_thread_ranks(size, nets, **kwargs):
+    """fit each of ``nets`` on its own thread-rank of ``size``; returns their histories."""
+    import threading
+    shared = dict(slots=[None] * size, barrier=threading.Barrier(size, timeout=120))
+    hists, errors = [None] * size, []
+
+    def rank(r):
+        try:
+            hists[r] = mpi_fit.fit_one(nets[r], comm=ThreadComm(r, size, shared), **kwargs)
+        except BaseException as e:                                  # seen by the test, not lost in a thread
+            errors.append(e)
+            shared["barrier"].abort()
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(size)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return hists
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_ranks_in_threads_match_one_process(size):
+    """The data-parallel path of fit, in this process: ranks on shares of each batch (uneven with
+    3 ranks and the last batch of 8), rank 0's weights broadcast at the start (the others start
+    from other weights), gradients and the loss and accuracy averaged, validation split over the
+    ranks: every rank ends with the weights and history of one process."""
+    one = mpi_fit.net(bn=False)
+    want = mpi_fit.fit_one(one, comm=Single(), val=mpi_fit.data(20, seed=4))
+    nets = [mpi_fit.net(bn=False)] + [mpi_fit.net(bn=False, seed=r) for r in range(1, size)]
+    hists = fit_on_thread_ranks(size, nets, val=mpi_fit.data(20, seed=4))
+    for r in range(size):
+        for k, v in one.state_dict().items():
+            np.testing.assert_allclose(nets[r].state_dict()[k], v, rtol=1e-4, atol=1e-5, err_msg=f"rank {r}: {k}")
+        np.testing.assert_allclose(hists[r]["loss"], want["loss"], rtol=1e-4)
+        np.testing.assert_allclose(hists[r]["acc"], want["acc"], rtol=1e-12)
+        np.testing.assert_allclose(hists[r]["val_loss"], want["val_loss"], rtol=1e-4)
+        np.testing.assert_allclose(hists[r]["val_acc"], want["val_acc"], rtol=1e-12)
+        assert hists[r].best_epoch == want.best_epoch
+
+
+def test_ranks_in_threads_average_batch_norm_statistics_and_only_rank_0_writes(tmp_path, capsys):
+    """With batch norm the running statistics are averaged each epoch, so the ranks agree; only
+    rank 0 shows progress, calls on_epoch_end and writes the checkpoint."""
+    nets = [mpi_fit.net(bn=True), mpi_fit.net(bn=True, seed=1)]
+    calls = []
+    fit_on_thread_ranks(2, nets, progress=True, checkpoint=str(tmp_path / "ck.npz"),
+                        on_epoch_end=lambda epoch, hist: calls.append(epoch))
+    for k, v in nets[0].state_dict().items():
+        np.testing.assert_array_equal(nets[1].state_dict()[k], v, err_msg=k)
+    assert not np.allclose(nets[0].state_dict()["1.running_mean"], 0)
+    assert calls == [1, 2, 3]                                       # once per epoch: rank 0 only
+    assert capsys.readouterr().err.count("epoch 3/3") == 1          # one progress bar
+    assert os.path.exists(tmp_path / "ck.npz")
