@@ -70,6 +70,7 @@ def test_fit_without_mpi_is_unchanged():
     assert ha["loss"] == hb["loss"]
 
 
+@pytest.mark.mpiexec
 def test_two_ranks_match_one_process(tmp_path):
     """Two ranks on half-batches (a 72-image epoch in batches of 16, so the last batch of 8 splits
     4/4; momentum, Nesterov and weight decay) end with the one-process weights."""
@@ -85,6 +86,7 @@ def test_two_ranks_match_one_process(tmp_path):
     np.testing.assert_allclose(ranks[0]["loss"], hist["loss"], rtol=1e-4)   # losses summed over both shards
 
 
+@pytest.mark.mpiexec
 def test_two_ranks_average_batch_norm_statistics(tmp_path):
     """With batch norm each rank normalises by its own half-batch, so the weights differ from one
     process; the running statistics must still agree across ranks (averaged each epoch), and
@@ -97,6 +99,7 @@ def test_two_ranks_average_batch_norm_statistics(tmp_path):
     assert not np.allclose(a["1.running_mean"], 0) and len(a["val_acc"]) == 3
 
 
+@pytest.mark.mpiexec
 def test_a_failing_rank_ends_the_job(tmp_path):
     r, _, seconds = run_ranks("raise", tmp_path, timeout=120)
     assert r.returncode != 0
@@ -104,6 +107,7 @@ def test_a_failing_rank_ends_the_job(tmp_path):
     assert seconds < 60, f"the job took {seconds:.0f} s to end"
 
 
+@pytest.mark.mpiexec
 def test_selfie_train_runs_unchanged_under_mpiexec(tmp_path):
     """The example's command under mpiexec -n 2: rank 0 generates the data first and alone writes
     the model and prints; the run ends with one summary line."""
