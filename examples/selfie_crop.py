@@ -7,17 +7,16 @@ the grid). Writes the original and the best crop side by side.
 """
 import sys
 
-from PIL import ImageDraw
-
 from lib import plots
 from lib.selfie_model import find_crop, image_command, trained_on_synthetic
+from PIL import ImageDraw
 
 
 def main(argv=None):
     args, net, meta, img, out = image_command(__doc__, argv, "crop", [
-        (("--scales",), dict(type=int, default=9, help="crop sizes from 0.5 to 1.0 of the short side")),
-        (("--steps",), dict(type=int, default=9, help="positions per axis for each size")),
-        (("--exhaustive",), dict(action="store_true", help="score every crop of the grid"))])
+        (("--scales",), {"type": int, "default": 9, "help": "crop sizes from 0.5 to 1.0 of the short side"}),
+        (("--steps",), {"type": int, "default": 9, "help": "positions per axis for each size"}),
+        (("--exhaustive",), {"action": "store_true", "help": "score every crop of the grid"})])
     if args.scales < 1 or args.steps < 1:
         sys.exit("error: --scales and --steps must be >= 1")
     (left, top, side), best, whole, n = find_crop(net, meta, img, args.scales, args.steps, args.exhaustive)

@@ -36,7 +36,6 @@ def main(argv=None):
             ap.error(f"--{name.replace('_', '-')} must be {'>= 0' if name == 'queue' else '> 0'}")
     try:
         import uvicorn
-
         from lib import web
     except ImportError as e:
         sys.exit(f"error: the web page needs the web extra ({e.name} is missing): pip install -e \".[web]\"")
@@ -45,9 +44,9 @@ def main(argv=None):
         load_model(args.model)                                       # exits saying how to train one
     cores = len(os.sched_getaffinity(0))
     threads = args.threads or max(1, cores // args.workers)
-    settings = dict(model_path=args.model, max_upload=int(args.max_upload_mb * 2**20), threads=threads,
-                    queue=args.queue, body_timeout=args.body_timeout,
-                    kernel_threads=max(1, cores // (args.workers * threads)))
+    settings = {"model_path": args.model, "max_upload": int(args.max_upload_mb * 2**20), "threads": threads,
+                "queue": args.queue, "body_timeout": args.body_timeout,
+                "kernel_threads": max(1, cores // (args.workers * threads))}
     os.environ["SELFIE_WEB_SETTINGS"] = json.dumps(settings)
     config = web.server_config("lib.web:app_from_env", args.header_timeout, factory=True, host=args.host,
                                port=args.port, workers=args.workers, log_level="warning")

@@ -4,11 +4,18 @@ inside the grid; find_crop answers the chosen crop's own P(good), never less tha
 image's, and its exhaustive mode scores every crop of the grid."""
 import numpy as np
 import pytest
+from lib.selfie_model import (
+    build_net,
+    climb,
+    crop_boxes,
+    crop_grid,
+    find_crop,
+    p_good,
+    prepare,
+)
 from PIL import Image
 
 import convlib as cl
-
-from lib.selfie_model import build_net, climb, crop_boxes, crop_grid, find_crop, p_good, prepare
 
 
 def test_climb_finds_the_one_peak_scoring_each_point_once():
@@ -56,7 +63,7 @@ def tiny():
     """A random 16-px selfie net, its metadata, and a 120 x 80 picture of smooth colours."""
     cl.manual_seed(0)
     net = build_net(16, blocks=2, width=(4, 8), hidden=8).eval()
-    meta = dict(size=16, fit="crop", mean=[0.5] * 3, std=[0.25] * 3)
+    meta = {"size": 16, "fit": "crop", "mean": [0.5] * 3, "std": [0.25] * 3}
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, (5, 6, 3), dtype=np.uint8)).resize((120, 80), Image.BICUBIC)
     return net, meta, image
@@ -90,5 +97,5 @@ def test_find_crop_exhaustive_scores_every_crop_of_the_grid(tiny):
 
 def test_find_crop_on_a_one_box_grid(tiny):
     net, meta, image = tiny
-    box, best, whole, n = find_crop(net, meta, image, scales=1, steps=1)
+    box, _, _, n = find_crop(net, meta, image, scales=1, steps=1)
     assert n == 1 and box in ((0, 0, 40), (20, 0, 80))

@@ -18,6 +18,7 @@ import urllib.request
 import uuid
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,7 +95,7 @@ def test_rate_gives_the_numbers_of_the_command_line_tools(server, model, capsys)
     import selfie_rate
     from lib.selfie_model import load_model
     path, selfies = model
-    r = post_image(server, open(selfies[0], "rb").read())
+    r = post_image(server, Path(selfies[0]).read_bytes())
     assert r.status_code == 200, r.text
     body = r.json()
     [(_, p)] = selfie_rate.main([selfies[0], "--model", path])
@@ -112,7 +113,7 @@ def test_rate_gives_the_numbers_of_the_command_line_tools(server, model, capsys)
 
 def test_explain_adds_the_pictures_to_the_same_answer(server, model):
     from lib.selfie_model import explain, load_model
-    data = open(model[1][2], "rb").read()
+    data = Path(model[1][2]).read_bytes()
     plain = post_image(server, data).json()
     r = post_image(server, data, query="?explain=1")
     assert r.status_code == 200, r.text
@@ -155,18 +156,18 @@ def _png_bomb(width, height):
 
 
 def test_bad_input_is_a_4xx_json_error_that_says_what_was_wrong(server, model):
-    good = open(model[1][0], "rb").read()
+    good = Path(model[1][0]).read_bytes()
     bomb = _png_bomb(9000, 6000)
     assert len(bomb) < 200_000
     cases = [
-        (dict(data=b""), 400, "empty"),
-        (dict(data=b"just some text"), 400, "not an image"),
-        (dict(data=good[: len(good) // 2]), 400, "truncated"),
-        (dict(data=good, field="photo"), 400, "no field named 'image'"),
-        (dict(data=_png_claiming(8000, 6000)), 413, "too large: 8000 x 6000 pixels"),
-        (dict(data=_png_claiming(30000, 30000)), 413, "too large"),
-        (dict(data=bomb), 413, "too large: 9000 x 6000 pixels"),
-        (dict(data=os.urandom(LIMIT + 2**20)), 413, "limit is 2 MB"),
+        ({"data": b""}, 400, "empty"),
+        ({"data": b"just some text"}, 400, "not an image"),
+        ({"data": good[: len(good) // 2]}, 400, "truncated"),
+        ({"data": good, "field": "photo"}, 400, "no field named 'image'"),
+        ({"data": _png_claiming(8000, 6000)}, 413, "too large: 8000 x 6000 pixels"),
+        ({"data": _png_claiming(30000, 30000)}, 413, "too large"),
+        ({"data": bomb}, 413, "too large: 9000 x 6000 pixels"),
+        ({"data": os.urandom(LIMIT + 2**20)}, 413, "limit is 2 MB"),
     ]
     for kwargs, status, words in cases:
         r = post_image(server, **kwargs)
@@ -181,7 +182,7 @@ def test_ordinary_clients_read_the_413_of_a_big_upload(server, model):
     """urllib (and requests, where installed) send the whole body before reading the answer:
     the server reads the rest of an upload over the limit before its 413, so they get the JSON
     error, not a reset connection; the next good request is answered."""
-    good = open(model[1][0], "rb").read()
+    good = Path(model[1][0]).read_bytes()
     for size in (LIMIT + 2**20, 10 * LIMIT):
         status, body = urllib_post(server, os.urandom(size))
         assert status == 413 and "the limit is 2 MB" in body["error"], (size, status, body)
@@ -218,7 +219,7 @@ def test_slow_clients_are_dropped_without_holding_a_model_thread(model):
     """One client trickles its request head, one its body: each gets a 408 JSON error and a
     closed connection after the timeout; meanwhile no request is admitted to the model
     threads and a good request is answered at once."""
-    good = open(model[1][0], "rb").read()
+    good = Path(model[1][0]).read_bytes()
     with serving(model[0], threads=1, queue=0) as (url, rater):
         head, body = _connect(url), _connect(url)
         head.sendall(b"POST /api/rate HTTP/1.1\r\nHost: x\r\n")          # the head never ends
@@ -239,7 +240,7 @@ def test_slow_clients_are_dropped_without_holding_a_model_thread(model):
 
 
 def test_a_full_queue_answers_503_with_retry_after(model):
-    good = open(model[1][0], "rb").read()
+    good = Path(model[1][0]).read_bytes()
     with serving(model[0], threads=1, queue=0) as (url, rater):
         release, started = threading.Event(), threading.Event()
         rating = rater.rating
@@ -265,7 +266,7 @@ def test_a_full_queue_answers_503_with_retry_after(model):
 def test_uploads_never_touch_the_disk(server, model, monkeypatch):
     """An upload just under the limit is answered while every way of making a temporary file
     fails (a valid PNG padded after its end to 2 MB)."""
-    good = open(model[1][0], "rb").read()
+    good = Path(model[1][0]).read_bytes()
     padded = good + b"\0" * (LIMIT - len(good) - 10)
 
     def no_disk(*args, **kwargs):
@@ -280,7 +281,7 @@ def test_uploads_never_touch_the_disk(server, model, monkeypatch):
 
 
 def test_concurrent_requests_all_answered_correctly(server, model):
-    images = [open(p, "rb").read() for p in model[1]]
+    images = [Path(p).read_bytes() for p in model[1]]
     want = [post_image(server, im).json() for im in images]             # one at a time first
 
     def one(i):
@@ -322,13 +323,14 @@ def test_the_page_in_a_real_browser(server, model, tmp_path):
         selfie = model[1][1]
         driver.find_element(By.ID, "file").send_keys(selfie)
         wait.until(lambda d: d.find_element(By.ID, "result").is_displayed())
-        api = post_image(server, open(selfie, "rb").read()).json()
+        api = post_image(server, Path(selfie).read_bytes()).json()
         assert text(driver, "p") == f"{api['p_good']:.3f}"
         x, y, s = api["crop"]
         assert f"x {x}, y {y}, size {s} px" in text(driver, "cropinfo")
         assert text(driver, "verdict") == api["verdict"]
         for picture in ("saliency", "crop"):                             # asked for after the score
-            wait.until(lambda d: d.execute_script(f"return document.getElementById('{picture}').naturalWidth") > 0)
+            js = f"return document.getElementById('{picture}').naturalWidth"
+            wait.until(lambda d, js=js: d.execute_script(js) > 0)
         driver.save_screenshot(str(tmp_path / "page.png"))
         assert Image.open(tmp_path / "page.png").size[0] > 0
         broken = tmp_path / "broken.jpg"

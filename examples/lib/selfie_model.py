@@ -12,6 +12,8 @@ import convlib as cl
 from convlib.data import image_to_array, normalise, square
 
 GOOD = 1                                                            # class index of "good"
+SCALES = np.linspace(0.5, 1.0, 9)                                   # crop sides / the short side
+OLD_SCALES = np.linspace(0.4, 1.0, 7)                               # crop_boxes' and best_crop's default
 
 
 def build_net(size, blocks=4, width=(16, 32, 64, 64), hidden=64, batchnorm=False):
@@ -63,8 +65,12 @@ def prepare(images, meta):
 
 def p_good(net, x, batch_size=256):
     """P(good) (N,) for normalised inputs x (N, 3, S, S): the mean over each image and its mirror
-    image (the net trains on random flips; averaging the two views is a point more accurate)."""
-    return cl.predict_proba(net, x, batch_size, flip=True)[:, GOOD]
+    image (the net trains on random flips; averaging the two views is a point more accurate).
+    Both views go through the net in one pass: for the crop search's small batches that halves
+    the per-layer overhead."""
+    n = len(x)
+    p = cl.predict_proba(net, np.concatenate([x, x[..., ::-1]]), batch_size)[:, GOOD]   # (2N,)
+    return (p[:n] + p[n:]) / 2
 
 
 def saliency(net, x):
@@ -83,7 +89,7 @@ def saliency(net, x):
     return grads
 
 
-def crop_grid(width, height, scales=np.linspace(0.5, 1.0, 9), steps=9):
+def crop_grid(width, height, scales=SCALES, steps=9):
     """The crop search's candidates as a function of grid coordinates: box(a, b, c) -> square
     (left, top, side) in pixels, side = ``scales[a]`` x the short side, left and top ``b`` and
     ``c`` of ``steps - 1`` steps across the room the box leaves. Fractional coordinates fall
@@ -91,20 +97,20 @@ def crop_grid(width, height, scales=np.linspace(0.5, 1.0, 9), steps=9):
     short, scales = min(width, height), np.asarray(scales, float)
 
     def box(a, b, c):
-        side = max(1, int(round(float(np.interp(a, np.arange(len(scales)), scales)) * short)))
+        side = max(1, round(float(np.interp(a, np.arange(len(scales)), scales)) * short))
         dx, dy = ((width - side) / (steps - 1), (height - side) / (steps - 1)) if steps > 1 else (0.0, 0.0)
-        return int(round(b * dx)), int(round(c * dy)), side     # b * dx: as np.linspace computes it
+        return round(float(b) * dx), round(float(c) * dy), side  # b * dx: as np.linspace computes it
     return box
 
 
-def crop_boxes(width, height, scales=np.linspace(0.4, 1.0, 7), steps=7):
+def crop_boxes(width, height, scales=OLD_SCALES, steps=7):
     """Square boxes (left, top, side) in pixels: ``scales`` x the short side, each at
     ``steps`` x ``steps`` positions spread evenly over the image (3 bounded parameters)."""
     box = crop_grid(width, height, scales, steps)
     return sorted({box(a, b, c) for a in range(len(scales)) for c in range(steps) for b in range(steps)})
 
 
-def best_crop(image, score_fn, scales=np.linspace(0.4, 1.0, 7), steps=7, batch=64):
+def best_crop(image, score_fn, scales=OLD_SCALES, steps=7, batch=64):
     """Global search over square crops of a PIL image. ``score_fn(list of PIL crops) -> (k,)``
     scores a batch. Returns ((left, top, side), best score, all scores)."""
     boxes = crop_boxes(image.width, image.height, scales, steps)
@@ -121,9 +127,9 @@ def climb(score, shape, keep=3, finest=0.25, coarse=3, key=None):
     +-h along one axis at a time to a better neighbour while there is one, first from each of
     the ``keep`` best points with h a quarter of the grid, then from the best point so far with
     h halved each time down to ``finest``. ``score(list of points) -> (k,)`` is called once per
-    round, with the points not scored yet; ``key(point)`` names what a point stands for (points
-    with one key, like two that give the same crop, count once among the best). Returns
-    {point: score} of every point scored."""
+    round, with the points not scored yet (the walkers of a round move together); ``key(point)``
+    names what a point stands for (points with one key, like two that give the same crop, count
+    once among the best). Returns {point: score} of every point scored."""
     seen, key = {}, key or (lambda p: p)
 
     def look(points):
@@ -131,24 +137,22 @@ def climb(score, shape, keep=3, finest=0.25, coarse=3, key=None):
                and all(0 <= v <= n - 1 for v, n in zip(p, shape))]
         if new:
             seen.update(zip(new, (float(s) for s in score(new))))
-        return [p for p in points if p in seen]
 
     look(list(itertools.product(*[np.linspace(0, n - 1, min(n, coarse)).tolist() for n in shape])))
     h = max((n - 1) / 4 for n in shape)
     while h >= finest:
-        starts = {}
+        walkers = {}
         for p in sorted(seen, key=seen.get, reverse=True):
-            starts.setdefault(key(p), p)
-            if len(starts) == keep:
+            walkers.setdefault(key(p), p)
+            if len(walkers) == keep:
                 break
-        for p in starts.values():
-            while True:
-                near = look([tuple(v + d * h * (i == axis) for i, v in enumerate(p))
-                             for axis in range(len(shape)) for d in (-1, 1)])
-                q = max(near, key=seen.get, default=p)
-                if seen[q] <= seen[p]:
-                    break
-                p = q
+        walkers = list(walkers.values())
+        while walkers:
+            near = {p: [tuple(v + d * h * (i == axis) for i, v in enumerate(p))
+                        for axis in range(len(shape)) for d in (-1, 1)] for p in walkers}
+            look([q for qs in near.values() for q in qs])
+            moves = [max((q for q in near[p] if q in seen), key=seen.get, default=p) for p in walkers]
+            walkers = list(dict.fromkeys(q for p, q in zip(walkers, moves) if seen[q] > seen[p]))
         h, keep = h / 2, 1
     return seen
 

@@ -112,8 +112,8 @@ class Rater:
         """The answer for a PIL image, as selfie_rate.py and selfie_crop.py compute it:
         {"p_good", "verdict", "percentile", "crop": [left, top, side], "crop_p_good", ...}."""
         box, best, whole, n = sm.find_crop(self.net, self.meta, image)
-        return dict(p_good=whole, verdict=sm.verdict(whole), percentile=sm.percentile(self.meta, whole),
-                    crop=list(box), crop_p_good=best, crops_scored=n, trained_on=self.meta.get("source"))
+        return {"p_good": whole, "verdict": sm.verdict(whole), "percentile": sm.percentile(self.meta, whole),
+                "crop": list(box), "crop_p_good": best, "crops_scored": n, "trained_on": self.meta.get("source")}
 
     def answer(self, data, explain=False):
         """The rating of an uploaded file's bytes; with ``explain``, plus the best crop and what
@@ -157,11 +157,11 @@ class Rater:
             self.admitted -= 1
 
     def health(self):
-        return dict(status="ok", model=os.path.basename(self.path), path=self.path,
-                    input_size=self.meta["size"], trained_on=self.meta.get("source"),
-                    test_accuracy=self.meta.get("test_accuracy"), threads=self.threads,
-                    queue=self.capacity - self.threads, admitted=self.admitted,
-                    peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+        return {"status": "ok", "model": os.path.basename(self.path), "path": self.path,
+                "input_size": self.meta["size"], "trained_on": self.meta.get("source"),
+                "test_accuracy": self.meta.get("test_accuracy"), "threads": self.threads,
+                "queue": self.capacity - self.threads, "admitted": self.admitted,
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
 async def read_upload(request, limit=MAX_UPLOAD, timeout=BODY_TIMEOUT):
@@ -197,7 +197,7 @@ async def read_upload(request, limit=MAX_UPLOAD, timeout=BODY_TIMEOUT):
 
     try:
         data = await asyncio.wait_for(body(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise BadInput(f"the upload took longer than {timeout:g} s", 408, {"Connection": "close"}) from None
     except ClientDisconnect:
         raise BadInput("the client went away during the upload", 400) from None
