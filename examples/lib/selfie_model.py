@@ -121,15 +121,15 @@ def best_crop(image, score_fn, scales=OLD_SCALES, steps=7, batch=64):
     return boxes[k], float(scores[k]), scores
 
 
-def climb(score, shape, keep=3, finest=0.25, coarse=3, key=None):
+def climb(score, shape, keep=(4, 3, 1), finest=0.25, coarse=3, key=None):
     """Coarse to fine over a box of grid coordinates 0 <= t[i] <= shape[i] - 1 (floats allowed):
-    score a coarse grid (``coarse`` evenly spaced values per axis, ends included), then step
-    +-h along one axis at a time to a better neighbour while there is one, first from each of
-    the ``keep`` best points with h a quarter of the grid, then from the best point so far with
-    h halved each time down to ``finest``. ``score(list of points) -> (k,)`` is called once per
-    round, with the points not scored yet (the walkers of a round move together); ``key(point)``
-    names what a point stands for (points with one key, like two that give the same crop, count
-    once among the best). Returns {point: score} of every point scored."""
+    score a coarse grid (``coarse`` evenly spaced values per axis, ends included), then, with a
+    step h from a quarter of the grid halved each level down to ``finest``, walk from each of
+    the best ``keep[level]`` points so far (the last count repeats) to a better neighbour,
+    +-h along one axis, while there is one. ``score(list of points) -> (k,)`` is called once
+    per round, with the points not scored yet (the walkers of a level move together);
+    ``key(point)`` names what a point stands for (points with one key, like two that give the
+    same crop, count once among the best). Returns {point: score} of every point scored."""
     seen, key = {}, key or (lambda p: p)
 
     def look(points):
@@ -139,12 +139,12 @@ def climb(score, shape, keep=3, finest=0.25, coarse=3, key=None):
             seen.update(zip(new, (float(s) for s in score(new))))
 
     look(list(itertools.product(*[np.linspace(0, n - 1, min(n, coarse)).tolist() for n in shape])))
-    h = max((n - 1) / 4 for n in shape)
+    h, keep = max((n - 1) / 4 for n in shape), [keep] if isinstance(keep, int) else list(keep)
     while h >= finest:
-        walkers = {}
+        walkers, k = {}, keep.pop(0) if len(keep) > 1 else keep[0]
         for p in sorted(seen, key=seen.get, reverse=True):
             walkers.setdefault(key(p), p)
-            if len(walkers) == keep:
+            if len(walkers) == k:
                 break
         walkers = list(walkers.values())
         while walkers:
@@ -153,7 +153,7 @@ def climb(score, shape, keep=3, finest=0.25, coarse=3, key=None):
             look([q for qs in near.values() for q in qs])
             moves = [max((q for q in near[p] if q in seen), key=seen.get, default=p) for p in walkers]
             walkers = list(dict.fromkeys(q for p, q in zip(walkers, moves) if seen[q] > seen[p]))
-        h, keep = h / 2, 1
+        h /= 2
     return seen
 
 
@@ -167,15 +167,15 @@ def explain(net, meta, image, show=320):
     return heat, float(p_good(net, x)[0]), photo, plots.heatmap_overlay(photo, heat)
 
 
-def find_crop(net, meta, image, scales=9, steps=9, exhaustive=False, keep=3, finest=0.25, work=4, coarse=3):
+def find_crop(net, meta, image, scales=9, steps=9, exhaustive=False, keep=(4, 3, 1), finest=0.25, work=4, coarse=3):
     """The best square crop of a PIL image among sides from half the short side to all of it:
     ((left, top, side), P(good) of that crop, P(good) of the whole image, number of crops scored).
 
     The candidates are ``crop_grid``'s: ``scales`` sizes x ``steps`` x ``steps`` positions.
-    ``exhaustive=True`` scores every one of them (1,458 images through the net at 9 x 9 x 9
-    with the mirror images); by default ``climb`` searches coarse to fine, down to ``finest`` of
-    a grid step, scoring crops of a copy of the image reduced to about ``work`` x the net's
-    input on its short side. Either way the answer's P(good) is the chosen crop's own, as
+    ``exhaustive=True`` scores every one of them (657 distinct crops of a landscape photo at
+    9 x 9 x 9: 1,314 images through the net with the mirror images); by default ``climb``
+    searches coarse to fine (``keep``, ``finest``, ``coarse`` are its settings), scoring crops of
+    a copy of the image reduced to about ``work`` x the net's input on its short side. Either way the answer's P(good) is the chosen crop's own, as
     ``p_good(net, prepare([image.crop(box)], meta))`` gives it, and with ``fit="crop"`` the
     whole image (its centred square) is the answer if no crop beats it.
     """

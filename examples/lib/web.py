@@ -43,7 +43,7 @@ FRAMING = 64 * 1024                                                 # room for t
 MAX_PIXELS = 40_000_000                                             # width x height
 HEADER_TIMEOUT = 10.0                                               # s to send a request head
 BODY_TIMEOUT = 60.0                                                 # s to send a body (10 MB at 1.4 Mbit/s)
-DRAIN = 128 * 1024 * 1024                                          # bytes read and dropped past the limit
+DRAIN = 128 * 1024 * 1024                                           # bytes read and dropped past the limit
 QUEUE = 16                                                          # requests waiting beyond the threads
 PAGE = os.path.join(os.path.dirname(__file__), "web_page.html")
 
