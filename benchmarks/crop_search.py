@@ -28,11 +28,10 @@ from PIL import Image, ImageFilter
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
 
+from convlib.data import normalise
 from lib import selfie_data as sd
 from lib import selfie_report as report
 from lib.selfie_model import GOOD, find_crop, load_model, p_good, prepare
-
-from convlib.data import normalise
 
 
 def held_out_selfies(data="data/selfies", seed=0):

@@ -32,9 +32,9 @@ from PIL import Image
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "examples"))
 
-import selfie_crop
-import selfie_rate
-from crop_search import held_out_selfies, pasted
+import selfie_crop  # noqa: E402
+import selfie_rate  # noqa: E402
+from crop_search import held_out_selfies, pasted  # noqa: E402
 
 
 def photos(data, tmp):
@@ -166,8 +166,8 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     files = photos(args.data, args.out)
     extra = shlex.split(args.server_args)
-    cpu = next((line.split(":", 1)[1].strip() for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=False)
-                .stdout.splitlines() if line.startswith("Model name")), "unknown CPU")
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in lscpu if line.startswith("Model name")), "unknown CPU")
     print(f"server: examples/selfie_web.py {' '.join(extra) or '(default settings)'}; "
           f"{len(os.sched_getaffinity(0))} cores, {cpu}")
     print("\n| photo | clients | second process busy | requests | p50 ms | p95 ms | p99 ms | photos/s | "

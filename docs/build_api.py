@@ -4,6 +4,7 @@
 """
 import inspect
 import os
+import re
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -33,10 +34,16 @@ SECTIONS = [  # (title, module prefix, objects)
 
 
 def signature(obj):
+    """The call signature, a function given as a default named (not its address, which changes per run)."""
     try:
-        return str(inspect.signature(obj))
+        sig = inspect.signature(obj)
     except (TypeError, ValueError):
         return "(...)"
+    names = {p.name: p.default.__name__ for p in sig.parameters.values() if inspect.isfunction(p.default)}
+    text = str(sig)
+    for name, fn in names.items():
+        text = re.sub(rf"{name}=<function [^>]*>", f"{name}={fn}", text)
+    return text
 
 
 def entry(prefix, obj):

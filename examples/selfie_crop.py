@@ -7,9 +7,10 @@ the grid). Writes the original and the best crop side by side.
 """
 import sys
 
+from PIL import ImageDraw
+
 from lib import plots
 from lib.selfie_model import find_crop, image_command, trained_on_synthetic
-from PIL import ImageDraw
 
 
 def main(argv=None):

@@ -36,6 +36,7 @@ def main(argv=None):
             ap.error(f"--{name.replace('_', '-')} must be {'>= 0' if name == 'queue' else '> 0'}")
     try:
         import uvicorn
+
         from lib import web
     except ImportError as e:
         sys.exit(f"error: the web page needs the web extra ({e.name} is missing): pip install -e \".[web]\"")

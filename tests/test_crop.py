@@ -4,6 +4,9 @@ inside the grid; find_crop answers the chosen crop's own P(good), never less tha
 image's, and its exhaustive mode scores every crop of the grid."""
 import numpy as np
 import pytest
+from PIL import Image
+
+import convlib as cl
 from lib.selfie_model import (
     build_net,
     climb,
@@ -13,9 +16,6 @@ from lib.selfie_model import (
     p_good,
     prepare,
 )
-from PIL import Image
-
-import convlib as cl
 
 
 def test_climb_finds_the_one_peak_scoring_each_point_once():

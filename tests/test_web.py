@@ -93,6 +93,7 @@ def urllib_post(url, data):
 def test_rate_gives_the_numbers_of_the_command_line_tools(server, model, capsys):
     import selfie_crop
     import selfie_rate
+
     from lib.selfie_model import load_model
     path, selfies = model
     r = post_image(server, Path(selfies[0]).read_bytes())

@@ -115,7 +115,7 @@ def best_crop(image, score_fn, scales=OLD_SCALES, steps=7, batch=64):
     scores a batch. Returns ((left, top, side), best score, all scores)."""
     boxes = crop_boxes(image.width, image.height, scales, steps)
     scores = np.concatenate([
-        np.asarray(score_fn([image.crop((l, t, l + s, t + s)) for l, t, s in boxes[i:i + batch]]))
+        np.asarray(score_fn([image.crop((x, y, x + s, y + s)) for x, y, s in boxes[i:i + batch]]))
         for i in range(0, len(boxes), batch)])
     k = int(np.argmax(scores))
     return boxes[k], float(scores[k]), scores
@@ -174,10 +174,11 @@ def find_crop(net, meta, image, scales=9, steps=9, exhaustive=False, keep=(4, 3,
     The candidates are ``crop_grid``'s: ``scales`` sizes x ``steps`` x ``steps`` positions.
     ``exhaustive=True`` scores every one of them (657 distinct crops of a landscape photo at
     9 x 9 x 9: 1,314 images through the net with the mirror images); by default ``climb``
-    searches coarse to fine (``keep``, ``finest``, ``coarse`` are its settings), scoring crops of
-    a copy of the image reduced to about ``work`` x the net's input on its short side. Either way the answer's P(good) is the chosen crop's own, as
-    ``p_good(net, prepare([image.crop(box)], meta))`` gives it, and with ``fit="crop"`` the
-    whole image (its centred square) is the answer if no crop beats it.
+    searches coarse to fine (``keep``, ``finest``, ``coarse`` are its settings), scoring crops
+    of a copy of the image reduced to about ``work`` x the net's input on its short side. Either
+    way the answer's P(good) is the chosen crop's own, as ``p_good(net, prepare([image.crop(box)],
+    meta))`` gives it, and with ``fit="crop"`` the whole image (its centred square) is the answer
+    if no crop beats it.
     """
     size, sizes = meta["size"], np.linspace(0.5, 1.0, scales)
     if exhaustive:
@@ -193,8 +194,8 @@ def find_crop(net, meta, image, scales=9, steps=9, exhaustive=False, keep=(4, 3,
             boxes = [grid(*p) for p in points]
             new = [b for b in dict.fromkeys(boxes) if b not in cache]
             if new:
-                crops = [small.resize((size, size), Image.BILINEAR, box=(l / fx, t / fy, (l + s) / fx, (t + s) / fy))
-                         for l, t, s in new]
+                crops = [small.resize((size, size), Image.BILINEAR, box=(x / fx, y / fy, (x + s) / fx, (y + s) / fy))
+                         for x, y, s in new]
                 cache.update(zip(new, p_good(net, prepare(crops, meta))))
             return [cache[b] for b in boxes]
 
