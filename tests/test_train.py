@@ -299,6 +299,17 @@ def test_a_nan_or_infinite_loss_names_the_epoch_and_step():
                progress=False)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_nan_logits_name_the_epoch_and_step_with_a_loss_of_your_own():
+    """A loss without ``rows`` gets the logits checked on the host before it runs."""
+    x, y = _toy_data(40)
+    net = _toy_net()
+    net[2].weight.data[...] = np.nan
+    with pytest.raises(FloatingPointError, match=r"^fit: the logits became NaN or infinite at epoch 1, step 1 "
+                                                 r"\(lr=0\.01\); lower the learning rate or check the inputs$"):
+        cl.fit(net, (x, y), epochs=1, batch_size=16, loss_fn=cl.softmax_cross_entropy, progress=False)
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda x, y: cl.fit(_toy_net(), (x, y.astype(float)), progress=False), "fit(train): expected integer labels"),
     (lambda x, y: cl.fit(_toy_net(), (x, y), val=(x[:3], y[:2]), progress=False), "fit(val): expected integer labels"),
@@ -407,6 +418,23 @@ def test_checkpoint_resume_is_off_by_default_and_ctrl_c_without_one_is_immediate
     assert len(calls) == 1 and "stopped after" not in str(e.value)  # no checkpoint: Python's own Ctrl-C
 
 
+def test_a_checkpoint_of_another_run_is_overwritten_not_resumed_by_default(tmp_path):
+    """Catches: resume on by default (a run that merely repeats the checkpoint's run would not
+    show it: resumed, it ends where it would anyway)."""
+    x, y = _toy_data(40)
+    ck = str(tmp_path / "ck.npz")
+    cl.fit(_toy_net(seed=1), (x, y), epochs=1, seed=1, progress=False, checkpoint=ck)   # another run's
+    want_net = _toy_net()
+    want = cl.fit(want_net, (x, y), epochs=2, progress=False)
+    net = _toy_net()
+    hist = cl.fit(net, (x, y), epochs=2, progress=False, checkpoint=ck)
+    assert hist["loss"] == want["loss"] and len(hist["loss"]) == 2
+    for k, v in want_net.state_dict().items():
+        np.testing.assert_array_equal(net.state_dict()[k], v, err_msg=k)
+    again = cl.fit(_toy_net(seed=3), (x, y), epochs=2, progress=False, checkpoint=ck, resume=True)
+    assert again["loss"] == want["loss"]                            # the checkpoint now holds this run
+
+
 def test_resume_without_schedule_or_best_weights(tmp_path):
     x, y = _toy_data(40)
     ck = str(tmp_path / "ck.npz")
@@ -506,3 +534,28 @@ def test_validation_runs_in_eval_mode_and_the_mode_is_restored():
 def test_zero_images_say_so(fn):
     with pytest.raises(ValueError, match=r"got no images \(inputs of shape \(0, 6\)\)"):
         fn(_dropout_net(), np.zeros((0, 6), np.float32))
+
+
+def test_predict_proba_flip_averages_each_image_with_its_mirror_image():
+    """flip=True: the mean of the probabilities of each image and of its left-right mirror image,
+    for images only; flip=False: the plain softmax of the outputs."""
+    x = np.random.default_rng(5).standard_normal((5, 1, 6, 6)).astype(np.float32)   # (N, C, H, W)
+    cl.manual_seed(0)
+    net = cl.Sequential(cl.Conv2d(1, 2, 3), cl.Flatten(), cl.Linear(2 * 4 * 4, 3))
+    net.eval()
+
+    def softmax(z):                                                 # z (N, K)
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+    plain = softmax(net(x).astype(np.float64))
+    mirrored = softmax(net(np.ascontiguousarray(x[..., ::-1])).astype(np.float64))
+    assert np.abs(plain - mirrored).max() > 0.05                    # the net tells an image from its mirror
+    got = cl.predict_proba(net, x, batch_size=2, flip=True)        # (5, 3)
+    assert got.shape == (5, 3)
+    np.testing.assert_allclose(got, (plain + mirrored) / 2, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got.sum(1), 1, rtol=1e-6)
+    np.testing.assert_allclose(cl.predict_proba(net, x, batch_size=2), plain, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(cl.predict_proba(net, x, flip=False), plain, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match=r"^predict_proba: flip=True needs images \(N, C, H, W\), "
+                                         r"got shape \(5, 36\)$"):
+        cl.predict_proba(_toy_net(), x.reshape(5, 36), flip=True)
