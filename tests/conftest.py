@@ -14,6 +14,16 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
     sys.setswitchinterval(1e-4)       # the simulator's Python threads meet at barriers: hand over fast
     # (its shared arrays are made thread-safe by convlib/kernels/cuda/simulator.py, on import)
 
+if os.environ.get("MUTANT_UNDER_TEST"):
+    # mutmut runs the tests once in its own process, then forks a child per mutant. PyTorch's
+    # OpenMP threads (libgomp) do not survive a fork: the child's first parallel torch call waits
+    # for them forever. On one thread torch never starts them.
+    try:
+        import torch
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
