@@ -11,6 +11,8 @@ import sys
 
 from PIL import Image
 
+from convlib.io import atomic_file
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "examples"))
@@ -23,14 +25,12 @@ NAMES = ["curves", "continuum", "best", "worst", "rules", "tsne", "filters"]
 def small_png(src, dst, limit=380 * 1024):
     """``src`` as a PNG of 256 colours (fewer if it would pass ``limit`` bytes) at ``dst``,
     written whole, then renamed into place."""
-    tmp = dst + ".tmp"
-    with Image.open(src) as im:
+    with Image.open(src) as im, atomic_file(dst, ".png") as tmp:
         for colours in (256, 128, 64):
             q = im.convert("RGB").quantize(colours, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
             q.save(tmp, format="PNG", optimize=True)
             if os.path.getsize(tmp) <= limit:
                 break
-    os.replace(tmp, dst)
     print(f"wrote {os.path.relpath(dst, ROOT)} ({os.path.getsize(dst) // 1024} kB)")
 
 

@@ -179,14 +179,15 @@ def test_posts_csv_parser(tmp_path):
 
 def test_crop_search_finds_the_known_best_crop():
     img = Image.new("RGB", (300, 200), (0, 0, 0))
-    boxes = crop_boxes(300, 200, scales=np.linspace(0.4, 1.0, 7), steps=7)
+    scales = np.linspace(0.4, 1.0, 7)
+    boxes = crop_boxes(300, 200, scales, steps=7)
     target = boxes[len(boxes) // 3]
     # stub scorer: how close a crop's size and the position of a marker are to the target box
     img.putpixel((target[0], target[1]), (255, 0, 0))
     def score(crops):
         return np.array([-abs(c.width - target[2]) + (100 if c.getpixel((0, 0)) == (255, 0, 0) else 0)
                          for c in crops])
-    box, best, scores = best_crop(img, score, batch=10)
+    box, best, scores = best_crop(img, score, scales, steps=7, batch=10)
     assert box == target and best == 100 and len(scores) == len(boxes)
     assert all(top + s <= 200 and left + s <= 300 for left, top, s in boxes)
 

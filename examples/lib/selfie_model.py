@@ -13,7 +13,6 @@ from convlib.data import image_to_array, normalise, square
 
 GOOD = 1                                                            # class index of "good"
 SCALES = np.linspace(0.5, 1.0, 9)                                   # crop sides / the short side
-OLD_SCALES = np.linspace(0.4, 1.0, 7)                               # crop_boxes' and best_crop's default
 
 
 def build_net(size, blocks=4, width=(16, 32, 64, 64), hidden=64, batchnorm=False):
@@ -103,14 +102,14 @@ def crop_grid(width, height, scales=SCALES, steps=9):
     return box
 
 
-def crop_boxes(width, height, scales=OLD_SCALES, steps=7):
+def crop_boxes(width, height, scales=SCALES, steps=9):
     """Square boxes (left, top, side) in pixels: ``scales`` x the short side, each at
     ``steps`` x ``steps`` positions spread evenly over the image (3 bounded parameters)."""
     box = crop_grid(width, height, scales, steps)
     return sorted({box(a, b, c) for a in range(len(scales)) for c in range(steps) for b in range(steps)})
 
 
-def best_crop(image, score_fn, scales=OLD_SCALES, steps=7, batch=64):
+def best_crop(image, score_fn, scales=SCALES, steps=9, batch=64):
     """Global search over square crops of a PIL image. ``score_fn(list of PIL crops) -> (k,)``
     scores a batch. Returns ((left, top, side), best score, all scores)."""
     boxes = crop_boxes(image.width, image.height, scales, steps)
