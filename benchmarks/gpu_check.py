@@ -230,7 +230,7 @@ def versions(v):
         run = subprocess.run([smi, "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
                               "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
         v["nvidia_smi"] = (run.stdout or run.stderr).strip()
-    v["split"] = {"blocks": K.SPLIT_BLOCKS, "min_k": K.SPLIT_MIN_K, "product_blocks_per_sm": K.PRODUCT_BLOCKS_PER_SM}
+    v["split"] = {"rule": K.SPLIT, "fixed": K.FIXED_SPLIT, "product_blocks_per_sm": K.PRODUCT_BLOCKS_PER_SM}
     v["first_kernel"] = first_kernel()
 
 
@@ -518,7 +518,7 @@ def timed_step(args, B):
                 launches=len(launches), by_kernel=by_kernel, per_launch=launches)
 
 
-def tuning_ab(args, B, configs=(("fixed", 0), ("sm", 0), ("fixed", 2), ("sm", 2))):
+def tuning_ab(args, B, configs=(("sm", 2), ("fixed", 0), ("sm", 0), ("fixed", 2))):
     """Each tuning option (the first is the default) at batch B: its first step's gradients against
     the default's, the products' milliseconds in one step, then wall times in rounds that take the
     options in turn (medians). An option that fails is reported with its error; the others go on."""
@@ -661,6 +661,8 @@ def run_logged(cmd, env, timeout):
     lines = [ln for ln in text.splitlines() if "ERROR SUMMARY" in ln or "RACECHECK SUMMARY" in ln]
     last = (text.strip().splitlines() or [""])[-1]
     summary = lines[-1].strip("= ") if lines else (f"ok: {last}" if rc == 0 else f"rc {rc}: {last}")
+    if rc != 0 and "Target application returned an error" in text:   # no hazards, but nothing checked
+        summary = f"the script failed (rc {rc}), so nothing was checked: {summary}"
     return dict(rc=rc, seconds=round(time.perf_counter() - t, 1), summary=summary, tail=text[-3000:])
 
 

@@ -390,15 +390,16 @@ def test_labels_are_copied_without_waiting_for_the_device(rng, monkeypatch):
 
 
 def test_tuning_options_compute_the_same_products(rng):
-    """The options gpu_check.py times on a GPU: the SM-count split and launch bounds (ignored by
+    """The options gpu_check.py times on a GPU: either split rule and launch bounds (ignored by
     the simulator) give the same weight gradients, and the settings come back afterwards."""
     dout2, cols = rng.standard_normal((6, 203)), rng.standard_normal((9, 203))
-    saved = K.SPLIT_BLOCKS, K.SPLIT_MIN_K, K.PRODUCT_BLOCKS_PER_SM
-    with K.tuning(split="sm", blocks_per_sm=2):
-        assert (K.SPLIT_BLOCKS, K.SPLIT_MIN_K) == (2 * K.multiprocessors(), 8 * K.BK)
-        assert K._grid(6, 9, 203)[2] > 1
-        close(K.matmul(dev(dout2), dev(cols), tb=True), dout2 @ cols.T, tol=1e-9)
-    assert (K.SPLIT_BLOCKS, K.SPLIT_MIN_K, K.PRODUCT_BLOCKS_PER_SM) == saved
+    assert (K.SPLIT, K.PRODUCT_BLOCKS_PER_SM) == ("sm", 2)      # the defaults an H200 measured
+    for split in ("sm", "fixed"):
+        with K.tuning(split=split, blocks_per_sm=0):
+            assert (K.SPLIT, K.PRODUCT_BLOCKS_PER_SM) == (split, 0)
+            assert K._grid(6, 9, 203)[2] > 1                       # the sum is split either way
+            close(K.matmul(dev(dout2), dev(cols), tb=True), dout2 @ cols.T, tol=1e-9)
+    assert (K.SPLIT, K.PRODUCT_BLOCKS_PER_SM) == ("sm", 2)
     with pytest.raises(ValueError, match="split 'fixed' or 'sm'"):
         with K.tuning(split="auto"):
             pass

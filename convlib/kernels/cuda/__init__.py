@@ -34,6 +34,9 @@ import math
 import numpy as np
 from numba import config, cuda, float32, float64, int32, int64, uint64
 
+if not hasattr(np, "row_stack"):    # NumPy 2.5 removed it; numba-cuda 0.30 registers it when it
+    np.row_stack = np.vstack        # first compiles a kernel and fails without it (seen on an H200)
+
 from ..reference import out_size
 from .memory import empty as _empty
 from .memory import upload
@@ -195,8 +198,12 @@ def all_finite(x):
 # every element it reads to float64 and back (slow where FP64 runs at 1/64 rate).
 BM, BN, BK = (4, 4, 4) if SIM else (64, 64, 16)        # block tile: BM x BN outputs, BK-deep slabs
 RM, RN = (2, 2) if SIM else (4, 4)                      # outputs per thread: (BN/RN, BM/RM) threads
-SPLIT_BLOCKS, SPLIT_MIN_K = (16, 16) if SIM else (264, 512)   # split sums: blocks to aim at, least terms per part
-PRODUCT_BLOCKS_PER_SM = 0                               # launch bounds of the product kernels (0: none); ``tuning``
+# How long sums are split over blocks, and the product kernels' launch bounds: ``tuning`` says
+# what each means; the defaults are what benchmarks/gpu_check.py measured fastest on an H200 at
+# batch 32 and 256 (docs/gpu.md).
+SPLIT = "sm"                                            # "sm" or "fixed"
+FIXED_SPLIT = (16, 16) if SIM else (264, 512)           # "fixed": blocks to aim at, least terms per part
+PRODUCT_BLOCKS_PER_SM = 2                               # launch bounds (0: none)
 
 
 @cuda.jit(device=True)
@@ -384,41 +391,45 @@ _NO_GEOMETRY = (0,) * 10
 
 def _parts(blocks, length):
     """In how many parts to split a sum of ``length`` terms that ``blocks`` blocks compute side by
-    side: enough to fill the GPU (about SPLIT_BLOCKS blocks), each part at least SPLIT_MIN_K long."""
-    return max(1, min(-(-SPLIT_BLOCKS // blocks), length // SPLIT_MIN_K))
+    side: enough to fill the GPU (about ``aim`` blocks), each part at least ``least`` terms long."""
+    sm_rule = 2 * multiprocessors(), 16 if SIM else 8 * BK           # (simulator: tiny shapes split too)
+    aim, least = sm_rule if SPLIT == "sm" else FIXED_SPLIT
+    return max(1, min(-(-aim // blocks), length // least))
+
+
+_SM_COUNT = []
 
 
 def multiprocessors():
-    """The current GPU's multiprocessor (SM) count (the simulator has none: 8)."""
-    return getattr(cuda.get_current_device(), "MULTIPROCESSOR_COUNT", 8)
+    """The current GPU's multiprocessor (SM) count, read once (the simulator has none: 8)."""
+    if not _SM_COUNT:
+        _SM_COUNT.append(getattr(cuda.get_current_device(), "MULTIPROCESSOR_COUNT", 8))
+    return _SM_COUNT[0]
 
 
 @contextlib.contextmanager
-def tuning(split="fixed", blocks_per_sm=0):
-    """Launch the enclosed ops with other settings, then restore them. Options that
-    benchmarks/gpu_check.py times against the defaults on a GPU; a default changes only once a
-    GPU has measured it.
+def tuning(split="sm", blocks_per_sm=2):
+    """Launch the enclosed ops with other settings, then restore them; the arguments' defaults
+    are the module's. benchmarks/gpu_check.py times each pair against the defaults on a GPU.
 
-    split: "fixed" (the default: SPLIT_BLOCKS and SPLIT_MIN_K as set above) or "sm": aim at 2
-        blocks per multiprocessor of this GPU, with parts of at least 8 slabs (8 * BK terms), so
-        the short sums of deep layers at small batches are split more (at batch 32 the fixed
-        rule gives the last conv's weight gradient 40 blocks for an H200's 132 SMs).
+    split: "sm" aims at 2 blocks per multiprocessor of this GPU, with parts of at least 8 slabs
+        (8 * BK terms), so the short sums of deep layers at small batches are split too;
+        "fixed" aims at FIXED_SPLIT's 264 blocks with parts of at least 512 terms (it gave the
+        last conv's weight gradient at batch 32 only 40 blocks for an H200's 132 SMs).
     blocks_per_sm: > 0 builds the product kernels with launch bounds asking the compiler to fit
         that many blocks on a multiprocessor (2: at most 128 registers per thread; without bounds
-        they take more, and one block fits).
+        (0) they take more, and one block fits).
     """
-    global SPLIT_BLOCKS, SPLIT_MIN_K, PRODUCT_BLOCKS_PER_SM
+    global SPLIT, PRODUCT_BLOCKS_PER_SM
     if split not in ("fixed", "sm") or not (isinstance(blocks_per_sm, int) and blocks_per_sm >= 0):
         raise ValueError(f"tuning: expected split 'fixed' or 'sm' and blocks_per_sm an int >= 0, "
                          f"got {split!r} and {blocks_per_sm!r}")
-    saved = SPLIT_BLOCKS, SPLIT_MIN_K, PRODUCT_BLOCKS_PER_SM
-    if split == "sm":
-        SPLIT_BLOCKS, SPLIT_MIN_K = 2 * multiprocessors(), 8 * BK
-    PRODUCT_BLOCKS_PER_SM = blocks_per_sm
+    saved = SPLIT, PRODUCT_BLOCKS_PER_SM
+    SPLIT, PRODUCT_BLOCKS_PER_SM = split, blocks_per_sm
     try:
         yield
     finally:
-        SPLIT_BLOCKS, SPLIT_MIN_K, PRODUCT_BLOCKS_PER_SM = saved
+        SPLIT, PRODUCT_BLOCKS_PER_SM = saved
 
 
 def _grid(M, N, K):
