@@ -19,6 +19,7 @@ How convlib uses the cores (measured in docs/performance.md):
 """
 import contextlib
 import ctypes
+import math
 import os
 import sys
 import threading
@@ -211,7 +212,7 @@ def workspace(name, shape, dtype):
     bigger one is asked for. Column matrices live here, a small group of images' at a time per
     thread, so they stay in the core's L2 cache between being written and being multiplied."""
     key = (name, np.dtype(dtype).str)
-    size = int(np.prod(shape))
+    size = math.prod(shape)                                         # (np.prod: 5 us, a tenth of a small conv)
     buffers = _local.__dict__.setdefault("buffers", {})
     buf = buffers.get(key)
     if buf is None or buf.size < size:
