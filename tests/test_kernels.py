@@ -181,12 +181,15 @@ def test_pool_outputs_lie_within_input_bounds(g, seed):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(2, 3, 7, 9), (1, 2, 8, 8), (3, 1, 2, 5), (2, 2, 5, 69)])
+@pytest.mark.parametrize("shape", [(2, 3, 7, 9), (1, 2, 8, 8), (3, 1, 2, 5), (2, 2, 5, 69),
+                                   (2, 3, 16, 16), (1, 2, 29, 17), (2, 2, 48, 63), (1, 1, 3, 30)])
 @pytest.mark.parametrize("nan_rate", [0.0, 0.1])
 def test_maxpool_2x2_fast_path_matches_reference(dtype, shape, nan_rate, rng):
-    """Both loops of the fast path: output rows under 32 (no branches) and from 32 (selects)."""
+    """The fast path's three loops: output rows under 8 (the tournament), 8 to 31 (two flat
+    passes; odd heights and widths leave a row and a column out) and from 32 (selects)."""
     x = rng.integers(-3, 3, shape).astype(dtype)                    # many ties
     x[rng.random(shape) < nan_rate] = np.nan
+    x[rng.random(shape) < nan_rate / 2] = -np.inf
     out_r, cache_r = ref.maxpool2d_forward(x, (2, 2), (2, 2), (0, 0))
     out_c, cache_c = cpu.maxpool2d_forward(x, (2, 2), (2, 2), (0, 0))
     np.testing.assert_array_equal(out_c, out_r)
