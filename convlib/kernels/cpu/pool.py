@@ -115,7 +115,7 @@ def _maxpool2x2_fwd(lo, hi, x, out, arg):
     Output rows of 32 or more LLVM vectorises (the selects become vector blends). Shorter rows it
     runs as scalar code whose selects it turns into branches, which real data mispredicts (a
     28x28 map: 3.4 ms on random values, 0.5 ms on constant ones); rows of 8 to 31 outputs take
-    the two flat passes (1.4-1.9x faster than the tournament on 16x16 to 48x48 maps), shorter
+    the two flat passes (1.7-1.8x faster than the tournament on 16x16 to 48x48 maps), shorter
     ones the tournament, which has no branch either."""
     W, OW = x.shape[3], out.shape[3]
     n1 = (2 * out.shape[2] - 1) * W if 8 <= OW < 32 else 0          # the passes' scratch

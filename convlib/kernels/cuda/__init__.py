@@ -34,12 +34,12 @@ import math
 import numpy as np
 from numba import config, cuda, float32, float64, int32, int64, uint64
 
-if not hasattr(np, "row_stack"):    # NumPy 2.5 removed it; numba-cuda 0.30 registers it when it
-    np.row_stack = np.vstack        # first compiles a kernel and fails without it (seen on an H200)
-
 from ..reference import out_size
 from .memory import empty as _empty
 from .memory import upload
+
+if not hasattr(np, "row_stack"):    # NumPy 2.5 removed it; numba-cuda 0.30 registers it when it
+    np.row_stack = np.vstack        # first compiles a kernel and fails without it (seen on an H200)
 
 SIM = bool(config.ENABLE_CUDASIM)
 if SIM:
