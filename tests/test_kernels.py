@@ -73,7 +73,6 @@ def test_winograd_conv_matches_reference_forward_and_backward(dtype, N, C, F, H,
 def test_winograd_gradients_against_central_differences(rng):
     import convlib as cl
     from convlib.gradcheck import check_layer
-    cl.manual_seed(0)                       # the weights (unseeded, a rare draw left 4e-9 of rounding at 1e-5)
     errs = check_layer(cl.Conv2d(16, 16, 3, padding=1), rng.standard_normal((2, 16, 6, 5)))   # float64, Winograd
     assert set(errs) == {"x", "weight", "bias"}
 
