@@ -16,14 +16,16 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 
 # ---------------------------------------------------------------- images
 def square(img, fit="crop"):
-    """A PIL image made square: ``"crop"`` takes the centred square, ``"squish"`` resizes
-    the whole image (as the post's bot did)."""
+    """A PIL image made square: ``"crop"`` takes the centred square (a square image comes
+    back as it is), ``"squish"`` resizes the whole image (as the post's bot did)."""
     if fit == "squish":
         s = max(img.size)
         return img.resize((s, s))
     if fit != "crop":
         raise ValueError(f"square: fit must be 'crop' or 'squish', got {fit!r}")
     w, h = img.size
+    if w == h:
+        return img
     s = min(w, h)
     left, top = (w - s) // 2, (h - s) // 2
     return img.crop((left, top, left + s, top + s))
@@ -32,7 +34,9 @@ def square(img, fit="crop"):
 def image_to_array(img, size, fit="crop"):
     """PIL image -> float32 (3, size, size) in [0, 1]."""
     from PIL import Image
-    img = square(img.convert("RGB"), fit).resize((size, size), Image.BILINEAR)
+    img = square(img if img.mode == "RGB" else img.convert("RGB"), fit)
+    if img.size != (size, size):                                    # (PIL would copy: the crop search's
+        img = img.resize((size, size), Image.BILINEAR)              #  crops come at size already)
     return np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0  # (3, S, S)
 
 
