@@ -7,9 +7,9 @@ How convlib uses the cores (measured in docs/performance.md):
   splits its batch into one contiguous share per thread (``parallel_for``); each share runs
   plain single-threaded Numba kernels (``nogil``) and BLAS products, which release the GIL.
 - While a share that may call BLAS runs (a Python function; Numba kernels call none), BLAS
-  (NumPy's OpenBLAS or MKL) is single-threaded, so each thread's
-  products stay on its own core; the previous thread count is restored after the layer, so
-  NumPy code elsewhere in the process keeps its own setting.
+  (NumPy's OpenBLAS or MKL) is single-threaded, so each thread's products stay on its own
+  core; the previous thread count is restored after the layer, so NumPy code elsewhere in the
+  process keeps its own setting.
 - No OpenMP: convlib never starts Numba's parallel (OpenMP/TBB) thread pool. Its speed then
   does not depend on which library loaded libgomp first (PyTorch does), and it never leaves
   spinning workers behind that would slow PyTorch or NumPy in the same process.

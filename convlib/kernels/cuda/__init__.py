@@ -29,6 +29,7 @@ GPU thread; blocks are made small there (TPB, RB, the product's tiles) so the te
 The code is the same.
 """
 import contextlib
+import functools
 import math
 
 import numpy as np
@@ -397,14 +398,10 @@ def _parts(blocks, length):
     return max(1, min(-(-aim // blocks), length // least))
 
 
-_SM_COUNT = []
-
-
+@functools.cache
 def multiprocessors():
     """The current GPU's multiprocessor (SM) count, read once (the simulator has none: 8)."""
-    if not _SM_COUNT:
-        _SM_COUNT.append(getattr(cuda.get_current_device(), "MULTIPROCESSOR_COUNT", 8))
-    return _SM_COUNT[0]
+    return getattr(cuda.get_current_device(), "MULTIPROCESSOR_COUNT", 8)
 
 
 @contextlib.contextmanager
