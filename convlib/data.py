@@ -31,13 +31,18 @@ def square(img, fit="crop"):
     return img.crop((left, top, left + s, top + s))
 
 
-def image_to_array(img, size, fit="crop"):
-    """PIL image -> float32 (3, size, size) in [0, 1]."""
+def fit_image(img, size, fit="crop"):
+    """PIL image -> RGB PIL image of size x size: made square by ``fit``, then resized (bilinear)."""
     from PIL import Image
     img = square(img if img.mode == "RGB" else img.convert("RGB"), fit)
     if img.size != (size, size):                                    # (PIL would copy: the crop search's
         img = img.resize((size, size), Image.BILINEAR)              #  crops come at size already)
-    return np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0  # (3, S, S)
+    return img
+
+
+def image_to_array(img, size, fit="crop"):
+    """PIL image -> float32 (3, size, size) in [0, 1]."""
+    return np.asarray(fit_image(img, size, fit), dtype=np.float32).transpose(2, 0, 1) / 255.0  # (3, S, S)
 
 
 def load_image(path, size, fit="crop"):
@@ -86,10 +91,12 @@ def channel_stats(x):
 
 
 def normalise(x, mean, std):
-    """(x - mean) / std per channel, float32."""
+    """(x - mean) / std per channel: x (N, C, H, W) -> a new C-ordered float32 array."""
     mean = np.asarray(mean, np.float32)[None, :, None, None]
     std = np.asarray(std, np.float32)[None, :, None, None]
-    return ((x - mean) / std).astype(np.float32)
+    out = np.subtract(x, mean, order="C")                           # (N, C, H, W); in x's precision,
+    out /= std                                                      # like x's layout, took 10x longer
+    return out.astype(np.float32, copy=False)
 
 
 # ---------------------------------------------------------------- IDX files (MNIST family)

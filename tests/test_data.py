@@ -102,6 +102,18 @@ def test_color_jitter_ranges_and_compose_determinism(rng):
         data.ColorJitter(brightness=1.5)
 
 
+def test_normalise_gives_c_ordered_float32_from_any_layout(rng):
+    x = rng.random((2, 5, 5, 3)).astype(np.float32).transpose(0, 3, 1, 2)   # channels last in memory
+    mean, std = [0.1, 0.2, 0.3], [0.5, 1.0, 2.0]
+    out = data.normalise(x, mean, std)
+    assert out.dtype == np.float32 and out.flags.c_contiguous and out.shape == (2, 3, 5, 5)
+    want = (x - np.float32(mean)[None, :, None, None]) / np.float32(std)[None, :, None, None]
+    np.testing.assert_array_equal(out, want)
+    out64 = data.normalise(x.astype(np.float64), mean, std)                # float64 in: computed in float64
+    np.testing.assert_array_equal(out64, ((x.astype(np.float64) - np.float32(mean)[None, :, None, None])
+                                          / np.float32(std)[None, :, None, None]).astype(np.float32))
+
+
 def test_square_crop_and_squish():
     img = Image.new("RGB", (40, 20), (255, 0, 0))
     img.paste((0, 0, 255), (0, 0, 10, 20))                            # blue left quarter

@@ -98,6 +98,22 @@ def test_winograd_groups_depend_on_the_batch_not_the_threads(three_threads):
     np.testing.assert_array_equal(cpu.conv2d_forward(x, w, b, (1, 1), (1, 1))[0], whole)
 
 
+def test_winograd_filters_are_kept_only_while_the_weights_hold_the_same_values(rng):
+    from convlib.kernels.cpu import winograd
+    x = rng.standard_normal((2, 16, 6, 6)).astype(np.float32)
+    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    b = np.zeros(16, np.float32)
+    U = winograd.transformed(w)
+    assert winograd.transformed(w) is U                             # the same values: kept
+    w[3, 2, 1, 0] += 1                                              # an optimizer step, in place
+    assert winograd.transformed(w) is not U
+    np.testing.assert_array_equal(winograd.transformed(w), winograd.filters(w))
+    w *= 2                                                          # and the next forward uses it
+    out = cpu.conv2d_forward(x, w, b, (1, 1), (1, 1))[0]
+    want = ref.conv2d_forward(x.astype(np.float64), w.astype(np.float64), b, (1, 1), (1, 1))[0]
+    np.testing.assert_allclose(out, want, rtol=0, atol=2e-4 * np.abs(want).max())
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("kind", ["maxpool2d", "avgpool2d"])
 @given(g=window_geometry(), seed=seeds)
@@ -184,16 +200,19 @@ def test_pool_outputs_lie_within_input_bounds(g, seed):
                                    (2, 3, 16, 16), (1, 2, 29, 17), (2, 2, 48, 63), (1, 1, 3, 30)])
 @pytest.mark.parametrize("nan_rate", [0.0, 0.1])
 def test_maxpool_2x2_fast_path_matches_reference(dtype, shape, nan_rate, rng):
-    """The fast path's three loops: output rows under 8 (the tournament), 8 to 31 (two flat
-    passes; odd heights and widths leave a row and a column out) and from 32 (selects)."""
-    x = rng.integers(-3, 3, shape).astype(dtype)                    # many ties
+    """The fast path (forward without indices, backward finding each window's maximum again)
+    on many ties, signed zeros, NaNs and -inf, odd heights and widths, with and without the
+    fused ReLU: the same values, signs of zeros and gradients as the reference."""
+    x = rng.integers(-3, 3, shape).astype(dtype) * rng.choice([-1.0, 1.0], shape).astype(dtype)  # -0.0 too
     x[rng.random(shape) < nan_rate] = np.nan
     x[rng.random(shape) < nan_rate / 2] = -np.inf
-    out_r, cache_r = ref.maxpool2d_forward(x, (2, 2), (2, 2), (0, 0))
-    out_c, cache_c = cpu.maxpool2d_forward(x, (2, 2), (2, 2), (0, 0))
-    np.testing.assert_array_equal(out_c, out_r)
-    dout = rng.standard_normal(out_r.shape).astype(dtype)
-    np.testing.assert_array_equal(cpu.maxpool2d_backward(dout, cache_c), ref.maxpool2d_backward(dout, cache_r))
+    for relu in (False, True):
+        out_r, cache_r = ref.maxpool2d_forward(x, (2, 2), (2, 2), (0, 0), relu=relu)
+        out_c, cache_c = cpu.maxpool2d_forward(x, (2, 2), (2, 2), (0, 0), relu=relu)
+        np.testing.assert_array_equal(out_c, out_r)
+        np.testing.assert_array_equal(np.signbit(out_c), np.signbit(out_r))
+        dout = rng.standard_normal(out_r.shape).astype(dtype)
+        np.testing.assert_array_equal(cpu.maxpool2d_backward(dout, cache_c), ref.maxpool2d_backward(dout, cache_r))
 
 
 # ---------------------------------------------------------------- the "large" profile

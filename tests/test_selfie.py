@@ -192,6 +192,22 @@ def test_crop_search_finds_the_known_best_crop():
     assert all(top + s <= 200 and left + s <= 300 for left, top, s in boxes)
 
 
+def test_prepare_equals_image_by_image_conversion(rng):
+    """The crop search's batch conversion gives exactly ``image_to_array`` then ``normalise``,
+    for images at size, larger, not square, and not RGB."""
+    from convlib.data import image_to_array, normalise
+    from lib.selfie_model import prepare
+    pixels = rng.integers(0, 256, (40, 60, 4), dtype=np.uint8)
+    images = [Image.fromarray(pixels[:16, :16, :3]), Image.fromarray(pixels[:, :, :3]),
+              Image.fromarray(pixels, "RGBA"), Image.fromarray(pixels[:, :, 0], "L")]
+    for fit in ("crop", "squish"):
+        meta = {"size": 16, "fit": fit, "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3]}
+        want = normalise(np.stack([image_to_array(im, 16, fit) for im in images]), meta["mean"], meta["std"])
+        got = prepare(images, meta)
+        assert got.flags.c_contiguous
+        np.testing.assert_array_equal(got, want)
+
+
 def test_end_to_end_tiny_run(tmp_path, capsys):
     import selfie_crop
     import selfie_explain

@@ -187,7 +187,7 @@ def conv2d_forward(x, w, b, stride, padding):
     geometry = (KH, KW, *stride, *padding, OH, OW)
     if winograd.applies(w.shape, stride, padding):                  # 3x3, stride 1: F(4x4, 3x3)
         out = np.empty((N, F, OH, OW), dtype=x.dtype)
-        winograd.conv2d(x, winograd.filters(wb[:, :K].reshape(w.shape)), wb[:, K].copy(), tuple(padding), out)
+        winograd.conv2d(x, winograd.transformed(w.astype(x.dtype, copy=False)), wb[:, K].copy(), tuple(padding), out)
         return out, (x, w.shape, wb, b is not None, geometry)
     out = np.empty((N, F, OH * OW), dtype=x.dtype)                  # (N, F, OH*OW)
     parallel_for(_conv_images, N, x, wb, geometry, out)

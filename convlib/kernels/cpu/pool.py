@@ -9,9 +9,9 @@ from .threads import JIT, parallel_for
 
 
 # ---------------------------------------------------------------- pooling
-# Kernels run over the images [lo, hi) of an NCHW batch. A max-pool keeps, per output, the
-# index i*KW + j of its window's first maximum; a NaN counts as the maximum (it propagates, as
-# in the reference and torch), and the first NaN wins.
+# Kernels run over the images [lo, hi) of an NCHW batch. The general max-pool keeps, per output,
+# the index i*KW + j of its window's first maximum (the 2x2 path finds it again in backward);
+# a NaN counts as the maximum (it propagates, as in the reference and torch), and the first NaN wins.
 @njit(inline="always")
 def _beats(v, best):
     """Does v replace the running maximum best? Larger, or the first NaN. Written without
@@ -56,101 +56,61 @@ def _maxpool_bwd(lo, hi, dout, arg, KW, sh, sw, ph, pw, dx):
 
 
 @njit(inline="always")
-def _maxpool2x2_selects(xc, oc, ac):
-    """One channel xc (H, W) -> oc, ac (OH, OW), each window's other three compared in turn."""
-    for oh in range(oc.shape[0]):
-        for ow in range(oc.shape[1]):
-            best, k = xc[2 * oh, 2 * ow], 0
-            for q in range(1, 4):                         # the window's other three, row by row
-                v = xc[2 * oh + q // 2, 2 * ow + q % 2]
-                t = _beats(v, best)
-                best, k = (v, q) if t else (best, k)
-            oc[oh, ow] = best
-            ac[oh, ow] = k
-
-
-@njit(inline="always")
-def _maxpool2x2_tournament(xc, oc, ac):
-    """The same without a select: each pair's winner, then whether the bottom pair's beats the
-    top pair's (from the four cross comparisons), and the value loaded at the winner's index."""
-    for oh in range(oc.shape[0]):
-        for ow in range(oc.shape[1]):
-            a0, a1 = xc[2 * oh, 2 * ow], xc[2 * oh, 2 * ow + 1]
-            a2, a3 = xc[2 * oh + 1, 2 * ow], xc[2 * oh + 1, 2 * ow + 1]
-            t01, t23 = _beats(a1, a0), _beats(a3, a2)
-            t = ((~t23 & ~t01 & _beats(a2, a0)) | (~t23 & t01 & _beats(a2, a1))
-                 | (t23 & ~t01 & _beats(a3, a0)) | (t23 & t01 & _beats(a3, a1)))
-            k = np.int32(t) * (2 + np.int32(t23)) + np.int32(~t) * np.int32(t01)
-            oc[oh, ow] = xc[2 * oh + (k >> 1), 2 * ow + (k & 1)]
-            ac[oh, ow] = k
-
-
-@njit(inline="always")
-def _maxpool2x2_passes(f, W, m, b, m2, k2, oc, ac):
-    """The same over a channel's flat plane f (H*W,) in two long loops, so that short rows too
-    run as vector code: each pixel against the one below it (m, b: the winner and its window
-    row, 0 or 2), then each such winner against its right neighbour (m2, k2: the window's max
-    and its index, the lower index on a tie); both loops also compute pairs that straddle two
-    windows, which are never read. Then out[oh, ow] = m2[oh*W + ow]."""
-    for i in range(m.size):
-        t = _beats(f[i + W], f[i])
-        m[i] = f[i + W] if t else f[i]
-        b[i] = np.int32(t) * 2
-    for j in range(m2.size):
-        left, right = m[2 * j], m[2 * j + 1]
-        kl, kr = b[2 * j], b[2 * j + 1] + 1
-        tie = (right == left) | ((right != right) & (left != left))
-        t = _beats(right, left) | (tie & (kr < kl))
-        m2[j] = right if t else left
-        k2[j] = kr if t else kl
-    for oh in range(oc.shape[0]):
-        for ow in range(oc.shape[1]):
-            oc[oh, ow] = m2[oh * W + ow]
-            ac[oh, ow] = k2[oh * W + ow]
+def _max2(a, b):
+    """The first maximum of a, b (a on a tie; the first NaN), as a select."""
+    return b if _beats(b, a) else a
 
 
 @njit(**JIT)
-def _maxpool2x2_fwd(lo, hi, x, out, arg):
-    """The common case, kernel 2, stride 2, no padding, unrolled: 15x faster than the general loop.
-    Output rows of 32 or more LLVM vectorises (the selects become vector blends). Shorter rows it
-    runs as scalar code whose selects it turns into branches, which real data mispredicts (a
-    28x28 map: 3.4 ms on random values, 0.5 ms on constant ones); rows of 8 to 31 outputs take
-    the two flat passes (1.7-1.8x faster than the tournament on 16x16 to 48x48 maps), shorter
-    ones the tournament, which has no branch either."""
-    W, OW = x.shape[3], out.shape[3]
-    n1 = (2 * out.shape[2] - 1) * W if 8 <= OW < 32 else 0          # the passes' scratch
-    m, b = np.empty(n1, x.dtype), np.empty(n1, np.int32)
-    m2, k2 = np.empty(n1 // 2, x.dtype), np.empty(n1 // 2, np.int32)
+def _maxpool2x2_fwd(lo, hi, x, out, relu):
+    """The common case, kernel 2, stride 2, no padding: out only (the backward finds each
+    window's maximum again from x), max(out, 0) with relu. Each window's pairs in row order, so
+    the value is the reference's first maximum, down to the sign of a zero; one select per
+    compare, which LLVM vectorises: 3-9x faster than also keeping the index here."""
+    zero = x.dtype.type(0)
     for n in range(lo, hi):
         for c in range(x.shape[1]):
-            if OW >= 32:
-                _maxpool2x2_selects(x[n, c], out[n, c], arg[n, c])
-            elif OW >= 8:
-                _maxpool2x2_passes(x[n, c].reshape(-1), W, m, b, m2, k2, out[n, c], arg[n, c])
-            else:
-                _maxpool2x2_tournament(x[n, c], out[n, c], arg[n, c])
+            for oh in range(out.shape[2]):
+                r0, r1, o = x[n, c, 2 * oh], x[n, c, 2 * oh + 1], out[n, c, oh]
+                for ow in range(out.shape[3]):
+                    v = _max2(_max2(r0[2 * ow], r0[2 * ow + 1]), _max2(r1[2 * ow], r1[2 * ow + 1]))
+                    o[ow] = zero if relu and v <= 0 else v
 
 
 @njit(**JIT)
-def _maxpool2x2_bwd(lo, hi, dout, arg, dx):
-    """Windows do not overlap: each window's two rows of dx are zeroed, then dout written at its
-    max (a last odd row or column of dx, outside every window, is zeroed first). Without a
-    branch per input: choosing between dout and zero for each of the four took 2-5x longer on
-    real data, where the max's position is unpredictable."""
+def _maxpool2x2_bwd(lo, hi, dout, x, out, relu, dx):
+    """Per output row: each window's index k (0-3, row by row) of the first input equal to its
+    output out (the first NaN where out is NaN; with relu only windows with out > 0 pass
+    dout, and there out is the maximum itself), then the window's two rows of dx zeroed and
+    dout written at k (a last odd row or column of dx, outside every window, is zeroed first).
+    Selects, not branches, where real data's maxima sit in unpredictable places."""
     C, OH, OW = dout.shape[1:]
     zero = dx.dtype.type(0)
+    ks = np.empty(OW, np.int32)
     for n in range(lo, hi):
         if dx.shape[2] % 2 or dx.shape[3] % 2:
             dx[n] = 0
         for c in range(C):
-            dxc, gc, kc = dx[n, c], dout[n, c], arg[n, c]
             for oh in range(OH):
+                r0, r1, o, g = x[n, c, 2 * oh], x[n, c, 2 * oh + 1], out[n, c, oh], dout[n, c, oh]
+                nans = 0
+                for ow in range(OW):                            # as if no window held a NaN
+                    m = o[ow]
+                    k = np.int32(2) if r1[2 * ow] == m else np.int32(3)
+                    k = np.int32(1) if r0[2 * ow + 1] == m else k
+                    ks[ow] = np.int32(0) if r0[2 * ow] == m else k
+                    nans += m != m
+                for ow in range(OW if nans else 0):             # rows with a NaN window again:
+                    if o[ow] != o[ow]:                          # its first NaN
+                        k = np.int32(2) if r1[2 * ow] != r1[2 * ow] else np.int32(3)
+                        k = np.int32(1) if r0[2 * ow + 1] != r0[2 * ow + 1] else k
+                        ks[ow] = np.int32(0) if r0[2 * ow] != r0[2 * ow] else k
                 for w in range(2 * OW):
-                    dxc[2 * oh, w] = zero
-                    dxc[2 * oh + 1, w] = zero
+                    dx[n, c, 2 * oh, w] = zero
+                    dx[n, c, 2 * oh + 1, w] = zero
                 for ow in range(OW):
-                    k = kc[oh, ow]
-                    dxc[2 * oh + (k >> 1), 2 * ow + (k & 1)] = gc[oh, ow]
+                    k = ks[ow]
+                    dx[n, c, 2 * oh + (k >> 1), 2 * ow + (k & 1)] = g[ow] if (o[ow] > 0) | (not relu) else zero
 
 
 def _is_2x2(kernel, stride, padding):
@@ -159,31 +119,33 @@ def _is_2x2(kernel, stride, padding):
 
 def maxpool2d_forward(x, kernel, stride, padding, relu=False):
     """x (N, C, H, W) -> out (N, C, OH, OW), cache. Padding counts as -inf; ties go to the first;
-    with relu, then max(out, 0) (see the reference)."""
+    with relu, then max(out, 0) (see the reference). The 2x2 path's cache keeps x itself."""
     (KH, KW), (sh, sw), (ph, pw) = kernel, stride, padding
     N, C, H, W = x.shape
     OH, OW = out_size(H, KH, sh, ph), out_size(W, KW, sw, pw)
     x = np.ascontiguousarray(x)
     out = np.empty((N, C, OH, OW), dtype=x.dtype)
-    arg = np.empty((N, C, OH, OW), dtype=np.int32)                  # index of the max inside its window
     if _is_2x2(kernel, stride, padding):
-        parallel_for(_maxpool2x2_fwd, N, x, out, arg, work=x.size)
-    else:
-        parallel_for(_maxpool_fwd, N, x, KH, KW, sh, sw, ph, pw, out, arg, work=x.size)
+        parallel_for(_maxpool2x2_fwd, N, x, out, relu, work=x.size)
+        return out, (x, None, kernel, stride, padding, out, relu)
+    arg = np.empty((N, C, OH, OW), dtype=np.int32)                  # index of the max inside its window
+    parallel_for(_maxpool_fwd, N, x, KH, KW, sh, sw, ph, pw, out, arg, work=x.size)
     if relu:
         out, _ = relu_forward(out)
-    return out, (x.shape, arg, kernel, stride, padding, out if relu else None)
+    return out, (x.shape, arg, kernel, stride, padding, out, relu)
 
 
 def maxpool2d_backward(dout, cache):
     """dout (N, C, OH, OW) -> dx (N, C, H, W)."""
-    xshape, arg, kernel, (sh, sw), (ph, pw), relu_out = cache
-    dout = np.ascontiguousarray(dout) if relu_out is None else relu_backward(dout, relu_out)
-    dx = np.empty(xshape, dtype=dout.dtype)
-    if _is_2x2(kernel, (sh, sw), (ph, pw)):
-        parallel_for(_maxpool2x2_bwd, xshape[0], dout, arg, dx, work=dx.size)
-    else:
-        parallel_for(_maxpool_bwd, xshape[0], dout, arg, kernel[1], sh, sw, ph, pw, dx, work=dx.size)
+    x, arg, kernel, (sh, sw), (ph, pw), out, relu = cache
+    dout = np.ascontiguousarray(dout)
+    if arg is None:                                                 # the 2x2 path
+        dx = np.empty_like(x, dtype=dout.dtype)
+        parallel_for(_maxpool2x2_bwd, x.shape[0], dout, x, out, relu, dx, work=dx.size)
+        return dx
+    dout = relu_backward(dout, out) if relu else dout
+    dx = np.empty(x, dtype=dout.dtype)
+    parallel_for(_maxpool_bwd, x[0], dout, arg, kernel[1], sh, sw, ph, pw, dx, work=dx.size)
     return dx
 
 

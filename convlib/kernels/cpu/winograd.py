@@ -66,6 +66,25 @@ def filters(w):
     return U.reshape(36, F, C)
 
 
+_kept = {}                                                          # id(w) -> (a copy of w, filters(w))
+
+
+def transformed(w):
+    """``filters(w)`` for a layer's weights w (F, C, 3, 3), kept while w holds the same values:
+    inference runs a net again and again on weights that do not change (the crop search: ten
+    small batches per photo), and comparing w with the copy kept costs a tenth of transforming
+    it. The values are compared in full every time, so weights changed in place (an optimizer
+    step) or a new array at a reused id are transformed anew."""
+    kept = _kept.get(id(w))
+    if kept is not None and kept[0].shape == w.shape and kept[0].dtype == w.dtype and np.array_equal(kept[0], w):
+        return kept[1]
+    U = filters(w)
+    if len(_kept) >= 64:                                            # a bound for nets made and dropped
+        _kept.clear()
+    _kept[id(w)] = (w.copy(), U)
+    return U
+
+
 @njit(**JIT)
 def _split_columns(x, n0, ph, pw, xq):
     """Images n0, n0+1, ... of x (N, C, H, W) -> xq (m, HP, 4, P*C): zero-padded (ph rows above,
@@ -263,14 +282,17 @@ def _filter_grads(dU, dw):
 
 
 def group(x_shape, F, padding):
-    """How many images share one pass (the transforms' arrays V and M of a group about 2**18
-    values, 1 MB in float32; at least one), and how many such groups the batch x_shape makes.
-    Groups are fixed by the batch alone, never by the threads that run them: BLAS may round a
-    product differently with other sizes, and a net must give the same output whichever thread
-    runs it (the web page's requests)."""
+    """How many images share one pass, and how many such groups the batch x_shape makes: 8
+    groups or more, to share out among threads, unless that leaves fewer than 64 tiles in a
+    group (the 36 products of few columns run far below BLAS's speed: on one thread a 64-channel
+    6x6 map's forward in batches of 4 to 42, 1-image groups -> 64 tiles, 0.47-1.78 -> 0.35-1.50
+    ms); then two groups or more; the transforms' arrays V and M of a group about 2**18 values
+    at most (1 MB in float32); one image at least. Groups are fixed by the batch alone, never by
+    the threads that run them: BLAS may round a product differently with other sizes, and a net
+    must give the same output whichever thread runs it (the web page's requests)."""
     N, C, H, W = x_shape
-    tiles = -(-(H + 2 * padding[0] - 2) // 4) * -(-(W + 2 * padding[1] - 2) // 4)
-    g = max(1, min((1 << 18) // (36 * (C + F) * tiles), N // 8))  # and 8 groups or more, to share out
+    tiles = -(-(H + 2 * padding[0] - 2) // 4) * -(-(W + 2 * padding[1] - 2) // 4)   # per image
+    g = max(1, min((1 << 18) // (36 * (C + F) * tiles), max(N // 8, min(-(-64 // tiles), N // 2))))
     return g, -(-N // g)
 
 
