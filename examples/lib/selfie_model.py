@@ -168,7 +168,7 @@ def explain(net, meta, image, show=320):
     return heat, float(p_good(net, x)[0]), photo, plots.heatmap_overlay(photo, heat)
 
 
-def find_crop(net, meta, image, scales=9, steps=9, exhaustive=False, keep=(4, 3, 1), finest=0.25, work=4, coarse=3):
+def find_crop(net, meta, image, scales=9, steps=9, exhaustive=False, keep=(4, 3, 1), finest=0.25, work=3, coarse=3):
     """The best square crop of a PIL image among sides from half the short side to all of it:
     ((left, top, side), P(good) of that crop, P(good) of the whole image, number of crops scored).
 
@@ -176,10 +176,10 @@ def find_crop(net, meta, image, scales=9, steps=9, exhaustive=False, keep=(4, 3,
     ``exhaustive=True`` scores every one of them (657 distinct crops of a landscape photo at
     9 x 9 x 9: 1,314 images through the net with the mirror images); by default ``climb``
     searches coarse to fine (``keep``, ``finest``, ``coarse`` are its settings), scoring crops
-    of a copy of the image reduced to about ``work`` x the net's input on its short side. Either
-    way the answer's P(good) is the chosen crop's own, as ``p_good(net, prepare([image.crop(box)],
-    meta))`` gives it, and with ``fit="crop"`` the whole image (its centred square) is the answer
-    if no crop beats it.
+    of a copy of the image reduced to about ``work`` x the net's input on its short side (how
+    these settings were chosen: docs/web.md). Either way the answer's P(good) is the chosen
+    crop's own, as ``p_good(net, prepare([image.crop(box)], meta))`` gives it, and with
+    ``fit="crop"`` the whole image (its centred square) is the answer if no crop beats it.
     """
     size, sizes = meta["size"], np.linspace(0.5, 1.0, scales)
     if exhaustive:

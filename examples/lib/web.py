@@ -258,9 +258,14 @@ def app_from_env():
     there is convlib's thread count in this process (model threads x it = the cores)."""
     import json
 
+    from threadpoolctl import threadpool_limits
+
     import convlib as cl
     settings = json.loads(os.environ["SELFIE_WEB_SETTINGS"])
     cl.set_num_threads(settings.pop("kernel_threads"))
+    # convlib runs every matrix product on one BLAS thread (inside its kernels' shares); kept
+    # there, its kernels need not switch BLAS to one thread and back on every call
+    threadpool_limits(1, user_api="blas")
     return create_app(**settings)
 
 

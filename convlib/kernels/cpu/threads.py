@@ -100,12 +100,13 @@ def _blas_libraries():
 
 @contextlib.contextmanager
 def _single_threaded_blas():
-    """BLAS at one thread inside the block (for every caller at once); the previous counts after."""
+    """BLAS at one thread inside the block (for every caller at once); the previous counts after.
+    A library already at one thread is left alone (a process that keeps BLAS at one thread, as
+    the web server does, then pays only the look)."""
     with _lock:
         if _state["blas_users"] == 0:
-            libs = _blas_libraries()
-            _state["blas_saved"] = [(lib, lib.get_num_threads()) for lib in libs]
-            for lib in libs:
+            _state["blas_saved"] = [(lib, n) for lib in _blas_libraries() if (n := lib.get_num_threads()) != 1]
+            for lib, _ in _state["blas_saved"]:
                 lib.set_num_threads(1)
         _state["blas_users"] += 1
     try:
