@@ -33,8 +33,8 @@ def square(img, fit="crop"):
 
 def fit_image(img, size, fit="crop"):
     """PIL image -> RGB PIL image of size x size: made square by ``fit``, then resized (bilinear;
-    from 3x the size or more, reduced by a whole factor first, as PIL's thumbnail does: a 1 MP
-    photo 3x faster, pixels within a few levels of 255 of the single resize, 0.2-0.4 on average)."""
+    from 3x the size or more, reduced by a whole factor first, as PIL's thumbnail does: several
+    times faster on a photo, pixels within a few levels of 255 of the single resize)."""
     from PIL import Image
     img = square(img if img.mode == "RGB" else img.convert("RGB"), fit)
     if img.size != (size, size):                                    # (PIL would copy: the crop search's

@@ -59,7 +59,7 @@ def trained_on_synthetic(meta):
 def prepare(images, meta):
     """PIL images -> normalised float32 (N, 3, S, S) as the model was trained (the values of
     ``image_to_array``, then ``normalise``): the images' pixels stacked first and converted
-    together, 3-6x faster than one by one for the crop search's batches of tens."""
+    together, which for the crop search's batches of tens is several times faster."""
     u = np.stack([np.asarray(fit_image(im, meta["size"], meta["fit"])) for im in images])  # (N, S, S, 3) uint8
     return normalise(u.transpose(0, 3, 1, 2).astype(np.float32) / 255.0, meta["mean"], meta["std"])
 

@@ -137,15 +137,15 @@ def maxpool2d_forward(x, kernel, stride, padding, relu=False):
 
 def maxpool2d_backward(dout, cache):
     """dout (N, C, OH, OW) -> dx (N, C, H, W)."""
-    x, arg, kernel, (sh, sw), (ph, pw), out, relu = cache
+    held, arg, kernel, (sh, sw), (ph, pw), out, relu = cache        # held: x (2x2 path) or x.shape
     dout = np.ascontiguousarray(dout)
     if arg is None:                                                 # the 2x2 path
-        dx = np.empty_like(x, dtype=dout.dtype)
-        parallel_for(_maxpool2x2_bwd, x.shape[0], dout, x, out, relu, dx, work=dx.size)
+        dx = np.empty_like(held, dtype=dout.dtype)
+        parallel_for(_maxpool2x2_bwd, held.shape[0], dout, held, out, relu, dx, work=dx.size)
         return dx
     dout = relu_backward(dout, out) if relu else dout
-    dx = np.empty(x, dtype=dout.dtype)
-    parallel_for(_maxpool_bwd, x[0], dout, arg, kernel[1], sh, sw, ph, pw, dx, work=dx.size)
+    dx = np.empty(held, dtype=dout.dtype)
+    parallel_for(_maxpool_bwd, held[0], dout, arg, kernel[1], sh, sw, ph, pw, dx, work=dx.size)
     return dx
 
 

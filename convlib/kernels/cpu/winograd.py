@@ -284,12 +284,12 @@ def _filter_grads(dU, dw):
 def group(x_shape, F, padding):
     """How many images share one pass, and how many such groups the batch x_shape makes: 8
     groups or more, to share out among threads, unless that leaves fewer than 64 tiles in a
-    group (the 36 products of few columns run far below BLAS's speed: on one thread a 64-channel
-    6x6 map's forward in batches of 4 to 42, 1-image groups -> 64 tiles, 0.47-1.78 -> 0.35-1.50
-    ms); then two groups or more; the transforms' arrays V and M of a group about 2**18 values
-    at most (1 MB in float32); one image at least. Groups are fixed by the batch alone, never by
-    the threads that run them: BLAS may round a product differently with other sizes, and a net
-    must give the same output whichever thread runs it (the web page's requests)."""
+    group (the 36 products of few columns run far below BLAS's speed: the search of the web
+    page runs batches of 4 to 42 small images); then two groups or more; the transforms' arrays
+    V and M of a group about 2**18 values at most (1 MB in float32); one image at least. Groups
+    are fixed by the batch alone, never by the threads that run them: BLAS may round a product
+    differently with other sizes, and a net must give the same output whichever thread runs it
+    (the web page's requests)."""
     N, C, H, W = x_shape
     tiles = -(-(H + 2 * padding[0] - 2) // 4) * -(-(W + 2 * padding[1] - 2) // 4)   # per image
     g = max(1, min((1 << 18) // (36 * (C + F) * tiles), max(N // 8, min(-(-64 // tiles), N // 2))))
