@@ -83,7 +83,7 @@ def _maxpool2x2_bwd(lo, hi, dout, x, out, relu, dx):
     output out (the first NaN where out is NaN; with relu only windows with out > 0 pass
     dout, and there out is the maximum itself), then the window's two rows of dx zeroed and
     dout written at k (a last odd row or column of dx, outside every window, is zeroed first).
-    Selects, not branches, where real data's maxima sit in unpredictable places."""
+    Selects and a product, not branches, where real data's maxima and signs are unpredictable."""
     C, OH, OW = dout.shape[1:]
     zero = dx.dtype.type(0)
     ks = np.empty(OW, np.int32)
@@ -110,7 +110,8 @@ def _maxpool2x2_bwd(lo, hi, dout, x, out, relu, dx):
                     dx[n, c, 2 * oh + 1, w] = zero
                 for ow in range(OW):
                     k = ks[ow]
-                    dx[n, c, 2 * oh + (k >> 1), 2 * ow + (k & 1)] = g[ow] if (o[ow] > 0) | (not relu) else zero
+                    keep = dx.dtype.type((o[ow] > 0) | (not relu))    # 1 or 0, as the reference's
+                    dx[n, c, 2 * oh + (k >> 1), 2 * ow + (k & 1)] = g[ow] * keep   # dout * (out > 0)
 
 
 def _is_2x2(kernel, stride, padding):
