@@ -103,9 +103,14 @@ class Server:
     def reset_peak(self):
         """Start a new peak: each server process's high-water mark of resident memory (Linux's
         VmHWM) reset to what it holds now, through /proc/PID/clear_refs."""
-        for p in self._procs():
-            with open(f"/proc/{p.pid}/clear_refs", "w") as f:
-                f.write("5")
+        try:
+            for p in self._procs():
+                with open(f"/proc/{p.pid}/clear_refs", "w") as f:
+                    f.write("5")
+        except OSError as e:
+            self.stop()
+            sys.exit(f"error: cannot reset the server's peak memory ({e}); this benchmark reads "
+                     "Linux's /proc/PID/clear_refs and VmHWM, as the server's own user")
 
     def peak(self):
         """MB: the server processes' peaks of resident memory since ``reset_peak``, summed (the
