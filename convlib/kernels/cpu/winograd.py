@@ -22,6 +22,7 @@ uses the same code. Maths: ``reference.conv2d_forward``.
 """
 import numpy as np
 from numba import njit
+from numba import uint64 as u
 
 from .threads import JIT, parallel_for, workspace
 
@@ -90,21 +91,39 @@ def _split_columns(x, n0, ph, pw, xq):
     """Images n0, n0+1, ... of x (N, C, H, W) -> xq (m, HP, 4, P*C): zero-padded (ph rows above,
     pw columns left), channels last, and the columns split by their remainder mod 4: padded
     column 4p + r, channel c is xq[n, h, r, p*C + c]. Column j of the 6x6 input tile of the
-    tiles tw = 0, 1, ... of a tile row is then one contiguous run: xq[n, h, j % 4, (j//4)*C:]."""
-    m, HP = xq.shape[0], xq.shape[1]
+    tiles tw = 0, 1, ... of a tile row is then one contiguous run: xq[n, h, j % 4, (j//4)*C:].
+
+    A transpose, 8 columns at a time: each channel's 8 values are read as one run into ``buf``
+    (8, C), then each column's C values are written as one run (1.2-2x faster than one value at
+    a time with a stride of C)."""
+    m, HP, P = xq.shape[0], xq.shape[1], xq.shape[3] // x.shape[1]
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     zero = x.dtype.type(0)
+    buf = np.empty((8, C), x.dtype)
     for n in range(m):
         for h in range(HP):
-            for r in range(4):
-                for q in range(xq.shape[3]):
-                    xq[n, h, r, q] = zero
-        for c in range(C):
-            for h in range(H):
-                src = x[n0 + n, c, h]
-                for w in range(W):
-                    col = w + pw
-                    xq[n, h + ph, col % 4, (col // 4) * C + c] = src[w]
+            row = xq[n, h]                                          # (4, P*C)
+            if h < ph or h >= ph + H:
+                for r in range(4):
+                    for q in range(P * C):
+                        row[r, q] = zero
+                continue
+            for lo, hi in ((0, pw), (pw + W, 4 * P)):                # the columns of padding
+                for col in range(lo, hi):
+                    dst = row[col % 4, col // 4 * C:(col // 4 + 1) * C]
+                    for c in range(C):
+                        dst[c] = zero
+            for w0 in range(0, W, 8):
+                k1 = min(8, W - w0)
+                for c in range(C):
+                    src = x[n0 + n, c, h - ph]
+                    for k in range(k1):
+                        buf[k, c] = src[w0 + k]
+                for k in range(k1):
+                    col = w0 + k + pw
+                    dst, b = row[col % 4, col // 4 * C:(col // 4 + 1) * C], buf[k]
+                    for c in range(C):
+                        dst[c] = b[c]
 
 
 @njit(inline="always")
@@ -201,8 +220,8 @@ def _output_tiles(M, bias, n0, TH, TW, out):
                 k0 = 4 * (f * T + (n * TH + th) * TW)
                 for a in range(min(4, OH - 4 * th)):
                     dst, src = out[n0 + n, f, 4 * th + a], y[a]
-                    for ow in range(OW):
-                        dst[ow] = src[k0 + ow] + bf
+                    for ow in range(OW):                            # unsigned: 3-5x faster (conv.py's index trap)
+                        dst[ow] = src[u(k0) + u(ow)] + bf
 
 
 @njit(inline="always")
