@@ -94,8 +94,8 @@ def _split_columns(x, n0, ph, pw, xq):
     tiles tw = 0, 1, ... of a tile row is then one contiguous run: xq[n, h, j % 4, (j//4)*C:].
 
     A transpose, 8 columns at a time: each channel's 8 values are read as one run into ``buf``
-    (8, C), then each column's C values are written as one run (1.2-2x faster than one value at
-    a time with a stride of C)."""
+    (8, C), then each column's C values are written as one run (not one value at a time with a
+    stride of C: docs/performance.md has the times)."""
     m, HP, P = xq.shape[0], xq.shape[1], xq.shape[3] // x.shape[1]
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     zero = x.dtype.type(0)
@@ -220,7 +220,7 @@ def _output_tiles(M, bias, n0, TH, TW, out):
                 k0 = 4 * (f * T + (n * TH + th) * TW)
                 for a in range(min(4, OH - 4 * th)):
                     dst, src = out[n0 + n, f, 4 * th + a], y[a]
-                    for ow in range(OW):                            # unsigned: 3-5x faster (conv.py's index trap)
+                    for ow in range(OW):                            # unsigned: LLVM vectorises (conv.py index trap)
                         dst[ow] = src[u(k0) + u(ow)] + bf
 
 
