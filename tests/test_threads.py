@@ -213,3 +213,24 @@ def test_forward_in_eval_mode_is_safe_from_several_threads(three_threads):
             got = list(pool.map(net, xs))
             for g, w in zip(got, want):
                 np.testing.assert_array_equal(g, w)
+
+
+def test_workspace_is_one_buffer_per_name_and_thread_grown_when_asked():
+    """Scratch arrays: the same name gives the same memory (a bigger shape grows it, and views
+    asked for before then come from the grown buffer, never the dropped one); other names and
+    other threads get their own."""
+    import threading
+    a = threads.workspace("test_ws", (4, 8), np.float32)
+    assert a.shape == (4, 8) and a.dtype == np.float32
+    assert threads.workspace("test_ws", (4, 8), np.float32) is a
+    assert np.shares_memory(threads.workspace("test_ws", (2, 8), np.float32), a)
+    big = threads.workspace("test_ws", (64, 64), np.float32)
+    assert not np.shares_memory(big, a)                                  # grown: a new buffer
+    assert np.shares_memory(threads.workspace("test_ws", (4, 8), np.float32), big)
+    assert not np.shares_memory(threads.workspace("test_ws_other", (4, 8), np.float32), big)
+    assert threads.workspace("test_ws", (4, 8), np.float64).dtype == np.float64
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(threads.workspace("test_ws", (4, 8), np.float32)))
+    t.start()
+    t.join()
+    assert not np.shares_memory(seen[0], big)

@@ -204,13 +204,8 @@ def conv2d_backward(dout, cache, need_dx=True):
     dx = np.empty(x.shape, dtype=dout.dtype) if need_dx else None
     padding = geometry[4:6]
     if winograd.applies(wshape, geometry[2:4], padding):             # 3x3, stride 1: F(4x4, 3x3)
-        dout = np.ascontiguousarray(dout)
-        if need_dx:        # the stride-1 conv of dout with the filters turned 180 degrees, in and out swapped
-            flipped = wb[:, :K].reshape(wshape).transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]   # (C, F, 3, 3)
-            winograd.conv2d(dout, winograd.filters(flipped), np.zeros(wshape[1], dout.dtype),
-                            (2 - padding[0], 2 - padding[1]), dx)
-        db = dout.sum(axis=(0, 2, 3)) if has_bias else None
-        return dx, winograd.filter_grads(x, dout, padding), db
+        dw = winograd.backward(x, np.ascontiguousarray(dout), wb[:, :K].reshape(wshape), padding, dx)
+        return dx, dw, (dout.sum(axis=(0, 2, 3)) if has_bias else None)
     dwb_t = sum(parallel_for(_conv_grad_images, N, x, w2t, dout3, geometry, dx))  # (C*KH*KW + 1, F)
     dw = np.ascontiguousarray(dwb_t[:K].T).reshape(wshape)          # (F, C, KH, KW)
     return dx, dw, (dwb_t[K].copy() if has_bias else None)

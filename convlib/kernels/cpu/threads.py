@@ -214,11 +214,20 @@ _local = threading.local()
 def workspace(name, shape, dtype):
     """A scratch array reused from call to call (one per name, dtype and thread), grown when a
     bigger one is asked for. Column matrices live here, a small group of images' at a time per
-    thread, so they stay in the core's L2 cache between being written and being multiplied."""
-    key = (name, np.dtype(dtype).str)
-    size = math.prod(shape)                                         # (np.prod: 5 us, a tenth of a small conv)
-    buffers = _local.__dict__.setdefault("buffers", {})
-    buf = buffers.get(key)
-    if buf is None or buf.size < size:
-        buf = buffers[key] = np.empty(size, dtype=dtype)
-    return buf[:size].reshape(shape)
+    thread, so they stay in the core's L2 cache between being written and being multiplied.
+    The view of each shape asked for is kept too: a kernel asks for a few arrays per group of
+    images, and building a view costs microseconds of Python under the GIL each time."""
+    views = _local.__dict__.setdefault("views", {})
+    view = views.get((name, shape, dtype))
+    if view is None:
+        key = (name, np.dtype(dtype).str)
+        size = math.prod(shape)                                     # (np.prod: 5 us, a tenth of a small conv)
+        buffers = _local.__dict__.setdefault("buffers", {})
+        buf = buffers.get(key)
+        if buf is None or buf.size < size:
+            buf = buffers[key] = np.empty(size, dtype=dtype)
+            views.clear()                                           # none may keep an old buffer alive
+        if len(views) >= 256:                                       # a bound, for shapes that keep changing
+            views.clear()
+        view = views[(name, shape, dtype)] = buf[:size].reshape(shape)
+    return view

@@ -18,7 +18,9 @@ contiguous), so LLVM vectorises them across channels. Four times fewer multiplie
 direct convolution; the transforms' constants (1/4, 1/6, 1/24, 8) cost some float32 precision,
 measured in tests/test_kernels.py against the float64 reference. The input gradient of a
 stride-1 3x3 convolution is itself one (the filters flipped, in and out swapped), so backward
-uses the same code. Maths: ``reference.conv2d_forward``.
+uses the same code; the filters' gradient is a sum of 36 products too, dM (F, T) @ V (T, C),
+where dM = A dout AT per tile. Both read one channels-last copy of dout. Maths:
+``reference.conv2d_forward`` / ``conv2d_backward``.
 """
 import numpy as np
 from numba import njit
@@ -156,15 +158,15 @@ def _at(s0, s1, s2, s3, s4, s5, a, f2, f4, f8):
 
 @njit(**JIT)
 def _input_tiles(xq, TH, TW, V):
-    """xq (m, HP, 4, P*C) from ``_split_columns`` -> V (36, m*TH*TW*C): BT d B for the 6x6 input tile
-    d of every 4x4 output tile; V[6*a + b, k*C + c], tile k = (n*TH + th)*TW + tw.
+    """xq (m, HP, 4, P*C) from ``_split_columns`` (P >= TW + 2) -> V (36, m*TH*TW*C): BT d B for
+    the 6x6 input tile d of every 4x4 output tile; V[6*a + b, k*C + c], tile k = (n*TH + th)*TW + tw.
 
     A tile row at a time, over the runs q = tw*C + c of its TW tiles, one output row per loop:
     loops that read a few arrays and write one, contiguous in q, are what LLVM vectorises (Numba
     cannot tell it that two arrays do not overlap, and with many it gives up on the run-time tests)."""
     m = xq.shape[0]
-    L = xq.shape[3] // (TW + 2) * TW                                # TW*C: one tile row's runs
-    C = L // TW
+    C = V.shape[1] // (m * TH * TW)
+    L = TW * C                                                      # one tile row's runs
     t = np.empty((6, 6, L), xq.dtype)                               # BT along the tile rows
     f2, f4, f5 = xq.dtype.type(2), xq.dtype.type(4), xq.dtype.type(5)
     for n in range(m):
@@ -241,38 +243,36 @@ def _a(y0, y1, y2, y3, a, f2, f4, f8):
 
 
 @njit(**JIT)
-def _dout_tiles(dout, n0, TH, TW, dM):
-    """dout (N, F, OH, OW), images n0, ... -> dM (36, F*T): A d AT for the 4x4 tile d of every
-    output tile (zero past the bottom and right edges): the gradient of M, the transposed
-    output transform. dM[6*a + b, f*T + k], tile k = (n*TH + th)*TW + tw."""
-    F, OH, OW = dout.shape[1], dout.shape[2], dout.shape[3]
-    L = dM.shape[1]
-    T = L // F
-    y = np.zeros((4, 4, L), dout.dtype)                             # y[p, q, f*T + k] = d[p, q]
-    for n in range(T // (TH * TW)):
-        for f in range(F):
-            for th in range(TH):
-                k0 = f * T + (n * TH + th) * TW
-                for p in range(min(4, OH - 4 * th)):
-                    src = dout[n0 + n, f, 4 * th + p]
-                    for q in range(4):
-                        dst = y[p, q]
-                        for tw in range((OW - q + 3) // 4):
-                            dst[k0 + tw] = src[4 * tw + q]
-    r = np.empty((4, 6, L), dout.dtype)                             # A along each tile row
-    f2, f4, f8 = dout.dtype.type(2), dout.dtype.type(4), dout.dtype.type(8)
-    for p in range(4):
-        y0, y1, y2, y3 = y[p, 0], y[p, 1], y[p, 2], y[p, 3]
-        for b in range(6):
-            dst = r[p, b]
-            for q in range(L):
-                dst[q] = _a(y0[q], y1[q], y2[q], y3[q], b, f2, f4, f8)
-    for b in range(6):                                              # then down each tile column
-        r0, r1, r2, r3 = r[0, b], r[1, b], r[2, b], r[3, b]
-        for a in range(6):
-            dst = dM[6 * a + b]
-            for q in range(L):
-                dst[q] = _a(r0[q], r1[q], r2[q], r3[q], a, f2, f4, f8)
+def _grad_tiles(dq, ph, pw, TH, TW, dM):
+    """dq (m, HP, 4, P*F), dout split by ``_split_columns`` with ph rows and pw columns of zeros
+    before it -> dM (36, m*TH*TW*F): A d AT for the 4x4 tile d of dout at every output tile (zero
+    past the bottom and right edges, as the split is): the gradient of M, the output transform
+    transposed. dM[6*a + b, k*F + f], tile k = (n*TH + th)*TW + tw: channels last, as V is.
+    Loops as in ``_input_tiles``; column q of the tiles of a row is one run of dq, from padded
+    column 4*tw + q + pw."""
+    m = dq.shape[0]
+    F = dM.shape[1] // (m * TH * TW)
+    L = TW * F
+    t = np.empty((4, 6, L), dq.dtype)                               # A along the tile rows
+    f2, f4, f8 = dq.dtype.type(2), dq.dtype.type(4), dq.dtype.type(8)
+    j0, j1, j2, j3 = pw, pw + 1, pw + 2, pw + 3                     # the tile's columns, padded
+    for n in range(m):
+        for th in range(TH):
+            k0 = (n * TH + th) * L
+            for p in range(4):
+                row = dq[n, 4 * th + p + ph]                        # (4, P*F)
+                d0, d1 = row[j0 % 4, j0 // 4 * F:], row[j1 % 4, j1 // 4 * F:]
+                d2, d3 = row[j2 % 4, j2 // 4 * F:], row[j3 % 4, j3 // 4 * F:]
+                for b in range(6):
+                    dst = t[p, b]
+                    for q in range(L):
+                        dst[q] = _a(d0[q], d1[q], d2[q], d3[q], b, f2, f4, f8)
+            for b in range(6):                                      # then down the tile columns
+                r0, r1, r2, r3 = t[0, b], t[1, b], t[2, b], t[3, b]
+                for a in range(6):
+                    dst = dM[6 * a + b, k0:k0 + L]
+                    for q in range(L):
+                        dst[q] = _a(r0[q], r1[q], r2[q], r3[q], a, f2, f4, f8)
 
 
 @njit(**JIT)
@@ -315,23 +315,34 @@ def group(x_shape, F, padding):
     return g, -(-N // g)
 
 
+def _tiles(H, W):
+    """Tiles down and across an output of H x W."""
+    return -(-H // 4), -(-W // 4)
+
+
+def _conv_group(xq, TH, TW, U, bias, n0, out):
+    """out[n0 + n] = conv3x3 + bias for the m images split into xq (m, HP, 4, P*C) by
+    ``_split_columns``: input tiles, the 36 products, output tiles."""
+    m, F, C = xq.shape[0], U.shape[1], U.shape[2]
+    T = m * TH * TW
+    V = workspace("wino_v", (36, T, C), xq.dtype)                   # (36, T, C)
+    M = workspace("wino_m", (36, F, T), xq.dtype)                   # (36, F, T)
+    _input_tiles(xq, TH, TW, V.reshape(36, T * C))
+    np.matmul(U, V.transpose(0, 2, 1), out=M)                       # 36 products (F, C) @ (C, T)
+    _output_tiles(M.reshape(36, F * T), bias, n0, TH, TW, out)
+
+
 def conv_groups(lo, hi, x, U, bias, padding, g, out):
     """out[n] = conv3x3(x[n]) + bias for the images of groups [lo, hi) of g images (stride 1,
     ``padding``), by F(4x4, 3x3): x (N, C, H, W), U (36, F, C) from ``filters``, bias (F,),
     out (N, F, OH, OW)."""
-    F, C = U.shape[1], U.shape[2]
-    (ph, pw), (OH, OW) = padding, out.shape[2:]
-    TH, TW = -(-OH // 4), -(-OW // 4)                               # tiles down and across
+    C = x.shape[1]
+    TH, TW = _tiles(*out.shape[2:])
     for n0 in range(lo * g, min(hi * g, x.shape[0]), g):
         m = min(g, x.shape[0] - n0)
-        T = m * TH * TW
         xq = workspace("wino_x", (m, 4 * TH + 2, 4, (TW + 2) * C), x.dtype)   # (m, HP, 4, P*C)
-        V = workspace("wino_v", (36, T, C), x.dtype)                # (36, T, C)
-        M = workspace("wino_m", (36, F, T), x.dtype)                # (36, F, T)
-        _split_columns(x, n0, ph, pw, xq)
-        _input_tiles(xq, TH, TW, V.reshape(36, T * C))
-        np.matmul(U, V.transpose(0, 2, 1), out=M)                   # 36 products (F, C) @ (C, T)
-        _output_tiles(M.reshape(36, F * T), bias, n0, TH, TW, out)
+        _split_columns(x, n0, *padding, xq)
+        _conv_group(xq, TH, TW, U, bias, n0, out)
 
 
 def conv2d(x, U, bias, padding, out):
@@ -342,33 +353,44 @@ def conv2d(x, U, bias, padding, out):
     return out
 
 
-def grad_groups(lo, hi, x, dout, padding, g):
-    """The filters' gradient of the groups [lo, hi) of g images, in the transformed domain:
-    dU (36, F, C) = sum over tiles of dM (F, T) @ V (T, C), dM from ``_dout_tiles``."""
+def grad_groups(lo, hi, x, dout, Ut, padding, g, dx):
+    """Backward for the images of groups [lo, hi) of g images: returns dU (36, F, C), the filters'
+    gradient in the transformed domain, the sum over tiles of dM (F, T) @ V (T, C); and unless dx
+    is None writes dx[n], the stride-1 conv of dout[n] padded by 2 - padding with Ut (36, C, F),
+    the filters turned 180 degrees, in and out swapped. One split of dout serves both."""
     C, F = x.shape[1], dout.shape[1]
-    (ph, pw), (OH, OW) = padding, dout.shape[2:]
-    TH, TW = -(-OH // 4), -(-OW // 4)
+    (ph, pw), (qh, qw) = padding, (2 - padding[0], 2 - padding[1])
+    TH, TW = _tiles(*dout.shape[2:])                                # dout's tiles: the filters' gradient
+    XH, XW = _tiles(*x.shape[2:])                                   # dx's tiles
+    zero = np.zeros(C, x.dtype)
     dU = np.zeros((36, F, C), x.dtype)
     for n0 in range(lo * g, min(hi * g, x.shape[0]), g):
         m = min(g, x.shape[0] - n0)
         T = m * TH * TW
+        dq = workspace("wino_d", (m, 4 * max(TH, XH) + 2, 4, (max(TW, XW) + 2) * F), x.dtype)
+        _split_columns(dout, n0, qh, qw, dq)                        # dout padded, channels last
+        if dx is not None:
+            _conv_group(dq, XH, XW, Ut, zero, n0, dx)
         xq = workspace("wino_x", (m, 4 * TH + 2, 4, (TW + 2) * C), x.dtype)
-        V = workspace("wino_v", (36, T, C), x.dtype)
-        dM = workspace("wino_m", (36, F, T), x.dtype)
+        V = workspace("wino_vx", (36, T, C), x.dtype)               # (36, T, C)
+        dM = workspace("wino_dm", (36, T, F), x.dtype)              # (36, T, F)
         part = workspace("wino_du", (36, F, C), x.dtype)
         _split_columns(x, n0, ph, pw, xq)
         _input_tiles(xq, TH, TW, V.reshape(36, T * C))
-        _dout_tiles(dout, n0, TH, TW, dM.reshape(36, F * T))
-        np.matmul(dM, V, out=part)                                  # 36 products (F, T) @ (T, C)
+        _grad_tiles(dq, qh, qw, TH, TW, dM.reshape(36, T * F))
+        np.matmul(dM.transpose(0, 2, 1), V, out=part)               # 36 products (F, T) @ (T, C)
         dU += part
     return dU
 
 
-def filter_grads(x, dout, padding):
-    """dw (F, C, 3, 3) of the stride-1 3x3 convolution of x (N, C, H, W) giving dout (N, F, OH, OW),
-    on all threads: the products in the transformed domain, 4x fewer multiplies than im2col's."""
+def backward(x, dout, w, padding, dx):
+    """The filters' gradient dw (F, C, 3, 3) of the stride-1 3x3 convolution of x (N, C, H, W) with
+    w (F, C, 3, 3) giving dout (N, F, OH, OW), and dx (N, C, H, W) unless None (the input
+    gradient: itself such a convolution, of dout with the filters turned and transposed), on all
+    threads; the products in the transformed domain, 4x fewer multiplies than im2col's."""
+    Ut = filters(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])          # (36, C, F)
     g, groups = group(x.shape, dout.shape[1], padding)
-    dU = sum(parallel_for(grad_groups, groups, x, dout, padding, g))   # (36, F, C)
+    dU = sum(parallel_for(grad_groups, groups, x, dout, Ut, padding, g, dx))   # (36, F, C)
     dw = np.empty((dout.shape[1], x.shape[1], 3, 3), x.dtype)
     _filter_grads(dU, dw)
     return dw
