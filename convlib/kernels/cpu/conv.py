@@ -204,8 +204,8 @@ def conv2d_backward(dout, cache, need_dx=True):
     dx = np.empty(x.shape, dtype=dout.dtype) if need_dx else None
     padding = geometry[4:6]
     if winograd.applies(wshape, geometry[2:4], padding):             # 3x3, stride 1: F(4x4, 3x3)
-        dw = winograd.backward(x, np.ascontiguousarray(dout), wb[:, :K].reshape(wshape), padding, dx)
-        return dx, dw, (dout.sum(axis=(0, 2, 3)) if has_bias else None)
+        dw, db = winograd.backward(x, np.ascontiguousarray(dout), wb[:, :K].reshape(wshape), padding, dx)
+        return dx, dw, (db if has_bias else None)
     dwb_t = sum(parallel_for(_conv_grad_images, N, x, w2t, dout3, geometry, dx))  # (C*KH*KW + 1, F)
     dw = np.ascontiguousarray(dwb_t[:K].T).reshape(wshape)          # (F, C, KH, KW)
     return dx, dw, (dwb_t[K].copy() if has_bias else None)

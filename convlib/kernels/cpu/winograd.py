@@ -355,15 +355,18 @@ def conv2d(x, U, bias, padding, out):
 
 def grad_groups(lo, hi, x, dout, Ut, padding, g, dx):
     """Backward for the images of groups [lo, hi) of g images: returns dU (36, F, C), the filters'
-    gradient in the transformed domain, the sum over tiles of dM (F, T) @ V (T, C); and unless dx
-    is None writes dx[n], the stride-1 conv of dout[n] padded by 2 - padding with Ut (36, C, F),
-    the filters turned 180 degrees, in and out swapped. One split of dout serves both."""
+    gradient in the transformed domain, the sum over tiles of dM (F, T) @ V (T, C), and the sum
+    of dout over its images and positions (F,) in float64: row 7 of dM, position (1, 1) of A d AT,
+    is each tile's sum. Unless dx is None writes dx[n], the stride-1 conv of dout[n] padded by
+    2 - padding with Ut (36, C, F), the filters turned 180 degrees, in and out swapped. One split
+    of dout serves both."""
     C, F = x.shape[1], dout.shape[1]
     (ph, pw), (qh, qw) = padding, (2 - padding[0], 2 - padding[1])
     TH, TW = _tiles(*dout.shape[2:])                                # dout's tiles: the filters' gradient
     XH, XW = _tiles(*x.shape[2:])                                   # dx's tiles
     zero = np.zeros(C, x.dtype)
     dU = np.zeros((36, F, C), x.dtype)
+    db = np.zeros(F)
     for n0 in range(lo * g, min(hi * g, x.shape[0]), g):
         m = min(g, x.shape[0] - n0)
         T = m * TH * TW
@@ -380,17 +383,20 @@ def grad_groups(lo, hi, x, dout, Ut, padding, g, dx):
         _grad_tiles(dq, qh, qw, TH, TW, dM.reshape(36, T * F))
         np.matmul(dM.transpose(0, 2, 1), V, out=part)               # 36 products (F, T) @ (T, C)
         dU += part
-    return dU
+        db += dM[7].sum(axis=0)                                     # (F,): the tiles' sums
+    return dU, db
 
 
 def backward(x, dout, w, padding, dx):
-    """The filters' gradient dw (F, C, 3, 3) of the stride-1 3x3 convolution of x (N, C, H, W) with
-    w (F, C, 3, 3) giving dout (N, F, OH, OW), and dx (N, C, H, W) unless None (the input
-    gradient: itself such a convolution, of dout with the filters turned and transposed), on all
-    threads; the products in the transformed domain, 4x fewer multiplies than im2col's."""
+    """The gradients of the stride-1 3x3 convolution of x (N, C, H, W) with w (F, C, 3, 3) giving
+    dout (N, F, OH, OW): returns dw (F, C, 3, 3) and db (F,) (the bias's: dout summed), and writes
+    dx (N, C, H, W) unless None (the input gradient: itself such a convolution, of dout with the
+    filters turned and transposed), on all threads; the products in the transformed domain, 4x
+    fewer multiplies than im2col's."""
     Ut = filters(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])          # (36, C, F)
     g, groups = group(x.shape, dout.shape[1], padding)
-    dU = sum(parallel_for(grad_groups, groups, x, dout, Ut, padding, g, dx))   # (36, F, C)
+    parts = parallel_for(grad_groups, groups, x, dout, Ut, padding, g, dx)
+    dU = sum(dU for dU, _ in parts)                                 # (36, F, C)
     dw = np.empty((dout.shape[1], x.shape[1], 3, 3), x.dtype)
     _filter_grads(dU, dw)
-    return dw
+    return dw, sum(db for _, db in parts).astype(x.dtype)
