@@ -383,7 +383,7 @@ def grad_groups(lo, hi, x, dout, Ut, padding, g, dx):
         _grad_tiles(dq, qh, qw, TH, TW, dM.reshape(36, T * F))
         np.matmul(dM.transpose(0, 2, 1), V, out=part)               # 36 products (F, T) @ (T, C)
         dU += part
-        db += dM[7].sum(axis=0)                                     # (F,): the tiles' sums
+        db += dM[7].sum(axis=0, dtype=np.float64)                   # (F,): the tiles' sums
     return dU, db
 
 
