@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import tempfile
+import threading
 import zipfile
 
 import numpy as np
@@ -101,12 +102,16 @@ def load(path, with_metadata=False):
     return (net, metadata) if with_metadata else net
 
 
+_reading = threading.Lock()   # one file at a time: NumPy parses .npy headers with ast, which CPython
+                              # 3.11 breaks when threads share it (python/cpython#106905: SystemError)
+
+
 def load_extra(path):
     """(net in eval mode, metadata, {name: array} saved as ``extra``) from a file ``save`` wrote;
     the same checks and errors as ``load``."""
     path = os.fspath(path)
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with _reading, np.load(path, allow_pickle=False) as z:
             if _HEADER not in z.files:
                 raise ValueError(f"{path}: not a convlib model file (no {_HEADER} header; "
                                  f"arrays found: {z.files[:5]})")

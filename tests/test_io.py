@@ -307,3 +307,37 @@ def test_load_messages_for_odd_entries_and_headers(tmp_path):
     path = _header_file(tmp_path, {"type": "Linear", "in_features": 2})
     with pytest.raises(ValueError, match=r"m.npz: model file: cannot build Linear"):
         cl.load(path)
+
+
+def test_threads_read_model_files_one_at_a_time(tmp_path, rng, monkeypatch):
+    """np.load parses each array's header with ast, which CPython 3.11 gets wrong when threads
+    share it (a spurious SystemError, python/cpython#106905): loads from several threads (thread
+    ranks resuming from one checkpoint) take turns."""
+    import threading
+    import time
+
+    import convlib.io as cio
+    net, x = net_and_input(rng)
+    path = cl.save(net, tmp_path / "m.npz")
+    inside, most, guard = [0], [0], threading.Lock()
+    real_load = np.load
+
+    def counting_load(*args, **kwargs):
+        with guard:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.02)                                            # give another thread time to come in
+        with guard:
+            inside[0] -= 1
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(cio.np, "load", counting_load)
+    outs = [None] * 4
+    threads = [threading.Thread(target=lambda i=i: outs.__setitem__(i, cl.load(path)(x))) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most[0] == 1
+    for out in outs:
+        np.testing.assert_array_equal(out, net.eval()(x))
