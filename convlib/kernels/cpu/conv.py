@@ -199,13 +199,14 @@ def conv2d_backward(dout, cache, need_dx=True):
     x, wshape, wb, has_bias, geometry = cache
     N, F, OH, OW = dout.shape
     K = wb.shape[1] - 1
-    dout3 = np.ascontiguousarray(dout).reshape(N, F, OH * OW)       # (N, F, OH*OW)
-    w2t = np.ascontiguousarray(wb[:, :K].T)                         # (C*KH*KW, F)
+    dout = np.ascontiguousarray(dout)
     dx = np.empty(x.shape, dtype=dout.dtype) if need_dx else None
     padding = geometry[4:6]
     if winograd.applies(wshape, geometry[2:4], padding):             # 3x3, stride 1: F(4x4, 3x3)
-        dw, db = winograd.backward(x, np.ascontiguousarray(dout), wb[:, :K].reshape(wshape), padding, dx)
+        dw, db = winograd.backward(x, dout, wb[:, :K].reshape(wshape), padding, dx)
         return dx, dw, (db if has_bias else None)
+    dout3 = dout.reshape(N, F, OH * OW)                             # (N, F, OH*OW)
+    w2t = np.ascontiguousarray(wb[:, :K].T)                         # (C*KH*KW, F)
     dwb_t = sum(parallel_for(_conv_grad_images, N, x, w2t, dout3, geometry, dx))  # (C*KH*KW + 1, F)
     dw = np.ascontiguousarray(dwb_t[:K].T).reshape(wshape)          # (F, C, KH, KW)
     return dx, dw, (dwb_t[K].copy() if has_bias else None)
