@@ -278,3 +278,57 @@ def test_maxpool_large_threaded_ties_and_nans(three_threads, g, seed, fast):
     if fast:
         g = dict(g, kernel=(2, 2), stride=(2, 2), padding=(0, 0))
     _pool_both_ways(pool_values(np.random.default_rng(seed), (g["N"], g["C"], g["H"], g["W"]), 0.02), g)
+
+
+# ---------------------------------------------------------------- direct 3x3, 1-3 input channels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@settings(max_examples=20, deadline=None)
+@given(N=st.integers(1, 4), C=st.integers(1, 3), F=st.integers(1, 5), H=st.integers(1, 20), W=st.integers(1, 20),
+       ph=st.integers(0, 3), pw=st.integers(0, 3), bias=st.booleans(), seed=seeds)
+def test_direct_conv_matches_reference(dtype, N, C, F, H, W, ph, pw, bias, seed):
+    """The first layer's path: forward, and backward (weights and bias from the direct loop, the
+    input gradient, when asked, from im2col), every size and padding, against the maths."""
+    from convlib.kernels.cpu import conv
+    H, W = max(H, 3 - 2 * ph), max(W, 3 - 2 * pw)                  # an output of at least 1x1
+    assert conv.direct_applies((F, C, 3, 3), (1, 1))
+    rng = np.random.default_rng(seed)
+    x, w, b = rng.standard_normal((N, C, H, W)), rng.standard_normal((F, C, 3, 3)), rng.standard_normal(F)
+    b = b if bias else None
+    out_r, cache_r = ref.conv2d_forward(x, w, b, (1, 1), (ph, pw))
+    out_c, cache_c = cpu.conv2d_forward(x.astype(dtype), w.astype(dtype), None if b is None else b.astype(dtype),
+                                        (1, 1), (ph, pw))
+    assert out_c.dtype == dtype
+    np.testing.assert_allclose(out_c, out_r, **TOL[dtype])
+    dout = rng.standard_normal(out_r.shape)
+    dx_r, dw_r, db_r = ref.conv2d_backward(dout, cache_r)
+    for need_dx in (False, True):
+        dx, dw, db = cpu.conv2d_backward(dout.astype(dtype), cache_c, need_dx=need_dx)
+        assert (dx is None) == (not need_dx) and (db is None) == (b is None) and dw.dtype == dtype
+        if need_dx:
+            np.testing.assert_allclose(dx, dx_r, **TOL[dtype])
+        np.testing.assert_allclose(dw, dw_r, **TOL[dtype])
+        if b is not None:
+            np.testing.assert_allclose(db, db_r, **TOL[dtype])
+
+
+def test_direct_conv_weight_gradient_against_central_differences(rng):
+    """float64: the first layer of a net, whose backward asks for no input gradient, so the
+    weights' and bias's gradients come from the direct loop."""
+    import convlib as cl
+    from convlib.gradcheck import numerical_grad
+    conv = cl.Conv2d(3, 4, 3, padding=1).to(np.float64)
+    x = rng.standard_normal((2, 3, 7, 6))
+    dout = rng.standard_normal((2, 4, 7, 6))
+    conv.forward(x)
+    assert conv.backward(dout, need_dx=False) is None
+    for p in (conv.weight, conv.bias):
+        numeric = numerical_grad(lambda: conv.forward(x), p.data, dout, 1e-6)
+        np.testing.assert_allclose(p.grad, numeric, rtol=1e-6, atol=1e-8)
+
+
+def test_direct_conv_takes_only_what_it_computes():
+    from convlib.kernels.cpu import conv
+    assert conv.direct_applies((16, 3, 3, 3), (1, 1)) and conv.direct_applies((8, 1, 3, 3), (1, 1))
+    for shape, stride in [((16, 4, 3, 3), (1, 1)), ((16, 3, 3, 3), (2, 2)), ((16, 3, 5, 5), (1, 1)),
+                          ((16, 3, 3, 1), (1, 1))]:
+        assert not conv.direct_applies(shape, stride)

@@ -8,7 +8,9 @@ images goes per call (about 1 MB of columns: one 64x64 image, several 14x14 ones
 columns stay in the core's L2 cache from im2col to the product; the whole batch's column matrix
 would be 9x the input and go through main memory twice. Backward is the same per image,
 transposed: dwb.T += cols @ dout[n].T (its last row is the bias gradient),
-dcols = w2.T @ dout[n], dx[n] = col2im(dcols). Maths: ``reference.conv2d_forward``.
+dcols = w2.T @ dout[n], dx[n] = col2im(dcols). Two paths take the 3x3 stride-1 convolutions
+instead: Winograd (winograd.py) where both sides have 16 or more channels, and a direct loop
+where the input has 1 to 3 (below). Maths: ``reference.conv2d_forward``.
 """
 import numpy as np
 from numba import njit
@@ -170,6 +172,111 @@ def _conv_grad_images(lo, hi, x, w2t, dout, geometry, dx):
     return dwb_t
 
 
+# ---------------------------------------------------------------- direct 3x3, few input channels
+# With C*9 + 1 rows im2col's product is too thin for BLAS's speed (the first layer of an RGB net:
+# 28 rows), and the columns are 9x the image. The direct loop reads the padded image instead:
+# laid out flat, output pixel (oh, ow) sits at position p = oh*WP + ow of the padded plane (WP
+# its width) and its 3x3 window at p + i*WP + j, so one loop over p, in which LLVM vectorises
+# nine multiply-adds, covers the whole plane (the two columns past each row's end are computed
+# and dropped).
+def direct_applies(w_shape, stride):
+    """Whether the direct loop runs a convolution of weights (F, C, KH, KW) with this stride:
+    3x3, stride 1, at most 3 input channels (grey or RGB images; from 4 on im2col measured as
+    fast). Backward's weight and bias gradients come from it too; the input gradient, rarely
+    asked of such a layer (a net's first), from im2col's path."""
+    F, C, KH, KW = w_shape
+    return (KH, KW) == (3, 3) and tuple(stride) == (1, 1) and C <= 3
+
+
+@njit(inline="always")
+def _taps(x, p, WP, k):
+    """The 3x3 window at flat position p of a padded plane x (HP*WP,) times the weights k (9 values)."""
+    r1, r2 = u(WP), u(2 * WP)
+    return (k[0] * x[p] + k[1] * x[p + u(1)] + k[2] * x[p + u(2)]
+            + k[3] * x[p + r1] + k[4] * x[p + r1 + u(1)] + k[5] * x[p + r1 + u(2)]
+            + k[6] * x[p + r2] + k[7] * x[p + r2 + u(1)] + k[8] * x[p + r2 + u(2)])
+
+
+@njit(fastmath={"contract", "reassoc"}, **JIT)
+def _direct_images(lo, hi, x, w, b, ph, pw, out):
+    """out[n] = conv3x3(x[n]) + b for n in [lo, hi): x (N, C, H, W), w (F, C, 3, 3), b (F,),
+    out (N, F, OH, OW), stride 1. Per filter, a sum over channels in acc, the padded plane's shape."""
+    _, F, OH, OW = out.shape
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    HP, WP = H + 2 * ph, W + 2 * pw
+    xp = np.empty((C, HP, WP), x.dtype)                             # (C, HP, WP): x[n], zero-padded
+    acc = np.empty(HP * WP, x.dtype)                                # (HP*WP,): one output plane, flat
+    L = u((OH - 1) * WP + OW)                                       # the positions that hold outputs
+    for n in range(lo, hi):
+        _pad(x[n], ph, pw, xp)
+        for f in range(F):
+            for c in range(C):
+                wc, xc = w[f, c].ravel(), xp[c].ravel()
+                k = (wc[0], wc[1], wc[2], wc[3], wc[4], wc[5], wc[6], wc[7], wc[8])   # held, not re-read
+                if c == 0:
+                    bf = b[f]
+                    for p in range(L):
+                        acc[p] = bf + _taps(xc, p, WP, k)
+                else:
+                    for p in range(L):
+                        acc[p] += _taps(xc, p, WP, k)
+            for oh in range(OH):
+                dst, row = out[n, f, oh], u(oh * WP)
+                for ow in range(u(OW)):
+                    dst[ow] = acc[row + ow]
+
+
+@njit(fastmath={"contract", "reassoc"}, **JIT)
+def _direct_grad_images(lo, hi, x, dout, ph, pw):
+    """For n in [lo, hi): returns dw (F, C, 3, 3) and db (F,) summed over those images, in float64
+    (each plane's sums in the input's type): dw[f, c, i, j] = sum over p of dout[n, f] at p times
+    the padded x[n, c] at p + i*WP + j, with dout laid out flat as in ``_direct_images``."""
+    _, F, OH, OW = dout.shape
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    HP, WP = H + 2 * ph, W + 2 * pw
+    xp = np.empty((C, HP, WP), x.dtype)                             # (C, HP, WP): x[n], zero-padded
+    d = np.zeros(HP * WP, x.dtype)                                  # (HP*WP,): dout[n, f], flat, zeros past each row
+    dw = np.zeros((F, C, 9))                                        # (F, C, 3*3)
+    db = np.zeros(F)
+    L = u((OH - 1) * WP + OW)
+    zero = x.dtype.type(0)
+    for n in range(lo, hi):
+        _pad(x[n], ph, pw, xp)
+        for f in range(F):
+            s = zero
+            for oh in range(OH):
+                src, row = dout[n, f, oh], u(oh * WP)
+                for ow in range(u(OW)):
+                    d[row + ow] = src[ow]
+                    s += src[ow]
+            db[f] += s
+            for c in range(C):
+                xc, r1, r2 = xp[c].ravel(), u(WP), u(2 * WP)
+                s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = zero
+                for p in range(L):
+                    v = d[p]
+                    s0 += v * xc[p]
+                    s1 += v * xc[p + u(1)]
+                    s2 += v * xc[p + u(2)]
+                    s3 += v * xc[p + r1]
+                    s4 += v * xc[p + r1 + u(1)]
+                    s5 += v * xc[p + r1 + u(2)]
+                    s6 += v * xc[p + r2]
+                    s7 += v * xc[p + r2 + u(1)]
+                    s8 += v * xc[p + r2 + u(2)]
+                g = dw[f, c]
+                g[0] += s0
+                g[1] += s1
+                g[2] += s2
+                g[3] += s3
+                g[4] += s4
+                g[5] += s5
+                g[6] += s6
+                g[7] += s7
+                g[8] += s8
+    return dw, db
+
+
 def conv2d_forward(x, w, b, stride, padding):
     """x (N, C, H, W), w (F, C, KH, KW), b (F,) or None -> out (N, F, OH, OW), cache.
 
@@ -189,6 +296,11 @@ def conv2d_forward(x, w, b, stride, padding):
         out = np.empty((N, F, OH, OW), dtype=x.dtype)
         winograd.conv2d(x, winograd.transformed(w.astype(x.dtype, copy=False)), wb[:, K].copy(), tuple(padding), out)
         return out, (x, w.shape, wb, b is not None, geometry)
+    if direct_applies(w.shape, stride):                             # 3x3, stride 1, C <= 3
+        out = np.empty((N, F, OH, OW), dtype=x.dtype)
+        w4 = np.ascontiguousarray(w, dtype=x.dtype)                 # (F, C, 3, 3)
+        parallel_for(_direct_images, N, x, w4, wb[:, K].copy(), *padding, out)
+        return out, (x, w.shape, wb, b is not None, geometry)
     out = np.empty((N, F, OH * OW), dtype=x.dtype)                  # (N, F, OH*OW)
     parallel_for(_conv_images, N, x, wb, geometry, out)
     return out.reshape(N, F, OH, OW), (x, w.shape, wb, b is not None, geometry)
@@ -207,6 +319,12 @@ def conv2d_backward(dout, cache, need_dx=True):
         return dx, dw, (db if has_bias else None)
     dout3 = dout.reshape(N, F, OH * OW)                             # (N, F, OH*OW)
     w2t = np.ascontiguousarray(wb[:, :K].T)                         # (C*KH*KW, F)
+    if direct_applies(wshape, geometry[2:4]):                       # 3x3, stride 1, C <= 3
+        parts = parallel_for(_direct_grad_images, N, x, dout, *padding)
+        dw = sum(dw for dw, _ in parts).astype(dout.dtype).reshape(wshape)   # (F, C, 3, 3)
+        if need_dx:                                                 # rare (not a first layer): im2col's, its dw unused
+            parallel_for(_conv_grad_images, N, x, w2t, dout3, geometry, dx)
+        return dx, dw, (sum(db for _, db in parts).astype(dout.dtype) if has_bias else None)
     dwb_t = sum(parallel_for(_conv_grad_images, N, x, w2t, dout3, geometry, dx))  # (C*KH*KW + 1, F)
     dw = np.ascontiguousarray(dwb_t[:K].T).reshape(wshape)          # (F, C, KH, KW)
     return dx, dw, (dwb_t[K].copy() if has_bias else None)
