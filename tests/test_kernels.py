@@ -98,6 +98,14 @@ def test_winograd_groups_depend_on_the_batch_not_the_threads(three_threads):
     np.testing.assert_array_equal(cpu.conv2d_forward(x, w, b, (1, 1), (1, 1))[0], whole)
 
 
+@pytest.mark.parametrize("x_shape,F", [((32, 16, 32, 32), 32), ((32, 32, 16, 16), 64), ((32, 64, 8, 8), 64),
+                                       ((128, 16, 14, 14), 32), ((128, 32, 7, 7), 64), ((64, 16, 9, 9), 16)])
+def test_winograd_groups_share_evenly_among_2_or_4_threads(x_shape, F):
+    from convlib.kernels.cpu import winograd
+    g, groups = winograd.group(x_shape, F, (1, 1))
+    assert groups % 4 == 0 and g * groups == x_shape[0]           # equal groups, a multiple of 4 of them
+
+
 def test_winograd_filters_are_kept_only_while_the_weights_hold_the_same_values(rng):
     from convlib.kernels.cpu import winograd
     x = rng.standard_normal((2, 16, 6, 6)).astype(np.float32)

@@ -305,13 +305,18 @@ def group(x_shape, F, padding):
     groups or more, to share out among threads, unless that leaves fewer than 64 tiles in a
     group (the 36 products of few columns run far below BLAS's speed: the search of the web
     page runs batches of 4 to 42 small images); then two groups or more; the transforms' arrays
-    V and M of a group about 2**18 values at most (1 MB in float32); one image at least. Groups
+    V and M of a group about 2**18 values at most (1 MB in float32); one image at least; and
+    the count of groups rounded up to a multiple of 4 where the batch allows, so that 2 or 4
+    threads get equal shares (3 groups of 14 images kept one of 2 threads idle a third of the
+    time on the reference net's last conv). Groups
     are fixed by the batch alone, never by the threads that run them: BLAS may round a product
     differently with other sizes, and a net must give the same output whichever thread runs it
     (the web page's requests)."""
     N, C, H, W = x_shape
     tiles = -(-(H + 2 * padding[0] - 2) // 4) * -(-(W + 2 * padding[1] - 2) // 4)   # per image
     g = max(1, min((1 << 18) // (36 * (C + F) * tiles), max(N // 8, min(-(-64 // tiles), N // 2))))
+    groups = min(N, -(-N // g // 4) * 4)                            # a multiple of 4 where the batch allows,
+    g = -(-N // groups)                                             # so that 2 or 4 threads get equal shares
     return g, -(-N // g)
 
 
