@@ -59,6 +59,12 @@ def conv_flops(conv, shape, first):
     return flops, flops if first else 2 * flops
 
 
+def conv_of(unit):
+    """The Conv2d a unit runs: the unit itself, or the conv of a fused Conv2d + ReLU + MaxPool2d
+    (its time then includes the ReLU and the pool, done in the same pass), else None."""
+    return unit if isinstance(unit, cl.Conv2d) else getattr(unit, "conv", None)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=32)
@@ -72,7 +78,7 @@ def main():
     x = rng.random((B, *shape), dtype=np.float32)
     y = rng.integers(0, classes, B)
     opt = cl.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-    units = net._units()                                            # what Sequential runs: ReLU+MaxPool2d fused
+    units = net._units()                                            # what Sequential runs, fused units as one
     fwd = {i: [] for i, _ in units}
     bwd = {i: [] for i, _ in units}
     other = {"loss": [], "optimizer": []}
@@ -108,8 +114,8 @@ def main():
         f, b = med(fwd[i]), med(bwd[i])
         layers = range(i, units[n + 1][0] if n + 1 < len(units) else len(net))   # the layers of this unit
         gf = ""
-        if isinstance(unit, cl.Conv2d):
-            flops, bflops = conv_flops(unit, shapes[i], first=i == 0)
+        if conv_of(unit) is not None:
+            flops, bflops = conv_flops(conv_of(unit), shapes[i], first=i == 0)
             gf = f"{flops / f / 1e9:.0f} / {bflops / b / 1e9:.0f}"
             gf += f" ({100 * (flops + bflops) / (f + b) / 1e9 / peak:.0f}% peak)"
         name = "+".join(type(net[j]).__name__ for j in layers)
@@ -119,7 +125,7 @@ def main():
                      f"{1e3 * b:.2f}"] + (torch_cols if tf else []) + [gf, f"{100 * (f + b) / total:.1f}%"])
     for k, v in other.items():
         rows.append([k, f"{1e3 * med(v):.2f}", ""] + (["", ""] if tf else []) + ["", f"{100 * med(v) / total:.1f}%"])
-    convs = [(i, conv_flops(unit, shapes[i], first=i == 0)) for i, unit in units if isinstance(unit, cl.Conv2d)]
+    convs = [(i, conv_flops(conv_of(unit), shapes[i], first=i == 0)) for i, unit in units if conv_of(unit) is not None]
     for label, chosen in (("all conv layers", convs), ("without the first", convs[1:])):
         per_step = [sum(fl) / sum(fwd[i][r] + bwd[i][r] for i, _ in chosen) / 1e9       # effective GFLOP/s per step
                     for r in range(3, args.reps + 3) for fl in [[f + b for _, (f, b) in chosen]]]

@@ -331,6 +331,43 @@ class Conv2d(Layer):
         self._add_grads(dw, db)
         return dx
 
+    def fuse(self, next_layer):
+        """A net's first layer (1-3 input channels) before a ReLU + MaxPool2d runs with them as
+        one op on the CPU, which computes the three in one pass there; not a subclass, whose
+        own forward would be bypassed."""
+        first = type(self) is Conv2d and self.in_channels <= 3 and self.device == "cpu"
+        return _ConvReLUMaxPool(self, next_layer) if first and isinstance(next_layer, _ReLUMaxPool) else None
+
+
+class _ConvReLUMaxPool(Layer):
+    """Conv2d, then ReLU + MaxPool2d (``_ReLUMaxPool``), as one op, ``conv2d_pool_forward``: the
+    same values and gradients, but a backend may compute them in one pass, so that the
+    convolution's full output never goes through memory (the CPU does, for a net's first
+    layer). Built by ``Sequential``, on the CPU."""
+
+    def __init__(self, conv, relu_pool):
+        self.conv, self.relu_pool = conv, relu_pool
+
+    def __repr__(self):
+        return f"{self.conv!r} + {self.relu_pool!r}"
+
+    def output_shape(self, shape):
+        return self.relu_pool.output_shape(self.conv.output_shape(shape))
+
+    def forward(self, x):
+        self.conv._check(x)                                         # dtype and device, as the conv's
+        self._check(x)
+        conv, pool = self.conv, self.relu_pool.pool
+        b = conv.bias.data if conv.bias is not None else None
+        out, self._cache = ops.conv2d_pool_forward(x, conv.weight.data, b, conv.stride, conv.padding,
+                                                   (pool.kernel_size, pool.stride, pool.padding))
+        return out
+
+    def backward(self, dout, need_dx=True):
+        dx, dw, db = ops.conv2d_pool_backward(dout, self._saved(dout), need_dx)
+        self.conv._add_grads(dw, db)
+        return dx
+
 
 def _window_out(layer, shape):
     """(OH, OW) of a sliding window layer; ValueError if the window does not fit."""

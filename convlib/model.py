@@ -48,13 +48,14 @@ class Sequential(Layer):
         return _container_repr(self)
 
     def _units(self):
-        """[(index, unit)]: the layers in order, where a layer and the next one can run together
-        (``Layer.fuse``: a ReLU before a MaxPool2d) one fused unit at the first one's index."""
-        units, i = [], 0
-        while i < len(self.layers):
-            fused = self.layers[i].fuse(self.layers[i + 1]) if i + 1 < len(self.layers) else None
-            units.append((i, fused or self.layers[i]))
-            i += 2 if fused is not None else 1
+        """[(index, unit)]: the layers in order, where a layer and the next unit can run together
+        (``Layer.fuse``: a ReLU before a MaxPool2d, a Conv2d before those two) one fused unit at
+        the first one's index; merged from the end, so that a fused unit can fuse again."""
+        units = list(enumerate(self.layers))
+        for k in range(len(units) - 2, -1, -1):
+            fused = units[k][1].fuse(units[k + 1][1])
+            if fused is not None:
+                units[k:k + 2] = [(units[k][0], fused)]
         return units
 
     def _run(self, units, method, arg, input_grad=True):

@@ -70,6 +70,24 @@ def conv2d(k, to):
     return [out, dx, dw, db, dw2, out2, dx2, dw3]
 
 
+@case("conv2d_pool")
+def conv2d_pool(k, to):
+    """Conv2d, ReLU and MaxPool2d as one op: the CPU's one-pass path (1-3 input channels, 3x3,
+    stride 1, a 2x2 pool; odd sizes, ties and a NaN) with and without dx, and the ops in turn."""
+    rng = np.random.default_rng(7)
+    x = rng.integers(-2, 3, (2, 3, 7, 6)).astype(DTYPE)             # small integers: ties in the windows
+    x[1, 2, 3, 3] = np.nan
+    w, b = rng.integers(-1, 2, (4, 3, 3, 3)).astype(DTYPE), rng.integers(-1, 2, 4).astype(DTYPE)   # exact sums
+    got = []
+    for need_dx in (True, False):
+        out, cache = k.conv2d_pool_forward(to(x), to(w), to(b), (1, 1), (1, 1), ((2, 2), (2, 2), (0, 0)))
+        got += [out, *(g for g in k.conv2d_pool_backward(to(_x((2, 4, 3, 3), 3)), cache, need_dx) if g is not None)]
+    out, cache = k.conv2d_pool_forward(to(_x((2, 3, 6, 5))), to(w), None, (1, 1), (0, 1), ((3, 2), (1, 2), (1, 1)))
+    dx, dw, db = k.conv2d_pool_backward(to(_x(cl.to_host(out).shape, 4)), cache, True)
+    assert db is None
+    return got + [out, dx, dw]
+
+
 def _pool(k, to, forwards, backward):
     x = np.random.default_rng(4).integers(-2, 3, (2, 3, 7, 6)).astype(DTYPE)   # ties
     x[0, 0, 1, 1] = np.nan

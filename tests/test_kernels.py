@@ -340,3 +340,55 @@ def test_direct_conv_takes_only_what_it_computes():
     for shape, stride in [((16, 4, 3, 3), (1, 1)), ((16, 3, 3, 3), (2, 2)), ((16, 3, 5, 5), (1, 1)),
                           ((16, 3, 3, 1), (1, 1))]:
         assert not conv.direct_applies(shape, stride)
+
+
+# ---------------------------------------------------------------- conv, ReLU and max-pool in one pass
+def _conv_pool_reference(x, w, b, padding, pool):
+    out, conv_cache = ref.conv2d_forward(x, w, b, (1, 1), padding)
+    out, pool_cache = ref.maxpool2d_forward(out, *pool, relu=True)
+    return out, lambda dout, need_dx: ref.conv2d_backward(ref.maxpool2d_backward(dout, pool_cache), conv_cache,
+                                                          need_dx)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@settings(max_examples=20, deadline=None)
+@given(N=st.integers(1, 3), C=st.integers(1, 3), F=st.integers(1, 4), H=st.integers(1, 15), W=st.integers(1, 15),
+       pad=st.integers(0, 2), ties=st.booleans(), bias=st.booleans(), seed=seeds)
+def test_conv_relu_maxpool_in_one_pass_matches_the_ops_in_turn(dtype, N, C, F, H, W, pad, ties, bias, seed):
+    """The first layer's fused path: odd sizes (a last row or column outside every window),
+    ties (small integers everywhere, so that the sums are exact and tie in every order), every
+    padding; forward, and backward with and without dx."""
+    H, W = max(H, 4 - 2 * pad), max(W, 4 - 2 * pad)                 # a pooled output of at least 1x1
+    rng = np.random.default_rng(seed)
+    draw = (lambda shape: rng.integers(-2, 3, shape).astype(float)) if ties else rng.standard_normal
+    x, w, b = draw((N, C, H, W)), draw((F, C, 3, 3)), draw(F) if bias else None
+    pool = ((2, 2), (2, 2), (0, 0))
+    out_r, backward_r = _conv_pool_reference(x, w, b, (pad, pad), pool)
+    cast = (lambda a: None if a is None else a.astype(dtype))
+    out_c, cache = cpu.conv2d_pool_forward(cast(x), cast(w), cast(b), (1, 1), (pad, pad), pool)
+    assert cache[0] == "fused" and out_c.dtype == dtype
+    np.testing.assert_allclose(out_c, out_r, **TOL[dtype])
+    dout = rng.standard_normal(out_r.shape)
+    for need_dx in (False, True):
+        got = cpu.conv2d_pool_backward(cast(dout), cache, need_dx)
+        for g, want in zip(got, backward_r(dout, need_dx)):
+            assert (g is None) == (want is None)
+            if want is not None:
+                np.testing.assert_allclose(g, want, **TOL[dtype])
+
+
+def test_conv_relu_maxpool_gradients_against_central_differences(rng):
+    """float64, through a Sequential that fuses the three: dx (the rare path, via the pooled
+    gradient spread back out) and the weights' and bias's gradients without dx (one pass)."""
+    import convlib as cl
+    from convlib.gradcheck import check_layer, numerical_grad
+    net = cl.Sequential(cl.Conv2d(3, 4, 3, padding=1), cl.ReLU(), cl.MaxPool2d(2)).to(np.float64)
+    assert [type(unit).__name__ for _, unit in net._units()] == ["_ConvReLUMaxPool"]
+    x = rng.standard_normal((2, 3, 7, 6))
+    assert set(check_layer(net, x)) == {"x", "0.weight", "0.bias"}
+    dout = rng.standard_normal((2, 4, 3, 3))
+    net(x)
+    net.zero_grad()
+    assert net.backward(dout, input_grad=False) is None
+    for p in (net[0].weight, net[0].bias):
+        np.testing.assert_allclose(p.grad, numerical_grad(lambda: net(x), p.data, dout, 1e-6), rtol=1e-6, atol=1e-8)

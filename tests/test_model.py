@@ -164,6 +164,28 @@ def test_relu_before_maxpool_runs_fused_with_the_same_values_and_gradients(rng, 
                        rng.standard_normal((2, 2, 6, 6)))["x"] < 1e-6
 
 
+def test_a_first_conv_runs_fused_with_relu_and_maxpool_with_the_same_values_and_gradients(rng):
+    """Sequential fuses a Conv2d of 1-3 input channels with the ReLU + MaxPool2d after it
+    (never a subclass of Conv2d, or a wider conv); values and every gradient are the layers'."""
+    class MyConv(cl.Conv2d):
+        pass
+
+    x = rng.standard_normal((3, 3, 9, 8)).astype(np.float32)
+    nets = [cl.Sequential(conv(3, 4, 3, padding=1), cl.ReLU(), cl.MaxPool2d(2), cl.Conv2d(4, 5, 3), cl.ReLU(),
+                          cl.MaxPool2d(2), cl.Flatten()) for conv in (cl.Conv2d, MyConv)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    outs = [net(x) for net in nets]
+    assert [type(u).__name__ for _, u in nets[0]._plan] == ["_ConvReLUMaxPool", "Conv2d", "_ReLUMaxPool", "Flatten"]
+    assert [type(u).__name__ for _, u in nets[1]._plan] == ["MyConv", "_ReLUMaxPool", "Conv2d", "_ReLUMaxPool",
+                                                            "Flatten"]
+    dout = rng.standard_normal(outs[0].shape).astype(np.float32)
+    dxs = [net.backward(dout) for net in nets]
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_allclose(dxs[0], dxs[1], rtol=1e-5, atol=1e-6)
+    for (name, p), q in zip(nets[0].named_parameters(), nets[1].parameters()):
+        np.testing.assert_allclose(p.grad, q.grad, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
 def test_slicing_a_sequential_shares_the_layers():
     """Catches: a slice that copies layers (the t-SNE features of net[:-1] would use stale weights)."""
     cl.manual_seed(0)

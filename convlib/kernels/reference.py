@@ -66,6 +66,22 @@ def conv2d_backward(dout, cache, need_dx=True):
     return dx, dw, db
 
 
+@op
+def conv2d_pool_forward(x, w, b, stride, padding, pool):
+    """relu(maxpool2d(conv2d(x))) with pool = (kernel, stride, padding) -> out, cache: one op, so
+    that a backend can do the three in one pass (``layers.Conv2d.fuse``); here, the ops in turn."""
+    out, conv_cache = conv2d_forward(x, w, b, stride, padding)
+    out, pool_cache = maxpool2d_forward(out, *pool, relu=True)
+    return out, (conv_cache, pool_cache)
+
+
+@op
+def conv2d_pool_backward(dout, cache, need_dx=True):
+    """dout (N, F, PH, PW) -> dx (None unless need_dx), dw, db (or None): the two backwards in turn."""
+    conv_cache, pool_cache = cache
+    return conv2d_backward(maxpool2d_backward(dout, pool_cache), conv_cache, need_dx)
+
+
 # ---------------------------------------------------------------- pooling
 @op
 def maxpool2d_forward(x, kernel, stride, padding, relu=False):

@@ -18,6 +18,7 @@ from numba import uint64 as u
 
 from ..reference import out_size
 from . import winograd
+from .pool import _beats, maxpool2d_backward, maxpool2d_forward
 from .threads import JIT, parallel_for, workspace
 
 
@@ -197,45 +198,100 @@ def _taps(x, p, WP, k):
             + k[6] * x[p + r2] + k[7] * x[p + r2 + u(1)] + k[8] * x[p + r2 + u(2)])
 
 
+@njit(inline="always")
+def _plane(xp, w, f, bf, WP, L, acc):
+    """acc[p] (HP*WP,) = bf + the 3x3 convolution of the padded image xp (C, HP, WP) with the
+    filter w[f] (C, 3, 3), at the flat positions p < L (the plane's outputs, and the gaps)."""
+    for c in range(xp.shape[0]):
+        wc, xc = w[f, c].ravel(), xp[c].ravel()
+        k = (wc[0], wc[1], wc[2], wc[3], wc[4], wc[5], wc[6], wc[7], wc[8])   # held, not re-read
+        if c == 0:
+            for p in range(L):
+                acc[p] = bf + _taps(xc, p, WP, k)
+        else:
+            for p in range(L):
+                acc[p] += _taps(xc, p, WP, k)
+
+
+@njit(inline="always")
+def _plane_grads(xp, d, WP, L, dwf):
+    """dwf (C, 9) += for each channel c the sums over p < L of d[p] times the padded xp[c] at
+    p + i*WP + j, j + 3*i the column: the gradient of one filter's weights from one image's
+    output gradient d, laid out flat as ``_plane`` lays out its output."""
+    zero = d.dtype.type(0)
+    for c in range(xp.shape[0]):
+        xc, r1, r2 = xp[c].ravel(), u(WP), u(2 * WP)
+        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = zero
+        for p in range(L):
+            v = d[p]
+            s0 += v * xc[p]
+            s1 += v * xc[p + u(1)]
+            s2 += v * xc[p + u(2)]
+            s3 += v * xc[p + r1]
+            s4 += v * xc[p + r1 + u(1)]
+            s5 += v * xc[p + r1 + u(2)]
+            s6 += v * xc[p + r2]
+            s7 += v * xc[p + r2 + u(1)]
+            s8 += v * xc[p + r2 + u(2)]
+        g = dwf[c]
+        g[0] += s0
+        g[1] += s1
+        g[2] += s2
+        g[3] += s3
+        g[4] += s4
+        g[5] += s5
+        g[6] += s6
+        g[7] += s7
+        g[8] += s8
+
+
 @njit(fastmath={"contract", "reassoc"}, **JIT)
-def _direct_images(lo, hi, x, w, b, ph, pw, out):
-    """out[n] = conv3x3(x[n]) + b for n in [lo, hi): x (N, C, H, W), w (F, C, 3, 3), b (F,),
-    out (N, F, OH, OW), stride 1. Per filter, a sum over channels in acc, the padded plane's shape."""
-    _, F, OH, OW = out.shape
+def _direct_images(lo, hi, x, w, b, ph, pw, out, arg):
+    """For n in [lo, hi), with x (N, C, H, W), w (F, C, 3, 3), b (F,), stride 1: with arg None,
+    out[n] (F, OH, OW) = conv3x3(x[n]) + b; else out[n] = relu(maxpool2x2(that)) (F, OH//2, OW//2)
+    and arg[n] (uint8) each window's first maximum, 0-3 in row order (``pool.py``'s rules: the
+    first NaN wins), so the convolution's output never leaves the cache."""
+    F = w.shape[0]
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     HP, WP = H + 2 * ph, W + 2 * pw
+    OH, OW = HP - 2, WP - 2
     xp = np.empty((C, HP, WP), x.dtype)                             # (C, HP, WP): x[n], zero-padded
     acc = np.empty(HP * WP, x.dtype)                                # (HP*WP,): one output plane, flat
     L = u((OH - 1) * WP + OW)                                       # the positions that hold outputs
+    zero = x.dtype.type(0)
     for n in range(lo, hi):
         _pad(x[n], ph, pw, xp)
         for f in range(F):
-            for c in range(C):
-                wc, xc = w[f, c].ravel(), xp[c].ravel()
-                k = (wc[0], wc[1], wc[2], wc[3], wc[4], wc[5], wc[6], wc[7], wc[8])   # held, not re-read
-                if c == 0:
-                    bf = b[f]
-                    for p in range(L):
-                        acc[p] = bf + _taps(xc, p, WP, k)
-                else:
-                    for p in range(L):
-                        acc[p] += _taps(xc, p, WP, k)
-            for oh in range(OH):
-                dst, row = out[n, f, oh], u(oh * WP)
-                for ow in range(u(OW)):
-                    dst[ow] = acc[row + ow]
+            _plane(xp, w, f, b[f], WP, L, acc)
+            if arg is None:
+                for oh in range(OH):
+                    dst, row = out[n, f, oh], u(oh * WP)
+                    for ow in range(u(OW)):
+                        dst[ow] = acc[row + ow]
+            else:
+                for qh in range(OH // 2):
+                    r0, r1, o, a = acc[2 * qh * WP:], acc[(2 * qh + 1) * WP:], out[n, f, qh], arg[n, f, qh]
+                    for qw in range(OW // 2):
+                        v0, v1, v2, v3 = r0[2 * qw], r0[2 * qw + 1], r1[2 * qw], r1[2 * qw + 1]
+                        best, k = (v1, 1) if _beats(v1, v0) else (v0, 0)
+                        best, k = (v2, 2) if _beats(v2, best) else (best, k)
+                        best, k = (v3, 3) if _beats(v3, best) else (best, k)
+                        o[qw] = zero if best <= 0 else best         # the ReLU, as pool.py's
+                        a[qw] = k
 
 
 @njit(fastmath={"contract", "reassoc"}, **JIT)
-def _direct_grad_images(lo, hi, x, dout, ph, pw):
+def _direct_grad_images(lo, hi, x, dout, ph, pw, out, arg):
     """For n in [lo, hi): returns dw (F, C, 3, 3) and db (F,) summed over those images, in float64
-    (each plane's sums in the input's type): dw[f, c, i, j] = sum over p of dout[n, f] at p times
-    the padded x[n, c] at p + i*WP + j, with dout laid out flat as in ``_direct_images``."""
-    _, F, OH, OW = dout.shape
+    (each plane's sums in the input's type). With out and arg None, dout (N, F, OH, OW) is the
+    convolution's; else the gradient of ``_direct_images``' pooled out (N, F, OH//2, OW//2), sent
+    to each window's maximum where out > 0 (the ReLU's mask)."""
+    F = dout.shape[1]
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     HP, WP = H + 2 * ph, W + 2 * pw
+    OH, OW = HP - 2, WP - 2
     xp = np.empty((C, HP, WP), x.dtype)                             # (C, HP, WP): x[n], zero-padded
-    d = np.zeros(HP * WP, x.dtype)                                  # (HP*WP,): dout[n, f], flat, zeros past each row
+    d = np.zeros(HP * WP, x.dtype)                                  # (HP*WP,): dL/d conv[n, f], flat, zero in the gaps
     dw = np.zeros((F, C, 9))                                        # (F, C, 3*3)
     db = np.zeros(F)
     L = u((OH - 1) * WP + OW)
@@ -243,38 +299,25 @@ def _direct_grad_images(lo, hi, x, dout, ph, pw):
     for n in range(lo, hi):
         _pad(x[n], ph, pw, xp)
         for f in range(F):
-            s = zero
-            for oh in range(OH):
-                src, row = dout[n, f, oh], u(oh * WP)
-                for ow in range(u(OW)):
-                    d[row + ow] = src[ow]
-                    s += src[ow]
-            db[f] += s
-            for c in range(C):
-                xc, r1, r2 = xp[c].ravel(), u(WP), u(2 * WP)
-                s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = zero
+            if arg is None:
+                for oh in range(OH):
+                    src, row = dout[n, f, oh], u(oh * WP)
+                    for ow in range(u(OW)):
+                        d[row + ow] = src[ow]
+            else:                                                   # zeros, then each window's value at its maximum
                 for p in range(L):
-                    v = d[p]
-                    s0 += v * xc[p]
-                    s1 += v * xc[p + u(1)]
-                    s2 += v * xc[p + u(2)]
-                    s3 += v * xc[p + r1]
-                    s4 += v * xc[p + r1 + u(1)]
-                    s5 += v * xc[p + r1 + u(2)]
-                    s6 += v * xc[p + r2]
-                    s7 += v * xc[p + r2 + u(1)]
-                    s8 += v * xc[p + r2 + u(2)]
-                g = dw[f, c]
-                g[0] += s0
-                g[1] += s1
-                g[2] += s2
-                g[3] += s3
-                g[4] += s4
-                g[5] += s5
-                g[6] += s6
-                g[7] += s7
-                g[8] += s8
-    return dw, db
+                    d[p] = zero
+                for qh in range(OH // 2):
+                    g, o, a = dout[n, f, qh], out[n, f, qh], arg[n, f, qh]
+                    for qw in range(OW // 2):
+                        k = a[qw]
+                        d[u((2 * qh + (k >> 1)) * WP + 2 * qw + (k & 1))] = g[qw] if o[qw] > zero else zero
+            s = zero
+            for p in range(L):
+                s += d[p]
+            db[f] += s
+            _plane_grads(xp, d, WP, L, dw[f])
+    return dw.reshape(F, C, 3, 3), db
 
 
 def conv2d_forward(x, w, b, stride, padding):
@@ -283,6 +326,21 @@ def conv2d_forward(x, w, b, stride, padding):
     The cache keeps x, not the column matrices: backward rebuilds each image's columns (cheap,
     in cache), so a training step's memory stays near PyTorch's.
     """
+    x, cache = _conv_cache(x, w, b, stride, padding)
+    (N, C, _, _), (F, _, KH, KW), wb, (*_, OH, OW) = x.shape, w.shape, cache[2], cache[4]
+    out = np.empty((N, F, OH, OW), dtype=x.dtype)
+    if winograd.applies(w.shape, stride, padding):                  # 3x3, stride 1: F(4x4, 3x3)
+        winograd.conv2d(x, winograd.transformed(w.astype(x.dtype, copy=False)), wb[:, -1].copy(), tuple(padding), out)
+    elif direct_applies(w.shape, stride):                           # 3x3, stride 1, C <= 3
+        parallel_for(_direct_images, N, x, np.ascontiguousarray(w, dtype=x.dtype), wb[:, -1].copy(), *padding, out, None)
+    else:
+        parallel_for(_conv_images, N, x, wb, cache[4], out.reshape(N, F, OH * OW))
+    return out, cache
+
+
+def _conv_cache(x, w, b, stride, padding):
+    """x made contiguous, and the cache of ``conv2d_forward``: (x, w's shape, wb = [w | b] (F,
+    C*KH*KW + 1), whether there is a bias, the geometry (KH, KW, SH, SW, PH, PW, OH, OW))."""
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
     OH, OW = out_size(H, KH, stride[0], padding[0]), out_size(W, KW, stride[1], padding[1])
@@ -291,19 +349,7 @@ def conv2d_forward(x, w, b, stride, padding):
     wb = np.empty((F, K + 1), dtype=x.dtype)                        # (F, C*KH*KW + 1) = [w | b]
     wb[:, :K] = w.reshape(F, K)
     wb[:, K] = b if b is not None else 0
-    geometry = (KH, KW, *stride, *padding, OH, OW)
-    if winograd.applies(w.shape, stride, padding):                  # 3x3, stride 1: F(4x4, 3x3)
-        out = np.empty((N, F, OH, OW), dtype=x.dtype)
-        winograd.conv2d(x, winograd.transformed(w.astype(x.dtype, copy=False)), wb[:, K].copy(), tuple(padding), out)
-        return out, (x, w.shape, wb, b is not None, geometry)
-    if direct_applies(w.shape, stride):                             # 3x3, stride 1, C <= 3
-        out = np.empty((N, F, OH, OW), dtype=x.dtype)
-        w4 = np.ascontiguousarray(w, dtype=x.dtype)                 # (F, C, 3, 3)
-        parallel_for(_direct_images, N, x, w4, wb[:, K].copy(), *padding, out)
-        return out, (x, w.shape, wb, b is not None, geometry)
-    out = np.empty((N, F, OH * OW), dtype=x.dtype)                  # (N, F, OH*OW)
-    parallel_for(_conv_images, N, x, wb, geometry, out)
-    return out.reshape(N, F, OH, OW), (x, w.shape, wb, b is not None, geometry)
+    return x, (x, w.shape, wb, b is not None, (KH, KW, *stride, *padding, OH, OW))
 
 
 def conv2d_backward(dout, cache, need_dx=True):
@@ -320,14 +366,63 @@ def conv2d_backward(dout, cache, need_dx=True):
     dout3 = dout.reshape(N, F, OH * OW)                             # (N, F, OH*OW)
     w2t = np.ascontiguousarray(wb[:, :K].T)                         # (C*KH*KW, F)
     if direct_applies(wshape, geometry[2:4]):                       # 3x3, stride 1, C <= 3
-        parts = parallel_for(_direct_grad_images, N, x, dout, *padding)
-        dw = sum(dw for dw, _ in parts).astype(dout.dtype).reshape(wshape)   # (F, C, 3, 3)
+        dw, db = _direct_grads(x, dout, padding, has_bias, None, None)
         if need_dx:                                                 # rare (not a first layer): im2col's, its dw unused
             parallel_for(_conv_grad_images, N, x, w2t, dout3, geometry, dx)
-        return dx, dw, (sum(db for _, db in parts).astype(dout.dtype) if has_bias else None)
+        return dx, dw, db
     dwb_t = sum(parallel_for(_conv_grad_images, N, x, w2t, dout3, geometry, dx))  # (C*KH*KW + 1, F)
     dw = np.ascontiguousarray(dwb_t[:K].T).reshape(wshape)          # (F, C, KH, KW)
     return dx, dw, (dwb_t[K].copy() if has_bias else None)
+
+
+def _direct_grads(x, dout, padding, has_bias, out, arg):
+    """dw (F, C, 3, 3) and db (F,) or None from ``_direct_grad_images`` on all threads."""
+    parts = parallel_for(_direct_grad_images, x.shape[0], x, dout, *padding, out, arg)
+    db = sum(db for _, db in parts).astype(dout.dtype) if has_bias else None
+    return sum(dw for dw, _ in parts).astype(dout.dtype), db
+
+
+# ---------------------------------------------------------------- conv, ReLU and max-pool together
+def conv2d_pool_forward(x, w, b, stride, padding, pool):
+    """relu(maxpool(conv2d(x))), pool = (kernel, stride, padding) -> out, cache. The direct loop
+    does the three in one pass for a 2x2 pool of stride 2: the convolution's output never leaves
+    the cache, and backward keeps only each window's maximum's place (a byte). Elsewhere the
+    two ops run one after the other."""
+    if direct_applies(w.shape, stride) and pool == ((2, 2), (2, 2), (0, 0)):
+        x, cache = _conv_cache(x, w, b, stride, padding)
+        N, F, (OH, OW) = x.shape[0], w.shape[0], cache[4][6:]
+        out = np.empty((N, F, OH // 2, OW // 2), dtype=x.dtype)
+        arg = np.empty(out.shape, dtype=np.uint8)                   # each window's first maximum, 0-3
+        parallel_for(_direct_images, N, x, np.ascontiguousarray(w, dtype=x.dtype), cache[2][:, -1].copy(), *padding,
+                     out, arg)
+        return out, ("fused", cache, out, arg)
+    out, cache = conv2d_forward(x, w, b, stride, padding)
+    out, pool_cache = maxpool2d_forward(out, *pool, relu=True)
+    return out, ("composed", cache, pool_cache)
+
+
+def conv2d_pool_backward(dout, cache, need_dx=True):
+    """dout (N, F, PH, PW), the pooled output's gradient -> dx or None, dw, db or None."""
+    kind, conv_cache, *pool_cache = cache
+    if kind == "composed":
+        return conv2d_backward(maxpool2d_backward(dout, *pool_cache), conv_cache, need_dx)
+    x, _, _, has_bias, geometry = conv_cache
+    out, arg = pool_cache
+    if not need_dx:                                                 # the gradients in one pass too
+        return (None,) + _direct_grads(x, np.ascontiguousarray(dout), geometry[4:6], has_bias, out, arg)
+    return conv2d_backward(_unpool(dout, out, arg, geometry[6:]), conv_cache, need_dx)
+
+
+def _unpool(dout, out, arg, size):
+    """The fused pass's gradient, pooled dout (N, F, QH, QW) -> d conv (N, F, OH, OW), size =
+    (OH, OW): each value at its window's maximum where out > 0, zero elsewhere."""
+    N, F, QH, QW = dout.shape
+    d = np.zeros((N, F, *size), dout.dtype)
+    g = (dout * (out > 0)).reshape(N, F, QH, 1, QW, 1)              # (N, F, QH, 1, QW, 1)
+    k = arg.reshape(N, F, QH, 1, QW, 1)
+    at = np.arange(4, dtype=np.uint8).reshape(1, 1, 1, 2, 1, 2)     # k of each position in a window
+    d[:, :, :2 * QH, :2 * QW] = (g * (k == at)).reshape(N, F, 2 * QH, 2 * QW)
+    return d
 
 
 # ---------------------------------------------------------------- fully connected
