@@ -16,7 +16,13 @@ and float64 on edge cases (ties, NaN, padding); ``tests/test_kernels.py`` and
 paths. ``cl.use_kernels("reference")`` (or ``CONVLIB_KERNELS=reference``) switches this backend off.
 """
 from .batchnorm import batchnorm_backward, batchnorm_forward
-from .conv import (conv2d_backward, conv2d_forward, conv2d_pool_backward, conv2d_pool_forward, linear_backward,
-                   linear_forward)
+from .conv import (
+    conv2d_backward,
+    conv2d_forward,
+    conv2d_pool_backward,
+    conv2d_pool_forward,
+    linear_backward,
+    linear_forward,
+)
 from .pool import avgpool2d_backward, avgpool2d_forward, maxpool2d_backward, maxpool2d_forward
 from .relu import relu_backward, relu_forward

@@ -327,12 +327,13 @@ def conv2d_forward(x, w, b, stride, padding):
     in cache), so a training step's memory stays near PyTorch's.
     """
     x, cache = _conv_cache(x, w, b, stride, padding)
-    (N, C, _, _), (F, _, KH, KW), wb, (*_, OH, OW) = x.shape, w.shape, cache[2], cache[4]
+    N, F, wb, (*_, OH, OW) = x.shape[0], w.shape[0], cache[2], cache[4]
     out = np.empty((N, F, OH, OW), dtype=x.dtype)
+    bias = wb[:, -1].copy()                                         # (F,)
     if winograd.applies(w.shape, stride, padding):                  # 3x3, stride 1: F(4x4, 3x3)
-        winograd.conv2d(x, winograd.transformed(w.astype(x.dtype, copy=False)), wb[:, -1].copy(), tuple(padding), out)
+        winograd.conv2d(x, winograd.transformed(w.astype(x.dtype, copy=False)), bias, tuple(padding), out)
     elif direct_applies(w.shape, stride):                           # 3x3, stride 1, C <= 3
-        parallel_for(_direct_images, N, x, np.ascontiguousarray(w, dtype=x.dtype), wb[:, -1].copy(), *padding, out, None)
+        parallel_for(_direct_images, N, x, np.ascontiguousarray(w, dtype=x.dtype), bias, *padding, out, None)
     else:
         parallel_for(_conv_images, N, x, wb, cache[4], out.reshape(N, F, OH * OW))
     return out, cache
