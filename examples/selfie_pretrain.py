@@ -46,7 +46,7 @@ def attribute_accuracy(pred, y):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n-images", type=int, default=16000)
-    ap.add_argument("--size", type=int, default=64, help="input size; selfie_train.py must use the same")
+    ap.add_argument("--size", type=int, default=48, help="input size; selfie_train.py must use the same")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--seed", type=int, default=1000, help="generator seed (not selfie_train.py's 0)")
     ap.add_argument("--synthetic-dir", default="data/selfies-pretrain")

@@ -1,7 +1,7 @@
 """Train a ConvNet to tell good selfies from bad ones, then rank them, map them and show the
 rules it learned: a re-creation of "What a Deep Neural Network thinks about your #selfie".
 
-    python examples/selfie_train.py                         # built-in synthetic selfies (~4 min, 2 cores)
+    python examples/selfie_train.py                         # built-in synthetic selfies (~5 min, 2 cores)
     python examples/selfie_train.py --data DIR              # DIR/good/*.jpg and DIR/bad/*.jpg
     python examples/selfie_train.py --selfie-dataset DIR    # the public Selfie dataset layout
     python examples/selfie_train.py --posts posts.csv       # image,user,followers,likes,tags,age_days
@@ -61,7 +61,7 @@ def parse_args(argv=None):
     ap.add_argument("--n-images", type=int, default=16000, help="synthetic selfies to generate")
     ap.add_argument("--out", default=None, help="output folder (default: runs/selfie, or "
                     "runs/selfie-folders, -dataset, -posts for the other data options)")
-    ap.add_argument("--size", type=int, default=64, help="input size (multiple of 16)")
+    ap.add_argument("--size", type=int, default=48, help="input size (multiple of 16)")
     ap.add_argument("--fit", choices=["crop", "squish"], default="crop", help="how images become square")
     ap.add_argument("--epochs", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=32)

@@ -311,7 +311,7 @@ def _direct_grad_images(lo, hi, x, dout, ph, pw, out, arg):
                     g, o, a = dout[n, f, qh], out[n, f, qh], arg[n, f, qh]
                     for qw in range(OW // 2):
                         k = a[qw]
-                        d[u((2 * qh + (k >> 1)) * WP + 2 * qw + (k & 1))] = g[qw] if o[qw] > zero else zero
+                        d[u((2 * qh + (k >> 1)) * WP + 2 * qw + (k & 1))] = g[qw] * x.dtype.type(o[qw] > zero)
             s = zero
             for p in range(L):
                 s += d[p]
@@ -422,7 +422,7 @@ def _unpool(dout, out, arg, size):
     g = (dout * (out > 0)).reshape(N, F, QH, 1, QW, 1)              # (N, F, QH, 1, QW, 1)
     k = arg.reshape(N, F, QH, 1, QW, 1)
     at = np.arange(4, dtype=np.uint8).reshape(1, 1, 1, 2, 1, 2)     # k of each position in a window
-    d[:, :, :2 * QH, :2 * QW] = (g * (k == at)).reshape(N, F, 2 * QH, 2 * QW)
+    d[:, :, :2 * QH, :2 * QW] = np.where(k == at, g, 0).reshape(N, F, 2 * QH, 2 * QW)
     return d
 
 
