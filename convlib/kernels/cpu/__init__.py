@@ -4,7 +4,10 @@ results as ``convlib/kernels/reference.py``; every other op runs the reference's
 What it makes faster, and how:
 
 - ``conv.py``: convolution as im2col + a BLAS product, a few images at a time so the columns
-  stay in the core's cache; Linear's products split over the threads;
+  stay in the core's cache; a direct loop for 1-3 input channels (a net's first layer), which
+  also runs the ReLU and 2x2 max-pool after it in the same pass; Linear's products split over
+  the threads;
+- ``winograd.py``: F(4x4, 3x3) for the 3x3 stride-1 convolutions with 16 or more channels;
 - ``pool.py``: max and average pooling as plain loops (a branch-free 2x2 path);
 - ``relu.py``, ``batchnorm.py``: one pass per element, per-channel sums in float64;
 - ``threads.py``: how the kernels share the cores (a small pool of Python threads running
