@@ -364,14 +364,16 @@ def conv2d_backward(dout, cache, need_dx=True):
     if winograd.applies(wshape, geometry[2:4], padding):             # 3x3, stride 1: F(4x4, 3x3)
         dw, db = winograd.backward(x, dout, wb[:, :K].reshape(wshape), padding, dx)
         return dx, dw, (db if has_bias else None)
+    direct = direct_applies(wshape, geometry[2:4])                  # 3x3, stride 1, C <= 3
+    if direct:
+        dw, db = _direct_grads(x, dout, padding, has_bias, None, None)
+        if not need_dx:
+            return None, dw, db
     dout3 = dout.reshape(N, F, OH * OW)                             # (N, F, OH*OW)
     w2t = np.ascontiguousarray(wb[:, :K].T)                         # (C*KH*KW, F)
-    if direct_applies(wshape, geometry[2:4]):                       # 3x3, stride 1, C <= 3
-        dw, db = _direct_grads(x, dout, padding, has_bias, None, None)
-        if need_dx:                                                 # rare (not a first layer): im2col's, its dw unused
-            parallel_for(_conv_grad_images, N, x, w2t, dout3, geometry, dx)
-        return dx, dw, db
     dwb_t = sum(parallel_for(_conv_grad_images, N, x, w2t, dout3, geometry, dx))  # (C*KH*KW + 1, F)
+    if direct:                                                      # rare (not a first layer): dx from im2col,
+        return dx, dw, db                                           # dw as without dx, from the direct loop
     dw = np.ascontiguousarray(dwb_t[:K].T).reshape(wshape)          # (F, C, KH, KW)
     return dx, dw, (dwb_t[K].copy() if has_bias else None)
 
