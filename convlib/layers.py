@@ -332,18 +332,19 @@ class Conv2d(Layer):
         return dx
 
     def fuse(self, next_layer):
-        """A net's first layer (1-3 input channels) before a ReLU + MaxPool2d runs with them as
-        one op on the CPU, which computes the three in one pass there; not a subclass, whose
-        own forward would be bypassed."""
-        first = type(self) is Conv2d and self.in_channels <= 3 and self.device == "cpu"
-        return _ConvReLUMaxPool(self, next_layer) if first and isinstance(next_layer, _ReLUMaxPool) else None
+        """Before a ReLU + MaxPool2d, on the CPU, a net's first layer (1-3 input channels) runs
+        with them as one op, which computes the three in one pass there; in eval mode every
+        layer does (the pass there keeps nothing, and a backward computes the conv again). Not
+        a subclass, whose own forward would be bypassed."""
+        fuses = type(self) is Conv2d and (self.in_channels <= 3 or not self.training) and self.device == "cpu"
+        return _ConvReLUMaxPool(self, next_layer) if fuses and isinstance(next_layer, _ReLUMaxPool) else None
 
 
 class _ConvReLUMaxPool(Layer):
     """Conv2d, then ReLU + MaxPool2d (``_ReLUMaxPool``), as one op, ``conv2d_pool_forward``: the
     same values and gradients, but a backend may compute them in one pass, so that the
     convolution's full output never goes through memory (the CPU does, for a net's first
-    layer). Built by ``Sequential``, on the CPU."""
+    layer, and in eval mode for Winograd's layers too). Built by ``Sequential``, on the CPU."""
 
     def __init__(self, conv, relu_pool):
         self.conv, self.relu_pool = conv, relu_pool

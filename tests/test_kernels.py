@@ -377,6 +377,53 @@ def test_conv_relu_maxpool_in_one_pass_matches_the_ops_in_turn(dtype, N, C, F, H
                 np.testing.assert_allclose(g, want, **TOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@settings(max_examples=15, deadline=None)
+@given(N=st.integers(1, 3), C=st.sampled_from([16, 24]), F=st.sampled_from([16, 32]), H=st.integers(1, 13),
+       W=st.integers(1, 13), pad=st.integers(0, 2), bias=st.booleans(), nan=st.booleans(), seed=seeds)
+def test_winograd_conv_relu_maxpool_in_one_pass_matches_the_ops_in_turn(dtype, N, C, F, H, W, pad, bias, nan, seed):
+    """Winograd's pooled pass (eval mode's fused layers): every size (partial tiles, odd rows and
+    columns outside every window), every padding, a NaN; bit for bit the CPU's conv then its
+    ReLU + pool (the bias added after the max rounds alike), within float32's Winograd tolerance
+    of the float64 maths; its backward, which computes the conv again, that of the ops in turn."""
+    H, W = max(H, 4 - 2 * pad), max(W, 4 - 2 * pad)                 # a pooled output of at least 1x1
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    if nan:
+        x[N - 1, C - 1, H // 2, W // 2] = np.nan
+    w = (rng.standard_normal((F, C, 3, 3)) / np.sqrt(9 * C)).astype(dtype)
+    b = rng.standard_normal(F).astype(dtype) if bias else None
+    pool = ((2, 2), (2, 2), (0, 0))
+    out, cache = cpu.conv2d_pool_forward(x, w, b, (1, 1), (pad, pad), pool)
+    assert cache[0] == "again" and out.dtype == dtype
+    full, conv_cache = cpu.conv2d_forward(x, w, b, (1, 1), (pad, pad))
+    want, pool_cache = cpu.maxpool2d_forward(full, *pool, relu=True)
+    np.testing.assert_array_equal(out, want)                        # NaNs in the same places
+    if not nan:                                                     # (a tile's transform spreads a NaN further)
+        out_r, _ = _conv_pool_reference(x.astype(float), w.astype(float), None if b is None else b.astype(float),
+                                        (pad, pad), pool)
+        tol = 2e-4 if dtype == np.float32 else 1e-11
+        np.testing.assert_allclose(out, out_r, rtol=0, atol=tol * np.abs(out_r).max())
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    for need_dx in (False, True):
+        got = cpu.conv2d_pool_backward(dout, cache, need_dx)
+        wanted = cpu.conv2d_backward(cpu.maxpool2d_backward(dout, pool_cache), conv_cache, need_dx)
+        for g, want in zip(got, wanted):
+            assert (g is None) == (want is None)
+            if want is not None:
+                np.testing.assert_array_equal(g, want)
+
+
+def test_eval_mode_fused_winograd_gradients_against_central_differences(rng):
+    """float64, an eval-mode Sequential that fuses a Winograd conv with its ReLU + pool: the
+    backward that computes the conv again gives dx, the weights' and the bias's gradients."""
+    import convlib as cl
+    from convlib.gradcheck import check_layer
+    net = cl.Sequential(cl.Conv2d(16, 16, 3, padding=1), cl.ReLU(), cl.MaxPool2d(2)).to(np.float64).eval()
+    assert [type(unit).__name__ for _, unit in net._units()] == ["_ConvReLUMaxPool"]
+    assert set(check_layer(net, rng.standard_normal((2, 16, 7, 6)))) == {"x", "0.weight", "0.bias"}
+
+
 def test_conv_relu_maxpool_gradients_against_central_differences(rng):
     """float64, through a Sequential that fuses the three: dx (the rare path, via the pooled
     gradient spread back out) and the weights' and bias's gradients without dx (one pass)."""

@@ -186,6 +186,29 @@ def test_a_first_conv_runs_fused_with_relu_and_maxpool_with_the_same_values_and_
         np.testing.assert_allclose(p.grad, q.grad, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
+def test_in_eval_mode_every_conv_runs_fused_with_the_same_values_and_gradients(rng):
+    """In eval mode a wider conv (Winograd's, 16 channels) fuses with its ReLU + MaxPool2d too;
+    in training mode it does not. The same outputs, bit for bit, and the same gradients (eval
+    mode's backward computes the conv again: a saliency map's path)."""
+    net = cl.Sequential(cl.Conv2d(3, 16, 3, padding=1), cl.ReLU(), cl.MaxPool2d(2), cl.Conv2d(16, 16, 3, padding=1),
+                        cl.ReLU(), cl.MaxPool2d(2), cl.Flatten())
+    x = rng.standard_normal((2, 3, 12, 10)).astype(np.float32)
+    dout = rng.standard_normal((2, 16 * 3 * 2)).astype(np.float32)
+    runs = {}
+    for mode in ("train", "eval"):
+        net.train(mode == "train")
+        net.zero_grad()
+        out = net(x)
+        runs[mode] = ([type(u).__name__ for _, u in net._plan], out, net.backward(dout),
+                      [p.grad.copy() for p in net.parameters()])
+    assert runs["train"][0] == ["_ConvReLUMaxPool", "Conv2d", "_ReLUMaxPool", "Flatten"]
+    assert runs["eval"][0] == ["_ConvReLUMaxPool", "_ConvReLUMaxPool", "Flatten"]
+    for a, b in zip(runs["train"][1:3], runs["eval"][1:3]):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(runs["train"][3], runs["eval"][3]):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_slicing_a_sequential_shares_the_layers():
     """Catches: a slice that copies layers (the t-SNE features of net[:-1] would use stale weights)."""
     cl.manual_seed(0)

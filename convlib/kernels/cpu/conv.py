@@ -387,17 +387,23 @@ def _direct_grads(x, dout, padding, has_bias, out, arg):
 
 # ---------------------------------------------------------------- conv, ReLU and max-pool together
 def conv2d_pool_forward(x, w, b, stride, padding, pool):
-    """relu(maxpool(conv2d(x))), pool = (kernel, stride, padding) -> out, cache. The direct loop
-    does the three in one pass for a 2x2 pool of stride 2: the convolution's output never leaves
-    the cache, and backward keeps only each window's maximum's place (a byte). Elsewhere the
-    two ops run one after the other."""
-    if direct_applies(w.shape, stride) and pool == ((2, 2), (2, 2), (0, 0)):
+    """relu(maxpool(conv2d(x))), pool = (kernel, stride, padding) -> out, cache. For a 2x2 pool of
+    stride 2, two paths do the three in one pass, so that the convolution's output never goes
+    through memory: the direct loop (1-3 input channels), whose backward keeps only each window's
+    maximum's place (a byte), and Winograd (``layers.Conv2d.fuse`` sends it there in eval mode
+    only), whose backward computes the convolution again (a saliency map's rare case). Elsewhere
+    the two ops run one after the other."""
+    is_2x2 = pool == ((2, 2), (2, 2), (0, 0))
+    if is_2x2 and (direct_applies(w.shape, stride) or winograd.applies(w.shape, stride, padding)):
         x, cache = _conv_cache(x, w, b, stride, padding)
         N, F, (OH, OW) = x.shape[0], w.shape[0], cache[4][6:]
         out = np.empty((N, F, OH // 2, OW // 2), dtype=x.dtype)
+        bias = cache[2][:, -1].copy()                               # (F,)
+        if not direct_applies(w.shape, stride):
+            winograd.conv2d(x, winograd.transformed(w.astype(x.dtype, copy=False)), bias, tuple(padding), None, out)
+            return out, ("again", cache, pool)
         arg = np.empty(out.shape, dtype=np.uint8)                   # each window's first maximum, 0-3
-        parallel_for(_direct_images, N, x, np.ascontiguousarray(w, dtype=x.dtype), cache[2][:, -1].copy(), *padding,
-                     out, arg)
+        parallel_for(_direct_images, N, x, np.ascontiguousarray(w, dtype=x.dtype), bias, *padding, out, arg)
         return out, ("fused", cache, out, arg)
     out, cache = conv2d_forward(x, w, b, stride, padding)
     out, pool_cache = maxpool2d_forward(out, *pool, relu=True)
@@ -407,7 +413,13 @@ def conv2d_pool_forward(x, w, b, stride, padding, pool):
 def conv2d_pool_backward(dout, cache, need_dx=True):
     """dout (N, F, PH, PW), the pooled output's gradient -> dx or None, dw, db or None."""
     kind, conv_cache, *pool_cache = cache
-    if kind == "composed":
+    if kind == "again":                                             # Winograd's pooled pass kept nothing
+        x, wshape, wb, has_bias, geometry = conv_cache
+        K = wb.shape[1] - 1
+        full, _ = conv2d_forward(x, wb[:, :K].reshape(wshape), wb[:, K] if has_bias else None, geometry[2:4],
+                                 geometry[4:6])
+        pool_cache = [maxpool2d_forward(full, *pool_cache[0], relu=True)[1]]
+    if kind != "fused":
         return conv2d_backward(maxpool2d_backward(dout, *pool_cache), conv_cache, need_dx)
     x, _, _, has_bias, geometry = conv_cache
     out, arg = pool_cache

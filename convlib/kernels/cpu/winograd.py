@@ -26,6 +26,7 @@ import numpy as np
 from numba import njit
 from numba import uint64 as u
 
+from .pool import _max2
 from .threads import JIT, parallel_for, workspace
 
 # F(4x4, 3x3): BT (6, 6), G (6, 3), AT (4, 6)
@@ -189,12 +190,14 @@ def _input_tiles(xq, TH, TW, V):
 
 
 @njit(**JIT)
-def _output_tiles(M, bias, n0, TH, TW, out):
+def _output_tiles(M, bias, n0, TH, TW, out, pooled):
     """M (36, F*T), M[xi, f*T + k] for tile k = (n*TH + th)*TW + tw -> out[n0 + n] (F, OH, OW) =
-    AT M A per tile, + bias[f], clipped at the bottom and right edges. The transforms run over
+    AT M A per tile, + bias[f], clipped at the bottom and right edges, unless out is None; and
+    unless pooled is None, pooled[n0 + n] (F, OH//2, OW//2) = relu(2x2 max-pool of that), from the
+    tile while it is in the cache (a 4x4 tile holds four whole windows). The transforms run over
     all F*T values at once, in loops LLVM vectorises; the second writes each tile's four outputs
     of a row side by side, y[a, 4*(f*T + k) + b], so that an output row is then one contiguous copy."""
-    F, OH, OW = out.shape[1], out.shape[2], out.shape[3]
+    F = bias.shape[0]
     L = M.shape[1]
     T = L // F
     s = np.empty((4, 6, L), M.dtype)                                # AT down the tile columns
@@ -215,15 +218,26 @@ def _output_tiles(M, bias, n0, TH, TW, out):
             dst[4 * q + 1] = v1 - v2 + f2 * (v3 - v4)
             dst[4 * q + 2] = v1 + v2 + f4 * (v3 + v4)
             dst[4 * q + 3] = v1 - v2 + f8 * (v3 - v4) + v5
+    zero = M.dtype.type(0)
     for n in range(T // (TH * TW)):                                 # NCHW, with the bias
         for f in range(F):
             bf = bias[f]
             for th in range(TH):
                 k0 = 4 * (f * T + (n * TH + th) * TW)
-                for a in range(min(4, OH - 4 * th)):
-                    dst, src = out[n0 + n, f, 4 * th + a], y[a]
-                    for ow in range(OW):                            # unsigned: LLVM vectorises (conv.py index trap)
-                        dst[ow] = src[u(k0) + u(ow)] + bf
+                if out is not None:
+                    OH, OW = out.shape[2], out.shape[3]
+                    for a in range(min(4, OH - 4 * th)):
+                        dst, src = out[n0 + n, f, 4 * th + a], y[a]
+                        for ow in range(OW):                        # unsigned: LLVM vectorises (conv.py index trap)
+                            dst[ow] = src[u(k0) + u(ow)] + bf
+                if pooled is not None:                              # max(a + b, c + b) = max(a, c) + b, rounded alike
+                    PH, PW = pooled.shape[2], pooled.shape[3]
+                    for a in range(min(2, PH - 2 * th)):
+                        dst, r0, r1 = pooled[n0 + n, f, 2 * th + a], y[2 * a], y[2 * a + 1]
+                        for o in range(PW):
+                            i = u(k0) + u(2 * o)
+                            v = _max2(_max2(r0[i], r0[i + u(1)]), _max2(r1[i], r1[i + u(1)])) + bf
+                            dst[o] = zero if v <= 0 else v
 
 
 @njit(inline="always")
@@ -325,7 +339,7 @@ def _tiles(H, W):
     return -(-H // 4), -(-W // 4)
 
 
-def _conv_group(xq, TH, TW, U, bias, n0, out):
+def _conv_group(xq, TH, TW, U, bias, n0, out, pooled=None):
     """out[n0 + n] = conv3x3 + bias for the m images split into xq (m, HP, 4, P*C) by
     ``_split_columns``: input tiles, the 36 products, output tiles."""
     m, F, C = xq.shape[0], U.shape[1], U.shape[2]
@@ -334,27 +348,27 @@ def _conv_group(xq, TH, TW, U, bias, n0, out):
     M = workspace("wino_m", (36, F, T), xq.dtype)                   # (36, F, T)
     _input_tiles(xq, TH, TW, V.reshape(36, T * C))
     np.matmul(U, V.transpose(0, 2, 1), out=M)                       # 36 products (F, C) @ (C, T)
-    _output_tiles(M.reshape(36, F * T), bias, n0, TH, TW, out)
+    _output_tiles(M.reshape(36, F * T), bias, n0, TH, TW, out, pooled)
 
 
-def conv_groups(lo, hi, x, U, bias, padding, g, out):
+def conv_groups(lo, hi, x, U, bias, padding, g, out, pooled):
     """out[n] = conv3x3(x[n]) + bias for the images of groups [lo, hi) of g images (stride 1,
     ``padding``), by F(4x4, 3x3): x (N, C, H, W), U (36, F, C) from ``filters``, bias (F,),
     out (N, F, OH, OW)."""
     C = x.shape[1]
-    TH, TW = _tiles(*out.shape[2:])
+    TH, TW = _tiles(x.shape[2] + 2 * padding[0] - 2, x.shape[3] + 2 * padding[1] - 2)
     for n0 in range(lo * g, min(hi * g, x.shape[0]), g):
         m = min(g, x.shape[0] - n0)
         xq = workspace("wino_x", (m, 4 * TH + 2, 4, (TW + 2) * C), x.dtype)   # (m, HP, 4, P*C)
         _split_columns(x, n0, *padding, xq)
-        _conv_group(xq, TH, TW, U, bias, n0, out)
+        _conv_group(xq, TH, TW, U, bias, n0, out, pooled)
 
 
-def conv2d(x, U, bias, padding, out):
+def conv2d(x, U, bias, padding, out, pooled=None):
     """out = conv3x3(x) + bias (stride 1, ``padding``) on all threads: x (N, C, H, W), U (36, F, C)
     from ``filters``, bias (F,), out (N, F, OH, OW)."""
     g, groups = group(x.shape, U.shape[1], padding)
-    parallel_for(conv_groups, groups, x, U, bias, padding, g, out)
+    parallel_for(conv_groups, groups, x, U, bias, padding, g, out, pooled)
     return out
 
 
