@@ -7,6 +7,7 @@ ways so that neither library's process settings can flatter the other:
   convlib-first  the same with convlib imported first
 
 plus the peak memory of a training step and the start-up time (cached and cold kernels).
+Inference runs each net in eval mode (torch under no_grad), as a user's predictions do.
 
     python benchmarks/bench_train.py [--batch 32] [--size 64] [--threads 2] [--rounds 5]
     python benchmarks/bench_train.py --protocols separate          # only the headline

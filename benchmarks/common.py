@@ -70,8 +70,10 @@ def convlib_steps(net, x, y, device="cpu"):
         opt.step()
         sync()
 
-    def infer():
+    def infer():                                                    # eval mode, as predict_proba runs
+        net.eval()
         net(x)
+        net.train()
         sync()
     return train, infer
 
@@ -90,9 +92,11 @@ def torch_steps(tnet, x, y, device="cpu"):
         opt.step()
         sync()
 
-    def infer():
+    def infer():                                                    # eval mode too (batch norm, dropout)
+        tnet.eval()
         with torch.no_grad():
             tnet(xt)
+        tnet.train()
         sync()
     return train, infer
 

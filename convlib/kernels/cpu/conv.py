@@ -28,9 +28,11 @@ def _product_rows(lo, hi, a, b, out):
 
 
 def matmul(a, b):
-    """a (M, K) @ b (K, N) -> (M, N), the rows of the product split over the threads."""
+    """a (M, K) @ b (K, N) -> (M, N), the rows of the product split over the threads where it
+    has 8M multiply-adds or more: below that, handing out the shares costs more than they save
+    (the reference net's Linear(1024, 64), 2M at batch 32: 156 us split, 73 in one thread)."""
     out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
-    parallel_for(_product_rows, a.shape[0], a, b, out, work=a.shape[0] * a.shape[1] * b.shape[1] // 32)
+    parallel_for(_product_rows, a.shape[0], a, b, out, work=a.shape[0] * a.shape[1] * b.shape[1] // 256)
     return out
 
 

@@ -219,6 +219,12 @@ def _output_tiles(M, bias, n0, TH, TW, out, pooled):
             dst[4 * q + 2] = v1 + v2 + f4 * (v3 + v4)
             dst[4 * q + 3] = v1 - v2 + f8 * (v3 - v4) + v5
     zero = M.dtype.type(0)
+    z = np.empty((2, 2 * L if pooled is not None else 0), M.dtype)   # the 2x2 windows' maxima: rows 0-1, 2-3,
+    if pooled is not None:                                          # over all tiles in one loop (a pooled row's
+        for a in range(2):
+            r0, r1, dst = y[2 * a], y[2 * a + 1], z[a]
+            for i in range(2 * L):                                  # 4-16 values are too few to vectorise)
+                dst[i] = _max2(_max2(r0[2 * i], r0[2 * i + 1]), _max2(r1[2 * i], r1[2 * i + 1]))
     for n in range(T // (TH * TW)):                                 # NCHW, with the bias
         for f in range(F):
             bf = bias[f]
@@ -233,10 +239,9 @@ def _output_tiles(M, bias, n0, TH, TW, out, pooled):
                 if pooled is not None:                              # max(a + b, c + b) = max(a, c) + b, rounded alike
                     PH, PW = pooled.shape[2], pooled.shape[3]
                     for a in range(min(2, PH - 2 * th)):
-                        dst, r0, r1 = pooled[n0 + n, f, 2 * th + a], y[2 * a], y[2 * a + 1]
+                        dst, src = pooled[n0 + n, f, 2 * th + a], z[a]
                         for o in range(PW):
-                            i = u(k0) + u(2 * o)
-                            v = _max2(_max2(r0[i], r0[i + u(1)]), _max2(r1[i], r1[i + u(1)])) + bf
+                            v = src[u(k0 // 2) + u(o)] + bf
                             dst[o] = zero if v <= 0 else v
 
 
