@@ -7,7 +7,8 @@ What it makes faster, and how:
   stay in the core's cache; a direct loop for 1-3 input channels (a net's first layer), which
   also runs the ReLU and 2x2 max-pool after it in the same pass; Linear's products split over
   the threads;
-- ``winograd.py``: F(4x4, 3x3) for the 3x3 stride-1 convolutions with 16 or more channels;
+- ``winograd.py``: F(4x4, 3x3) for the 3x3 stride-1 convolutions with 16 or more channels (in eval
+  mode with the ReLU and 2x2 max-pool after them pooled from its output tiles);
 - ``pool.py``: max and average pooling as plain loops (a branch-free 2x2 path);
 - ``relu.py``, ``batchnorm.py``: one pass per element, per-channel sums in float64;
 - ``threads.py``: how the kernels share the cores (a small pool of Python threads running

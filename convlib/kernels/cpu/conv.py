@@ -424,7 +424,7 @@ def conv2d_pool_forward(x, w, b, stride, padding, pool):
 def conv2d_pool_backward(dout, cache, need_dx=True):
     """dout (N, F, PH, PW), the pooled output's gradient -> dx or None, dw, db or None."""
     kind, conv_cache, *pool_cache = cache
-    if kind == "again":                                             # Winograd's pooled pass kept nothing
+    if kind == "again":                                             # Winograd pooled: the conv anew from x
         x, wshape, wb, has_bias, geometry = conv_cache
         K = wb.shape[1] - 1
         full, _ = conv2d_forward(x, wb[:, :K].reshape(wshape), wb[:, K] if has_bias else None, geometry[2:4],

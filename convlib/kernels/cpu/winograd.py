@@ -359,7 +359,7 @@ def _conv_group(xq, TH, TW, U, bias, n0, out, pooled=None):
 def conv_groups(lo, hi, x, U, bias, padding, g, out, pooled):
     """out[n] = conv3x3(x[n]) + bias for the images of groups [lo, hi) of g images (stride 1,
     ``padding``), by F(4x4, 3x3): x (N, C, H, W), U (36, F, C) from ``filters``, bias (F,),
-    out (N, F, OH, OW)."""
+    out (N, F, OH, OW) or None; pooled (N, F, OH//2, OW//2) or None gets relu(2x2 max-pool)."""
     C = x.shape[1]
     TH, TW = _tiles(x.shape[2] + 2 * padding[0] - 2, x.shape[3] + 2 * padding[1] - 2)
     for n0 in range(lo * g, min(hi * g, x.shape[0]), g):
@@ -371,7 +371,8 @@ def conv_groups(lo, hi, x, U, bias, padding, g, out, pooled):
 
 def conv2d(x, U, bias, padding, out, pooled=None):
     """out = conv3x3(x) + bias (stride 1, ``padding``) on all threads: x (N, C, H, W), U (36, F, C)
-    from ``filters``, bias (F,), out (N, F, OH, OW)."""
+    from ``filters``, bias (F,), out (N, F, OH, OW) or None; unless None, pooled (N, F, OH//2,
+    OW//2) = relu(2x2 max-pool of that), from the tiles (``_output_tiles``)."""
     g, groups = group(x.shape, U.shape[1], padding)
     parallel_for(conv_groups, groups, x, U, bias, padding, g, out, pooled)
     return out
