@@ -334,7 +334,7 @@ class Conv2d(Layer):
     def fuse(self, next_layer):
         """Before a ReLU + MaxPool2d, on the CPU, a net's first layer (1-3 input channels) runs
         with them as one op, which computes the three in one pass there; in eval mode every
-        layer does (the pass there keeps nothing, and a backward computes the conv again). Not
+        layer does (the pass there keeps only the input; a backward computes the conv again). Not
         a subclass, whose own forward would be bypassed."""
         fuses = type(self) is Conv2d and (self.in_channels <= 3 or not self.training) and self.device == "cpu"
         return _ConvReLUMaxPool(self, next_layer) if fuses and isinstance(next_layer, _ReLUMaxPool) else None
