@@ -600,7 +600,7 @@ class Flatten(Layer):
     def output_shape(self, shape):
         if len(shape) < 2:
             raise ValueError(f"{self!r}: expected input with a batch axis, (N, ...), got {tuple(shape)}")
-        return (shape[0], int(np.prod(shape[1:])))
+        return (shape[0], int(math.prod(shape[1:])))              # np.prod: tens of us after a conv
 
     def forward(self, x):
         self._check(x)

@@ -319,6 +319,21 @@ def test_direct_conv_matches_reference(dtype, N, C, F, H, W, ph, pw, bias, seed)
             np.testing.assert_allclose(db, db_r, **TOL[dtype])
 
 
+@pytest.mark.parametrize("F", [1, 3, 5])
+@pytest.mark.parametrize("pooled", [False, True])
+def test_direct_conv_odd_filter_counts(F, pooled, rng):
+    """The direct loop computes two filters per pass; an odd count's last filter goes alone."""
+    from convlib.kernels.cpu import conv
+    x, w, b = rng.standard_normal((3, 3, 10, 9)), rng.standard_normal((F, 3, 3, 3)), rng.standard_normal(F)
+    out_r, cache_r = ref.conv2d_forward(x, w, b, (1, 1), (1, 1))
+    if pooled:
+        out_r, _ = ref.maxpool2d_forward(out_r, (2, 2), (2, 2), (0, 0), relu=True)
+        out_c, _ = conv.conv2d_pool_forward(x, w, b, (1, 1), (1, 1), ((2, 2), (2, 2), (0, 0)))
+    else:
+        out_c, _ = conv.conv2d_forward(x, w, b, (1, 1), (1, 1))
+    np.testing.assert_allclose(out_c, out_r, rtol=1e-12, atol=1e-12)
+
+
 def test_direct_conv_weight_gradient_against_central_differences(rng):
     """float64: the first layer of a net, whose backward asks for no input gradient, so the
     weights' and bias's gradients come from the direct loop."""

@@ -180,8 +180,8 @@ def _conv_grad_images(lo, hi, x, w2t, dout, geometry, dx):
 # 28 rows), and the columns are 9x the image. The direct loop reads the padded image instead:
 # laid out flat, output pixel (oh, ow) sits at position p = oh*WP + ow of the padded plane (WP
 # its width) and its 3x3 window at p + i*WP + j, so one loop over p, in which LLVM vectorises
-# nine multiply-adds, covers the whole plane (the two columns past each row's end are computed
-# and dropped).
+# eighteen multiply-adds (two filters'), covers the whole plane (the two columns past each row's
+# end are computed and dropped).
 def direct_applies(w_shape, stride):
     """Whether the direct loop runs a convolution of weights (F, C, KH, KW) with this stride:
     3x3, stride 1, at most 3 input channels (grey or RGB images; from 4 on im2col measured as
@@ -192,34 +192,45 @@ def direct_applies(w_shape, stride):
 
 
 @njit(inline="always")
-def _taps(x, p, WP, k):
-    """The 3x3 window at flat position p of a padded plane x (HP*WP,) times the weights k (9 values)."""
+def _taps(x, p, WP, k, m, a, b):
+    """The 3x3 window at flat position p of a padded plane x (HP*WP,) times two filters' weights k
+    and m (9 values each), added to a and b. Two filters share each of the nine reads of x: one
+    filter's loop made ten reads (and a store) for nine multiply-adds, two make eleven for
+    eighteen (docs/performance.md has the times)."""
     r1, r2 = u(WP), u(2 * WP)
-    return (k[0] * x[p] + k[1] * x[p + u(1)] + k[2] * x[p + u(2)]
-            + k[3] * x[p + r1] + k[4] * x[p + r1 + u(1)] + k[5] * x[p + r1 + u(2)]
-            + k[6] * x[p + r2] + k[7] * x[p + r2 + u(1)] + k[8] * x[p + r2 + u(2)])
+    x0, x1, x2 = x[p], x[p + u(1)], x[p + u(2)]
+    x3, x4, x5 = x[p + r1], x[p + r1 + u(1)], x[p + r1 + u(2)]
+    x6, x7, x8 = x[p + r2], x[p + r2 + u(1)], x[p + r2 + u(2)]
+    return (a + k[0] * x0 + k[1] * x1 + k[2] * x2 + k[3] * x3 + k[4] * x4 + k[5] * x5 + k[6] * x6 + k[7] * x7
+            + k[8] * x8,
+            b + m[0] * x0 + m[1] * x1 + m[2] * x2 + m[3] * x3 + m[4] * x4 + m[5] * x5 + m[6] * x6 + m[7] * x7
+            + m[8] * x8)
 
 
 @njit(inline="always")
-def _plane(xp, w, f, bf, WP, L, acc):
-    """acc[p] (HP*WP,) = bf + the 3x3 convolution of the padded image xp (C, HP, WP) with the
-    filter w[f] (C, 3, 3), at the flat positions p < L (the plane's outputs, and the gaps)."""
+def _planes(xp, w, b, f, g, WP, L, acc):
+    """acc[0] and acc[1] (each HP*WP,) = b[f] + the 3x3 convolution of the padded image xp (C, HP,
+    WP) with the filter w[f] (C, 3, 3), and the same for g, at the flat positions p < L (the
+    plane's outputs, and the gaps)."""
+    a0, a1 = acc[0], acc[1]
     for c in range(xp.shape[0]):
-        wc, xc = w[f, c].ravel(), xp[c].ravel()
-        k = (wc[0], wc[1], wc[2], wc[3], wc[4], wc[5], wc[6], wc[7], wc[8])   # held, not re-read
+        kc, mc, xc = w[f, c].ravel(), w[g, c].ravel(), xp[c].ravel()
+        k = (kc[0], kc[1], kc[2], kc[3], kc[4], kc[5], kc[6], kc[7], kc[8])   # held, not re-read
+        m = (mc[0], mc[1], mc[2], mc[3], mc[4], mc[5], mc[6], mc[7], mc[8])
         if c == 0:
+            bf, bg = b[f], b[g]
             for p in range(L):
-                acc[p] = bf + _taps(xc, p, WP, k)
+                a0[p], a1[p] = _taps(xc, p, WP, k, m, bf, bg)
         else:
             for p in range(L):
-                acc[p] += _taps(xc, p, WP, k)
+                a0[p], a1[p] = _taps(xc, p, WP, k, m, a0[p], a1[p])
 
 
 @njit(inline="always")
 def _plane_grads(xp, d, WP, L, dwf):
     """dwf (C, 9) += for each channel c the sums over p < L of d[p] times the padded xp[c] at
     p + i*WP + j, j + 3*i the column: the gradient of one filter's weights from one image's
-    output gradient d, laid out flat as ``_plane`` lays out its output."""
+    output gradient d, laid out flat as ``_planes`` lays out its output."""
     zero = d.dtype.type(0)
     for c in range(xp.shape[0]):
         xc, r1, r2 = xp[c].ravel(), u(WP), u(2 * WP)
@@ -269,13 +280,15 @@ def _direct_images(lo, hi, x, w, b, ph, pw, out, arg):
     HP, WP = H + 2 * ph, W + 2 * pw
     OH, OW = HP - 2, WP - 2
     xp = np.empty((C, HP, WP), x.dtype)                             # (C, HP, WP): x[n], zero-padded
-    acc = np.empty(HP * WP, x.dtype)                                # (HP*WP,): one output plane, flat
+    planes = np.empty((2, HP * WP), x.dtype)                        # (2, HP*WP): two output planes, flat
     L = u((OH - 1) * WP + OW)                                       # the positions that hold outputs
     zero = x.dtype.type(0)
     for n in range(lo, hi):
         _pad(x[n], ph, pw, xp)
         for f in range(F):
-            _plane(xp, w, f, b[f], WP, L, acc)
+            if f % 2 == 0:                                          # filters f and f + 1 (f again if F is odd)
+                _planes(xp, w, b, f, min(f + 1, F - 1), WP, L, planes)
+            acc = planes[f % 2]
             if arg is None:
                 for oh in range(OH):
                     dst, row = out[n, f, oh], u(oh * WP)

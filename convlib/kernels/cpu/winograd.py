@@ -73,6 +73,17 @@ def filters(w):
 _kept = {}                                                          # id(w) -> (a copy of w, filters(w))
 
 
+@njit(**JIT)
+def _same(a, b):
+    """Whether arrays a and b of one shape hold the same values (NaN differs from itself, as in
+    np.array_equal): one pass, without np.array_equal's array of booleans."""
+    a, b = a.ravel(), b.ravel()
+    differ = False
+    for i in range(a.size):
+        differ |= a[i] != b[i]
+    return not differ
+
+
 def transformed(w):
     """``filters(w)`` for a layer's weights w (F, C, 3, 3), kept while w holds the same values:
     inference runs a net again and again on weights that do not change (the crop search: ten
@@ -80,7 +91,7 @@ def transformed(w):
     it. The values are compared in full every time, so weights changed in place (an optimizer
     step) or a new array at a reused id are transformed anew."""
     kept = _kept.get(id(w))
-    if kept is not None and kept[0].shape == w.shape and kept[0].dtype == w.dtype and np.array_equal(kept[0], w):
+    if kept is not None and kept[0].shape == w.shape and kept[0].dtype == w.dtype and _same(kept[0], w):
         return kept[1]
     U = filters(w)
     if len(_kept) >= 64:                                            # a bound for nets made and dropped
