@@ -325,7 +325,7 @@ def test_direct_conv_odd_filter_counts(F, pooled, rng):
     """The direct loop computes two filters per pass; an odd count's last filter goes alone."""
     from convlib.kernels.cpu import conv
     x, w, b = rng.standard_normal((3, 3, 10, 9)), rng.standard_normal((F, 3, 3, 3)), rng.standard_normal(F)
-    out_r, cache_r = ref.conv2d_forward(x, w, b, (1, 1), (1, 1))
+    out_r, _ = ref.conv2d_forward(x, w, b, (1, 1), (1, 1))
     if pooled:
         out_r, _ = ref.maxpool2d_forward(out_r, (2, 2), (2, 2), (0, 0), relu=True)
         out_c, _ = conv.conv2d_pool_forward(x, w, b, (1, 1), (1, 1), ((2, 2), (2, 2), (0, 0)))
