@@ -226,11 +226,6 @@ class Layer:
         params = self.parameters()
         return device_of(params[0].data) if params else "cpu"
 
-    def fuse(self, next_layer):
-        """A layer computing this one and ``next_layer`` together, with the same values and
-        gradients but cheaper, or None. ``Sequential`` asks each layer about the next one."""
-        return None
-
     def zero_grad(self):
         for p in self.parameters():
             p.zero_grad()
@@ -329,44 +324,6 @@ class Conv2d(Layer):
         a first layer's input gradient is rarely wanted and costs a third of its backward)."""
         dx, dw, db = ops.conv2d_backward(dout, self._saved(dout), need_dx)
         self._add_grads(dw, db)
-        return dx
-
-    def fuse(self, next_layer):
-        """Before a ReLU + MaxPool2d, on the CPU, a net's first layer (1-3 input channels) runs
-        with them as one op, which computes the three in one pass there; in eval mode every
-        layer does (the pass there keeps only the input; a backward computes the conv again). Not
-        a subclass, whose own forward would be bypassed."""
-        fuses = type(self) is Conv2d and (self.in_channels <= 3 or not self.training) and self.device == "cpu"
-        return _ConvReLUMaxPool(self, next_layer) if fuses and isinstance(next_layer, _ReLUMaxPool) else None
-
-
-class _ConvReLUMaxPool(Layer):
-    """Conv2d, then ReLU + MaxPool2d (``_ReLUMaxPool``), as one op, ``conv2d_pool_forward``: the
-    same values and gradients, but a backend may compute them in one pass, so that the
-    convolution's full output never goes through memory (the CPU does, for a net's first
-    layer, and in eval mode for Winograd's layers too). Built by ``Sequential``, on the CPU."""
-
-    def __init__(self, conv, relu_pool):
-        self.conv, self.relu_pool = conv, relu_pool
-
-    def __repr__(self):
-        return f"{self.conv!r} + {self.relu_pool!r}"
-
-    def output_shape(self, shape):
-        return self.relu_pool.output_shape(self.conv.output_shape(shape))
-
-    def forward(self, x):
-        self.conv._check(x)                                         # dtype and device, as the conv's
-        self._check(x)
-        conv, pool = self.conv, self.relu_pool.pool
-        b = conv.bias.data if conv.bias is not None else None
-        out, self._cache = ops.conv2d_pool_forward(x, conv.weight.data, b, conv.stride, conv.padding,
-                                                   (pool.kernel_size, pool.stride, pool.padding))
-        return out
-
-    def backward(self, dout, need_dx=True):
-        dx, dw, db = ops.conv2d_pool_backward(dout, self._saved(dout), need_dx)
-        self.conv._add_grads(dw, db)
         return dx
 
 
@@ -498,35 +455,6 @@ class ReLU(_Pointwise):
 
     def _backward(self, dout, cache):
         return ops.relu_backward(dout, cache)
-
-    def fuse(self, next_layer):
-        return _ReLUMaxPool(self, next_layer) if isinstance(next_layer, MaxPool2d) else None
-
-
-class _ReLUMaxPool(Layer):
-    """ReLU then MaxPool2d, run as relu(maxpool(x)): max commutes with the monotone ReLU, so the
-    ReLU works on the pooled map (a quarter of the size for 2x2 pools) and saves two passes over
-    the full one. Gradients are the same too: where a window's maximum is positive both send
-    dout to its first maximum; where it is <= 0 (or NaN) both send zero. One op,
-    ``maxpool2d_forward(..., relu=True)``, which a backend may run in one pass. Built by ``Sequential``."""
-
-    def __init__(self, relu, pool):
-        self.relu, self.pool = relu, pool
-
-    def __repr__(self):
-        return f"{self.relu!r} + {self.pool!r}"
-
-    def output_shape(self, shape):
-        return self.pool.output_shape(shape)
-
-    def forward(self, x):
-        self._check(x)
-        out, self._cache = ops.maxpool2d_forward(x, self.pool.kernel_size, self.pool.stride,
-                                                            self.pool.padding, relu=True)
-        return out
-
-    def backward(self, dout, need_dx=True):
-        return ops.maxpool2d_backward(dout, self._saved(dout))
 
 
 class LeakyReLU(_Pointwise):

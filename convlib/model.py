@@ -1,6 +1,7 @@
 """Containers: ``Sequential`` (a chain of layers) and ``Residual`` (a block with a skip connection)."""
 import numpy as np
 
+from .fused import fuse
 from .kernels import reference as ops
 from .layers import Layer
 
@@ -49,13 +50,17 @@ class Sequential(Layer):
 
     def _units(self):
         """[(index, unit)]: the layers in order, where a layer and the next unit can run together
-        (``Layer.fuse``: a ReLU before a MaxPool2d, a Conv2d before those two) one fused unit at
-        the first one's index; merged from the end, so that a fused unit can fuse again."""
+        (``fused.fuse``: a ReLU before a MaxPool2d; on the CPU a Conv2d before an eval-mode
+        BatchNorm2d or those two) one fused unit at the first one's index; merged from the end,
+        and a unit just made is asked again about the unit after it."""
         units = list(enumerate(self.layers))
-        for k in range(len(units) - 2, -1, -1):
-            fused = units[k][1].fuse(units[k + 1][1])
-            if fused is not None:
-                units[k:k + 2] = [(units[k][0], fused)]
+        k = len(units) - 2
+        while k >= 0:
+            made = fuse(units[k][1], units[k + 1][1]) if k + 1 < len(units) else None
+            if made is None:
+                k -= 1
+            else:
+                units[k:k + 2] = [(units[k][0], made)]
         return units
 
     def _run(self, units, method, arg, input_grad=True):

@@ -247,7 +247,7 @@ def _header_file(tmp_path, arch, arrays=None):
     return path
 
 
-@pytest.mark.parametrize("name", ["Layer", "Parameter", "_Pool2d", "_ReLUMaxPool", "np", "math", "Sequentia"])
+@pytest.mark.parametrize("name", ["Layer", "Parameter", "_Pool2d", "ConvUnit", "np", "math", "Sequentia"])
 def test_a_model_file_can_only_name_public_layers(tmp_path, name):
     path = _header_file(tmp_path, {"type": "Sequential", "layers": [{"type": name}]})
     with pytest.raises(ValueError, match=f"unknown layer type '{name}'"):

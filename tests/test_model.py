@@ -142,14 +142,14 @@ def test_cuda_request_without_gpu_is_a_clear_error(monkeypatch):
 def test_relu_before_maxpool_runs_fused_with_the_same_values_and_gradients(rng, pool):
     """Sequential runs ReLU then MaxPool2d as relu(maxpool(x)); with ties, zeros, all-negative
     windows and a NaN, values and input gradients equal the layers run one by one."""
-    from convlib.layers import _ReLUMaxPool
+    from convlib.fused import ReLUMaxPool
     x = rng.integers(-2, 3, (3, 2, 6, 6)).astype(np.float64)
     x[0, 0, 0, 0] = np.nan
     x[1, 1, :2, :2] = -1                                             # a window with no positive value
     layers = [cl.ReLU(), cl.MaxPool2d(pool[0], pool[1], pool[2]), cl.Flatten()]
     net = cl.Sequential(*layers)
     out = net(x)
-    assert isinstance(net._plan[0][1], _ReLUMaxPool) and len(net._plan) == 2
+    assert isinstance(net._plan[0][1], ReLUMaxPool) and len(net._plan) == 2
     dout = rng.standard_normal(out.shape)
     dx = net.backward(dout)
     a = x
@@ -175,8 +175,8 @@ def test_a_first_conv_runs_fused_with_relu_and_maxpool_with_the_same_values_and_
                           cl.MaxPool2d(2), cl.Flatten()) for conv in (cl.Conv2d, MyConv)]
     nets[1].load_state_dict(nets[0].state_dict())
     outs = [net(x) for net in nets]
-    assert [type(u).__name__ for _, u in nets[0]._plan] == ["_ConvReLUMaxPool", "Conv2d", "_ReLUMaxPool", "Flatten"]
-    assert [type(u).__name__ for _, u in nets[1]._plan] == ["MyConv", "_ReLUMaxPool", "Conv2d", "_ReLUMaxPool",
+    assert [type(u).__name__ for _, u in nets[0]._plan] == ["ConvUnit", "Conv2d", "ReLUMaxPool", "Flatten"]
+    assert [type(u).__name__ for _, u in nets[1]._plan] == ["MyConv", "ReLUMaxPool", "Conv2d", "ReLUMaxPool",
                                                             "Flatten"]
     dout = rng.standard_normal(outs[0].shape).astype(np.float32)
     dxs = [net.backward(dout) for net in nets]
@@ -201,12 +201,89 @@ def test_in_eval_mode_every_conv_runs_fused_with_the_same_values_and_gradients(r
         out = net(x)
         runs[mode] = ([type(u).__name__ for _, u in net._plan], out, net.backward(dout),
                       [p.grad.copy() for p in net.parameters()])
-    assert runs["train"][0] == ["_ConvReLUMaxPool", "Conv2d", "_ReLUMaxPool", "Flatten"]
-    assert runs["eval"][0] == ["_ConvReLUMaxPool", "_ConvReLUMaxPool", "Flatten"]
+    assert runs["train"][0] == ["ConvUnit", "Conv2d", "ReLUMaxPool", "Flatten"]
+    assert runs["eval"][0] == ["ConvUnit", "ConvUnit", "Flatten"]
     for a, b in zip(runs["train"][1:3], runs["eval"][1:3]):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(runs["train"][3], runs["eval"][3]):
         np.testing.assert_array_equal(a, b)
+
+
+def _bn_net(first_channels, bias=True, seed=0):
+    """Conv-BN-ReLU-MaxPool, then a Winograd-wide Conv-BN-ReLU, batch norms with statistics,
+    scales and shifts far from their defaults (a fold that skipped one would show)."""
+    cl.manual_seed(seed)
+    net = cl.Sequential(cl.Conv2d(first_channels, 16, 3, padding=1, bias=bias), cl.BatchNorm2d(16), cl.ReLU(),
+                        cl.MaxPool2d(2), cl.Conv2d(16, 16, 3, padding=1), cl.BatchNorm2d(16), cl.ReLU(), cl.Flatten())
+    rng = np.random.default_rng(seed)
+    for bn in (net[1], net[5]):
+        bn.running_mean[:], bn.running_var[:] = rng.standard_normal(16), rng.uniform(0.2, 3, 16)
+        bn.weight.data[:], bn.bias.data[:] = rng.standard_normal(16), rng.standard_normal(16)
+    return net
+
+
+@pytest.mark.parametrize("first_channels", [1, 16], ids=["direct first layer", "Winograd"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no bias"])
+def test_in_eval_mode_batch_norm_folds_into_the_conv_with_the_same_values_and_gradients(rng, first_channels, bias):
+    """On the CPU in eval mode a BatchNorm2d after a Conv2d is folded into its weights (and the
+    ReLU + MaxPool2d after them join too); float64 values and every gradient (dx, the conv's
+    and the batch norm's) equal the layers run one by one; in training mode nothing folds."""
+    net = _bn_net(first_channels, bias).to(np.float64).eval()
+    x = rng.standard_normal((3, first_channels, 12, 10))
+    out = net(x)
+    assert [repr(u).count(" + ") for _, u in net._plan] == [3, 1, 0, 0]     # conv + bn + relu + pool, conv + bn
+    assert [type(u).__name__ for _, u in net._plan] == ["ConvUnit", "ConvUnit", "ReLU", "Flatten"]
+    dout = rng.standard_normal(out.shape)
+    net.zero_grad()
+    dx = net.backward(dout)
+    grads = {n: p.grad.copy() for n, p in net.named_parameters()}
+    a = x
+    for layer in net:                                               # unfused: one by one
+        a = layer(a)
+    d = dout
+    net.zero_grad()
+    for layer in reversed(list(net)):
+        d = layer.backward(d)
+    np.testing.assert_allclose(out, a, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx, d, rtol=1e-10, atol=1e-12)
+    assert set(grads) == {n for n, _ in net.named_parameters()}
+    for name, p in net.named_parameters():
+        np.testing.assert_allclose(grads[name], p.grad, rtol=1e-10, atol=1e-12, err_msg=name)
+    net.train()
+    net(x)
+    assert "BatchNorm2d" in [type(u).__name__ for _, u in net._plan]
+
+
+def test_a_folded_batch_norm_against_central_differences(rng):
+    """float64: dx and the gradients of the conv's and the batch norm's parameters of an
+    eval-mode conv + batch norm (one unit) and of one with ReLU + MaxPool2d (the direct loop)."""
+    for net, x in ((cl.Sequential(*_bn_net(16)[4:6]), rng.standard_normal((2, 16, 7, 6))),
+                   (cl.Sequential(*_bn_net(1)[:4]), rng.standard_normal((2, 1, 8, 6)))):
+        net = net.to(np.float64).eval()
+        assert [type(u).__name__ for _, u in net._units()] == ["ConvUnit"]
+        assert set(check_layer(net, x)) == {"x", "0.weight", "0.bias", "1.weight", "1.bias"}
+
+
+def test_a_batch_norm_folds_only_where_its_layers_would_give_the_same():
+    """No fold for a Conv2d subclass, a batch norm in training mode, or one of another width
+    (which still raises its own error); float32 eval outputs match the unfolded layers."""
+    class MyConv(cl.Conv2d):
+        pass
+
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    net = _bn_net(3).eval()
+    folded = net(x)
+    assert [type(u).__name__ for _, u in net._plan][0] == "ConvUnit"
+    a = x
+    for layer in net:
+        a = layer(a)
+    np.testing.assert_allclose(folded, a, rtol=1e-5, atol=1e-5)
+    mine = cl.Sequential(MyConv(3, 16, 3, padding=1), cl.BatchNorm2d(16), cl.ReLU()).eval()
+    mine(x)
+    assert [type(u).__name__ for _, u in mine._plan] == ["MyConv", "BatchNorm2d", "ReLU"]
+    wrong = cl.Sequential(cl.Conv2d(3, 16, 3, padding=1), cl.BatchNorm2d(8)).eval()
+    with pytest.raises(ValueError, match=r"layer 1: BatchNorm2d.*expected input of shape \(N, 8, H, W\)"):
+        wrong(x)
 
 
 def test_slicing_a_sequential_shares_the_layers():

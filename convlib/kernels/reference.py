@@ -69,7 +69,7 @@ def conv2d_backward(dout, cache, need_dx=True):
 @op
 def conv2d_pool_forward(x, w, b, stride, padding, pool):
     """relu(maxpool2d(conv2d(x))) with pool = (kernel, stride, padding) -> out, cache: one op, so
-    that a backend can do the three in one pass (``layers.Conv2d.fuse``); here, the ops in turn."""
+    that a backend can do the three in one pass (``fused.fuse``); here, the ops in turn."""
     out, conv_cache = conv2d_forward(x, w, b, stride, padding)
     out, pool_cache = maxpool2d_forward(out, *pool, relu=True)
     return out, (conv_cache, pool_cache)
@@ -90,7 +90,7 @@ def maxpool2d_forward(x, kernel, stride, padding, relu=False):
     The cache keeps, per output, the flat index into the padded input of the *first*
     maximum of its window, so ties send the gradient to one place, as torch does.
     With relu, out = relu(maxpool(x)) (= maxpool(relu(x)): max commutes with the monotone ReLU),
-    one op so that a backend can do both in one pass (``layers.ReLU.fuse``).
+    one op so that a backend can do both in one pass (``fused.fuse``).
     """
     (KH, KW), (sh, sw), (ph, pw) = kernel, stride, padding
     N, C, H, W = x.shape

@@ -414,7 +414,7 @@ def conv2d_pool_forward(x, w, b, stride, padding, pool):
     """relu(maxpool(conv2d(x))), pool = (kernel, stride, padding) -> out, cache. For a 2x2 pool of
     stride 2, two paths do the three in one pass, so that the convolution's output never goes
     through memory: the direct loop (1-3 input channels), whose backward keeps only each window's
-    maximum's place (a byte), and Winograd (``layers.Conv2d.fuse`` sends it there in eval mode
+    maximum's place (a byte), and Winograd (``fused.fuse`` sends it there in eval mode
     only), whose backward computes the convolution again (a saliency map's rare case). Elsewhere
     the two ops run one after the other."""
     is_2x2 = pool == ((2, 2), (2, 2), (0, 0))
