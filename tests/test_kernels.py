@@ -368,15 +368,19 @@ def _conv_pool_reference(x, w, b, padding, pool):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @settings(max_examples=20, deadline=None)
 @given(N=st.integers(1, 3), C=st.integers(1, 3), F=st.integers(1, 4), H=st.integers(1, 15), W=st.integers(1, 15),
-       pad=st.integers(0, 2), ties=st.booleans(), bias=st.booleans(), seed=seeds)
-def test_conv_relu_maxpool_in_one_pass_matches_the_ops_in_turn(dtype, N, C, F, H, W, pad, ties, bias, seed):
+       pad=st.integers(0, 2), ties=st.booleans(), bias=st.booleans(), nan=st.booleans(), seed=seeds)
+def test_conv_relu_maxpool_in_one_pass_matches_the_ops_in_turn(dtype, N, C, F, H, W, pad, ties, bias, nan, seed):
     """The first layer's fused path: odd sizes (a last row or column outside every window),
-    ties (small integers everywhere, so that the sums are exact and tie in every order), every
-    padding; forward, and backward with and without dx."""
+    ties (small integers everywhere, so that the sums are exact and tie in every order), a NaN
+    (forward only: the first NaN of a window wins, as the pool's; where gradients meet the NaN
+    they hold NaN in whatever places their sums' order gives), every padding; forward, and
+    backward with and without dx."""
     H, W = max(H, 4 - 2 * pad), max(W, 4 - 2 * pad)                 # a pooled output of at least 1x1
     rng = np.random.default_rng(seed)
     draw = (lambda shape: rng.integers(-2, 3, shape).astype(float)) if ties else rng.standard_normal
     x, w, b = draw((N, C, H, W)), draw((F, C, 3, 3)), draw(F) if bias else None
+    if nan:
+        x[0, 0, rng.integers(H), rng.integers(W)] = np.nan
     pool = ((2, 2), (2, 2), (0, 0))
     out_r, backward_r = _conv_pool_reference(x, w, b, (pad, pad), pool)
     cast = (lambda a: None if a is None else a.astype(dtype))
@@ -384,7 +388,7 @@ def test_conv_relu_maxpool_in_one_pass_matches_the_ops_in_turn(dtype, N, C, F, H
     assert cache[0] == "fused" and out_c.dtype == dtype
     np.testing.assert_allclose(out_c, out_r, **TOL[dtype])
     dout = rng.standard_normal(out_r.shape)
-    for need_dx in (False, True):
+    for need_dx in () if nan else (False, True):
         got = cpu.conv2d_pool_backward(cast(dout), cache, need_dx)
         for g, want in zip(got, backward_r(dout, need_dx)):
             assert (g is None) == (want is None)

@@ -18,7 +18,7 @@ from numba import uint64 as u
 
 from ..reference import out_size
 from . import winograd
-from .pool import _max2, maxpool2d_backward, maxpool2d_forward
+from .pool import _beats, maxpool2d_backward, maxpool2d_forward
 from .threads import JIT, parallel_for, workspace
 
 
@@ -179,9 +179,9 @@ def _conv_grad_images(lo, hi, x, w2t, dout, geometry, dx):
 # With C*9 + 1 rows im2col's product is too thin for BLAS's speed (the first layer of an RGB net:
 # 28 rows), and the columns are 9x the image. The direct loop reads the padded image instead:
 # laid out flat, output pixel (oh, ow) sits at position p = oh*WP + ow of the padded plane (WP
-# its width) and its 3x3 window at p + i*WP + j, so one loop over p, in which LLVM vectorises
-# eighteen multiply-adds (two filters'), covers the whole plane (the two columns past each row's
-# end are computed and dropped).
+# its width, rounded up to even) and its 3x3 window at p + i*WP + j, so one loop over p, in which
+# LLVM vectorises eighteen multiply-adds (two filters'), covers the whole plane (the two or three
+# columns past each row's end are computed and dropped).
 def direct_applies(w_shape, stride):
     """Whether the direct loop runs a convolution of weights (F, C, KH, KW) with this stride:
     3x3, stride 1, at most 3 input channels (grey or RGB images; from 4 on im2col measured as
@@ -258,17 +258,6 @@ def _plane_grads(xp, d, WP, L, dwf):
         g[8] += s8
 
 
-@njit(inline="always")
-def _first(v0, v1, v2, best):
-    """The place 0-3 of the first of v0, v1, v2, v3 that is best, their first maximum (a NaN
-    best: the first NaN), in integer arithmetic: no branch, where selects of pairs (value,
-    place) left rows of 10-28 windows to branchy scalar code (docs/performance.md)."""
-    n0 = 1 - ((v0 == best) | (v0 != v0) & (best != best))
-    n1 = 1 - ((v1 == best) | (v1 != v1) & (best != best))
-    n2 = 1 - ((v2 == best) | (v2 != v2) & (best != best))
-    return np.uint8(n0 * (1 + n1 * (1 + n2)))
-
-
 @njit(fastmath={"contract", "reassoc"}, **JIT)
 def _direct_images(lo, hi, x, w, b, ph, pw, out, arg):
     """For n in [lo, hi), with x (N, C, H, W), w (F, C, 3, 3), b (F,), stride 1: with arg None,
@@ -279,10 +268,14 @@ def _direct_images(lo, hi, x, w, b, ph, pw, out, arg):
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     HP, WP = H + 2 * ph, W + 2 * pw
     OH, OW = HP - 2, WP - 2
+    WP += WP % 2                                                    # rows of even length: pairs of places align
     xp = np.empty((C, HP, WP), x.dtype)                             # (C, HP, WP): x[n], zero-padded
     planes = np.empty((2, HP * WP), x.dtype)                        # (2, HP*WP): two output planes, flat
     L = u((OH - 1) * WP + OW)                                       # the positions that hold outputs
-    zero = x.dtype.type(0)
+    QH, QW, R = OH // 2, OW // 2, u(WP // 2)                        # windows down and across; pairs in a row
+    pairs = np.empty((2, QH * WP), x.dtype)                         # (2, QH*WP): max of each pair, which won
+    tops = np.empty((2, QH * WP), x.dtype)                          # (2, QH*WP): each window's max, its place
+    zero, one, two = x.dtype.type(0), x.dtype.type(1), x.dtype.type(2)
     for n in range(lo, hi):
         _pad(x[n], ph, pw, xp)
         for f in range(F):
@@ -294,14 +287,21 @@ def _direct_images(lo, hi, x, w, b, ph, pw, out, arg):
                     dst, row = out[n, f, oh], u(oh * WP)
                     for ow in range(u(OW)):
                         dst[ow] = acc[row + ow]
-            else:
-                for qh in range(OH // 2):
-                    r0, r1, o, a = acc[2 * qh * WP:], acc[(2 * qh + 1) * WP:], out[n, f, qh], arg[n, f, qh]
-                    for qw in range(OW // 2):
-                        v0, v1, v2, v3 = r0[2 * qw], r0[2 * qw + 1], r1[2 * qw], r1[2 * qw + 1]
-                        best = _max2(_max2(v0, v1), _max2(v2, v3))
-                        o[qw] = zero if best <= 0 else best         # the ReLU, as pool.py's
-                        a[qw] = _first(v0, v1, v2, best)
+            else:                                                   # flat passes of two or three arrays, which
+                pm, pk, tm, tk = pairs[0], pairs[1], tops[0], tops[1]   # LLVM vectorises (rows of 10-14 it did not)
+                for q in range(u(QH * WP)):                         # the pair of places 2q, 2q + 1 (row 2q // WP)
+                    a0, a1 = acc[2 * q], acc[2 * q + u(1)]
+                    later = _beats(a1, a0)
+                    pm[q], pk[q] = (a1, one) if later else (a0, zero)
+                for q in range(u(QH * WP) - R):                     # q = qh*WP + qw: a window's top pair; the
+                    later = _beats(pm[q + R], pm[q])                # pair below it is R = WP/2 further on
+                    tm[q], tk[q] = (pm[q + R], two + pk[q + R]) if later else (pm[q], pk[q])
+                for qh in range(QH):
+                    o, a, k = out[n, f, qh], arg[n, f, qh], u(qh * WP)
+                    for qw in range(u(QW)):
+                        v = tm[k + qw]
+                        o[qw] = zero if v <= 0 else v               # the ReLU, as pool.py's
+                        a[qw] = np.uint8(tk[k + qw])
 
 
 @njit(fastmath={"contract", "reassoc"}, **JIT)
