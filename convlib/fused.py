@@ -29,7 +29,7 @@ def fuse(layer, next_layer):
     if type(conv) is not Conv2d or conv.device != "cpu":
         return None
     bn = next_layer
-    if layer is conv and isinstance(bn, BatchNorm2d) and not bn.training and \
+    if layer is conv and isinstance(bn, BatchNorm2d) and not bn.training and bn.device == "cpu" and \
             bn.num_features == conv.out_channels and bn.dtype == conv.dtype:
         return ConvUnit(conv, bn, None)
     if isinstance(next_layer, ReLUMaxPool) and (conv.in_channels <= 3 or not conv.training):
