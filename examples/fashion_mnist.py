@@ -3,8 +3,8 @@
     apt-get install dataset-fashion-mnist          # IDX files in /usr/share/datasets/fashion-mnist/
     python examples/fashion_mnist.py [--seed 0] [--epochs 24] [--out runs/fashion]
 
-The recipe (the defaults): Conv(1,16,3)-BN-ReLU-MaxPool, Conv(16,32,3)-BN-ReLU-MaxPool,
-Conv(32,64,3)-BN-ReLU (no third pool: the classifier sees the 7x7 map), Linear(3136,128)-BN-ReLU-
+The recipe (the defaults): Conv(1,24,3)-BN-ReLU-MaxPool, Conv(24,48,3)-BN-ReLU-MaxPool,
+Conv(48,96,3)-BN-ReLU (no third pool: the classifier sees the 7x7 map), Linear(4704,128)-BN-ReLU-
 Dropout(0.1)-Linear(128,10); SGD, Nesterov momentum 0.9, lr 0.1 with one warm-up epoch then
 cosine decay over 24 epochs, weight decay 5e-4, batch 128, label smoothing 0.1, horizontal flips
 and an 8x8 cutout (a random square zeroed) in training, and flip averaging at test time (the mean
@@ -45,7 +45,7 @@ def load(folder, split):
     return x[:, None].astype(np.float32) / 255, y.astype(np.int64)
 
 
-def build_net(width=(16, 32, 64), dropout=0.1):
+def build_net(width=(24, 48, 96), dropout=0.1):
     """Three 3x3 conv blocks (``width`` filters, batch norm, ReLU), pooling after the first two
     only, so the classifier sees the 7x7 map, then Linear-BN-ReLU-Dropout(``dropout``)-Linear:
     (N, 1, 28, 28) -> logits (N, 10)."""
@@ -93,7 +93,7 @@ def main(argv=None):
     ap.add_argument("--no-flip", action="store_true")
     ap.add_argument("--cutout", type=int, default=8, help="zero a random square of this side (0: no cutout)")
     ap.add_argument("--label-smoothing", type=float, default=0.1, help="target (1 - eps) onehot + eps / 10")
-    ap.add_argument("--width", type=_width, default=(16, 32, 64), help="the three conv blocks' filters, e.g. 24,48,96")
+    ap.add_argument("--width", type=_width, default=(24, 48, 96), help="the three conv blocks' filters, e.g. 16,32,64")
     ap.add_argument("--dropout", type=_probability, default=0.1, help="dropout before the last Linear, in [0, 1)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
