@@ -25,15 +25,16 @@ def fuse(layer, next_layer):
     ``Sequential`` asks this of each pair of neighbours, and again of a unit it just made."""
     if isinstance(layer, ReLU) and isinstance(next_layer, MaxPool2d):
         return ReLUMaxPool(layer, next_layer)
-    conv = layer.conv if isinstance(layer, ConvUnit) and layer.relu_pool is None else layer
+    folded = isinstance(layer, ConvUnit) and layer.relu_pool is None      # a conv with its batch norm
+    conv, bn = (layer.conv, layer.bn) if folded else (layer, None)
     if type(conv) is not Conv2d or conv.device != "cpu":
         return None
-    bn = next_layer
-    if layer is conv and isinstance(bn, BatchNorm2d) and not bn.training and bn.device == "cpu" and \
-            bn.num_features == conv.out_channels and bn.dtype == conv.dtype:
-        return ConvUnit(conv, bn, None)
+    if not folded and isinstance(next_layer, BatchNorm2d) and not next_layer.training and \
+            next_layer.device == "cpu" and next_layer.num_features == conv.out_channels and \
+            next_layer.dtype == conv.dtype:
+        return ConvUnit(conv, next_layer, None)
     if isinstance(next_layer, ReLUMaxPool) and (conv.in_channels <= 3 or not conv.training):
-        return ConvUnit(conv, getattr(layer, "bn", None), next_layer)
+        return ConvUnit(conv, bn, next_layer)
     return None
 
 
