@@ -6,7 +6,8 @@ convlib/, the speed machinery beside it counted apart.
 
 The teaching core is what a learner reads: every module of convlib/ except the CPU and CUDA
 kernels (convlib/kernels/cpu/, convlib/kernels/cuda/), the fused units (fused.py), the
-distributed pieces and the deprecated aliases of moved modules. Its budget is 1,700 code lines (docs/reading-guide.md).
+distributed pieces and the deprecated aliases of moved modules. Its budget is 1,700 code lines
+(docs/reading-guide.md).
 """
 import ast
 import io
