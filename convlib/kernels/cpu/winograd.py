@@ -205,42 +205,45 @@ def _output_tiles(M, bias, n0, TH, TW, out, pooled):
     """M (36, F*T), M[xi, f*T + k] for tile k = (n*TH + th)*TW + tw -> out[n0 + n] (F, OH, OW) =
     AT M A per tile, + bias[f], clipped at the bottom and right edges, unless out is None; and
     unless pooled is None, pooled[n0 + n] (F, OH//2, OW//2) = relu(2x2 max-pool of that), from the
-    tile while it is in the cache (a 4x4 tile holds four whole windows). The transforms run over
-    all F*T values at once, in loops LLVM vectorises; the second writes each tile's four outputs
-    of a row side by side, y[a, 4*(f*T + k) + b], so that an output row is then one contiguous copy."""
+    tile while it is in the cache (a 4x4 tile holds four whole windows). One filter at a time,
+    so that its T tiles' values stay in the L1 cache through all three passes (over all F*T at
+    once they spill out of L2 on the Fashion net's layers); the transforms run over the T tiles
+    in loops LLVM vectorises; the second writes each tile's four outputs of a row side by side,
+    y[a, 4*k + b], so that an output row is then one contiguous copy."""
     F = bias.shape[0]
-    L = M.shape[1]
-    T = L // F
-    s = np.empty((4, 6, L), M.dtype)                                # AT down the tile columns
-    y = np.empty((4, 4 * L), M.dtype)                               # then along the tile rows
+    T = M.shape[1] // F
+    s = np.empty((4, 6, T), M.dtype)                                # AT down the tile columns
+    y = np.empty((4, 4 * T), M.dtype)                               # then along the tile rows
     f2, f4, f8 = M.dtype.type(2), M.dtype.type(4), M.dtype.type(8)
-    for b in range(6):
-        m0, m1, m2, m3, m4, m5 = M[b], M[6 + b], M[12 + b], M[18 + b], M[24 + b], M[30 + b]
-        for a in range(4):
-            dst = s[a, b]
-            for q in range(L):
-                dst[q] = _at(m0[q], m1[q], m2[q], m3[q], m4[q], m5[q], a, f2, f4, f8)
-    for a in range(4):
-        s0, s1, s2, s3, s4, s5 = s[a, 0], s[a, 1], s[a, 2], s[a, 3], s[a, 4], s[a, 5]
-        dst = y[a]
-        for q in range(L):
-            v0, v1, v2, v3, v4, v5 = s0[q], s1[q], s2[q], s3[q], s4[q], s5[q]
-            dst[4 * q] = v0 + v1 + v2 + v3 + v4
-            dst[4 * q + 1] = v1 - v2 + f2 * (v3 - v4)
-            dst[4 * q + 2] = v1 + v2 + f4 * (v3 + v4)
-            dst[4 * q + 3] = v1 - v2 + f8 * (v3 - v4) + v5
     zero = M.dtype.type(0)
-    z = np.empty((2, 2 * L if pooled is not None else 0), M.dtype)   # the 2x2 windows' maxima: rows 0-1, 2-3,
-    if pooled is not None:                                          # over all tiles in one loop (a pooled row's
-        for a in range(2):
-            r0, r1, dst = y[2 * a], y[2 * a + 1], z[a]
-            for i in range(2 * L):                                  # 4-16 values are too few to vectorise)
-                dst[i] = _max2(_max2(r0[2 * i], r0[2 * i + 1]), _max2(r1[2 * i], r1[2 * i + 1]))
-    for n in range(T // (TH * TW)):                                 # NCHW, with the bias
-        for f in range(F):
-            bf = bias[f]
+    z = np.empty((2, 2 * T if pooled is not None else 0), M.dtype)   # the 2x2 windows' maxima: rows 0-1, 2-3
+    for f in range(F):
+        q0 = f * T
+        for b in range(6):
+            m0, m1, m2 = M[b, q0:q0 + T], M[6 + b, q0:q0 + T], M[12 + b, q0:q0 + T]
+            m3, m4, m5 = M[18 + b, q0:q0 + T], M[24 + b, q0:q0 + T], M[30 + b, q0:q0 + T]
+            for a in range(4):
+                dst = s[a, b]
+                for q in range(T):
+                    dst[q] = _at(m0[q], m1[q], m2[q], m3[q], m4[q], m5[q], a, f2, f4, f8)
+        for a in range(4):
+            s0, s1, s2, s3, s4, s5 = s[a, 0], s[a, 1], s[a, 2], s[a, 3], s[a, 4], s[a, 5]
+            dst = y[a]
+            for q in range(T):
+                v0, v1, v2, v3, v4, v5 = s0[q], s1[q], s2[q], s3[q], s4[q], s5[q]
+                dst[4 * q] = v0 + v1 + v2 + v3 + v4
+                dst[4 * q + 1] = v1 - v2 + f2 * (v3 - v4)
+                dst[4 * q + 2] = v1 + v2 + f4 * (v3 + v4)
+                dst[4 * q + 3] = v1 - v2 + f8 * (v3 - v4) + v5
+        if pooled is not None:                                      # over all tiles in one loop (a pooled row's
+            for a in range(2):                                      # 4-16 values are too few to vectorise)
+                r0, r1, dst = y[2 * a], y[2 * a + 1], z[a]
+                for i in range(2 * T):
+                    dst[i] = _max2(_max2(r0[2 * i], r0[2 * i + 1]), _max2(r1[2 * i], r1[2 * i + 1]))
+        bf = bias[f]
+        for n in range(T // (TH * TW)):                             # NCHW, with the bias
             for th in range(TH):
-                k0 = 4 * (f * T + (n * TH + th) * TW)
+                k0 = 4 * (n * TH + th) * TW
                 if out is not None:
                     OH, OW = out.shape[2], out.shape[3]
                     for a in range(min(4, OH - 4 * th)):
