@@ -14,10 +14,14 @@ tested against them (tests/test_model.py, tests/test_kernels.py).
   output never goes through memory. A subclass of Conv2d never fuses: its own forward would be
   bypassed.
 """
+import weakref
+
 import numpy as np
 
 from .kernels import reference as ops
 from .layers import BatchNorm2d, Conv2d, Layer, MaxPool2d, ReLU
+
+_kept = weakref.WeakKeyDictionary()  # batch norm -> (its conv, copies of what w' was made of, _folded())
 
 
 def fuse(layer, next_layer):
@@ -81,15 +85,26 @@ class ConvUnit(Layer):
         return shape if self.relu_pool is None else self.relu_pool.output_shape(shape)
 
     def _folded(self):
-        """(w' (F, C, KH, KW), b' (F,) or None, s (F,) or None, 1 / sqrt(var + eps) (F,) or None)."""
+        """(w' (F, C, KH, KW), b' (F,) or None, s (F,) or None, 1 / sqrt(var + eps) (F,) or None).
+        Kept while the arrays it is made of hold the same values (``_kept``): the same w' array
+        each eval forward, so that a backend's kept transform of it (Winograd's) is reused too."""
         conv, bn = self.conv, self.bn
         w, b = conv.weight.data, conv.bias.data if conv.bias is not None else None
         if bn is None:
             return w, b, None, None
+        made_of = [w, bn.weight.data, bn.bias.data, bn.running_mean, bn.running_var, np.float64(bn.eps)] + \
+            ([] if b is None else [b])
+        kept = _kept.get(bn)
+        if kept is not None and kept[0] is conv and len(kept[1]) == len(made_of) and \
+                all(k.shape == a.shape and k.dtype == a.dtype and np.array_equal(k, a)
+                    for k, a in zip(kept[1], made_of)):
+            return kept[2]
         inv_std = 1 / np.sqrt(bn.running_var + bn.eps)              # (F,)
         s = bn.weight.data * inv_std                                # (F,)
         b = ((0 if b is None else b) - bn.running_mean) * s + bn.bias.data
-        return w * s[:, None, None, None], b, s, inv_std
+        folded = w * s[:, None, None, None], b, s, inv_std
+        _kept[bn] = (conv, [np.copy(a) for a in made_of], folded)
+        return folded
 
     def forward(self, x):
         self.conv._check(x)                                         # dtype and device, as the conv's

@@ -264,6 +264,35 @@ def test_a_folded_batch_norm_against_central_differences(rng):
         assert set(check_layer(net, x)) == {"x", "0.weight", "0.bias", "1.weight", "1.bias"}
 
 
+def test_a_folded_batch_norm_is_kept_between_forwards_until_any_of_its_parts_changes(rng):
+    """Eval forwards reuse the folded weights (the same array, so Winograd's kept transform of
+    it is reused too) while the conv's and the batch norm's arrays hold the same values; a change
+    in place to any of them, to eps, or of dtype folds anew: the output stays that of the layers
+    run one by one."""
+    net = _bn_net(16).eval()
+    x = rng.standard_normal((2, 16, 8, 8)).astype(np.float32)
+    net(x)
+    unit = net._plan[0][1]
+    assert type(unit).__name__ == "ConvUnit" and unit._folded()[0] is unit._folded()[0]
+    conv, bn = net[0], net[1]
+    changes = [lambda: conv.weight.data.__imul__(1.5), lambda: conv.bias.data.__iadd__(0.5),
+               lambda: bn.weight.data.__imul__(-2), lambda: bn.bias.data.__iadd__(1),
+               lambda: bn.running_mean.__iadd__(0.3), lambda: bn.running_var.__imul__(4),
+               lambda: setattr(bn, "eps", 0.5)]
+    for change in changes:
+        change()
+        out, a = net(x), x
+        for layer in net:
+            a = layer(a)
+        np.testing.assert_allclose(out, a, rtol=1e-5, atol=1e-5)
+    net.to(np.float64)
+    out, a = net(x.astype(np.float64)), x.astype(np.float64)
+    assert out.dtype == np.float64
+    for layer in net:
+        a = layer(a)
+    np.testing.assert_allclose(out, a, rtol=1e-12, atol=1e-12)
+
+
 def test_a_batch_norm_folds_only_where_its_layers_would_give_the_same():
     """No fold for a Conv2d subclass, a batch norm in training mode, or one of another width
     (which still raises its own error); float32 eval outputs match the unfolded layers."""
