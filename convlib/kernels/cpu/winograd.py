@@ -42,10 +42,18 @@ def applies(w_shape, stride, padding):
     return (KH, KW) == (3, 3) and tuple(stride) == (1, 1) and max(padding) <= 2 and min(C, F) >= 16
 
 
-@njit(**JIT)
 def filters(w):
     """w (F, C, 3, 3) -> U (36, F, C): G g GT for each filter g = w[f, c], position-major, summed
-    in float64. Loops over all F*C filters at once, which LLVM vectorises."""
+    in float64. U is stored as (36, C, F) and handed out transposed: each U[xi] (F, C) is then
+    column-major, as V[xi].T (C, T) is, and NumPy gives OpenBLAS the product with both
+    operands in one order (it computes M.T = V @ U.T), which ran 1.3-2.7x as fast as U
+    row-major for the shapes of the reference and Fashion nets (docs/performance.md)."""
+    return np.ascontiguousarray(_filters(w).transpose(0, 2, 1)).transpose(0, 2, 1)
+
+
+@njit(**JIT)
+def _filters(w):
+    """``filters``, U (36, F, C) row-major. Loops over all F*C filters at once, which LLVM vectorises."""
     F, C = w.shape[0], w.shape[1]
     K = F * C
     g = np.empty((3, 3, K))                                         # g[i, j, f*C + c] = w[f, c, i, j]
@@ -432,7 +440,7 @@ def backward(x, dout, w, padding, dx):
     dx (N, C, H, W) unless None (the input gradient: itself such a convolution, of dout with the
     filters turned and transposed), on all threads; the products in the transformed domain, 4x
     fewer multiplies than im2col's."""
-    Ut = filters(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])          # (36, C, F)
+    Ut = filters(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])          # (36, C, F), column-major
     g, groups = group(x.shape, dout.shape[1], padding)
     parts = parallel_for(grad_groups, groups, x, dout, Ut, padding, g, dx)
     dU = sum(dU for dU, _ in parts)                                 # (36, F, C)
