@@ -46,8 +46,8 @@ def filters(w):
     """w (F, C, 3, 3) -> U (36, F, C): G g GT for each filter g = w[f, c], position-major, summed
     in float64. U is stored as (36, C, F) and handed out transposed: each U[xi] (F, C) is then
     column-major, as V[xi].T (C, T) is, and NumPy gives OpenBLAS the product with both
-    operands in one order (it computes M.T = V @ U.T), which ran 1.3-2.7x as fast as U
-    row-major for the shapes of the reference and Fashion nets (docs/performance.md)."""
+    operands in one order (it computes M.T = V @ U.T), which it runs faster than a mixed-order
+    product for these thin shapes (docs/performance.md has the times)."""
     return np.ascontiguousarray(_filters(w).transpose(0, 2, 1)).transpose(0, 2, 1)
 
 
