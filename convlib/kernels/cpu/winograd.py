@@ -115,14 +115,14 @@ def _split_columns(x, n0, ph, pw, xq):
     column 4p + r, channel c is xq[n, h, r, p*C + c]. Column j of the 6x6 input tile of the
     tiles tw = 0, 1, ... of a tile row is then one contiguous run: xq[n, h, j % 4, (j//4)*C:].
 
-    A transpose, 8 columns at a time: each channel's 8 values are read as one run into ``buf``
-    (8, C), then each column's C values are written as one run (not one value at a time with a
-    stride of C: docs/performance.md has the times)."""
+    A transpose: each column's C values, H*W apart in x, are written as one contiguous run,
+    which LLVM vectorises with gather loads (docs/performance.md has the times of this and of
+    the ways tried before)."""
     m, HP, P = xq.shape[0], xq.shape[1], xq.shape[3] // x.shape[1]
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     zero = x.dtype.type(0)
-    buf = np.empty((8, C), x.dtype)
     for n in range(m):
+        xn = x[n0 + n].reshape(C, H * W)                             # (C, H*W)
         for h in range(HP):
             row = xq[n, h]                                          # (4, P*C)
             if h < ph or h >= ph + H:
@@ -135,17 +135,11 @@ def _split_columns(x, n0, ph, pw, xq):
                     dst = row[col % 4, col // 4 * C:(col // 4 + 1) * C]
                     for c in range(C):
                         dst[c] = zero
-            for w0 in range(0, W, 8):
-                k1 = min(8, W - w0)
+            for w in range(W):
+                col, src = w + pw, (h - ph) * W + w
+                dst = row[col % 4, col // 4 * C:(col // 4 + 1) * C]
                 for c in range(C):
-                    src = x[n0 + n, c, h - ph]
-                    for k in range(k1):
-                        buf[k, c] = src[w0 + k]
-                for k in range(k1):
-                    col = w0 + k + pw
-                    dst, b = row[col % 4, col // 4 * C:(col // 4 + 1) * C], buf[k]
-                    for c in range(C):
-                        dst[c] = b[c]
+                    dst[c] = xn[c, src]
 
 
 @njit(inline="always")
