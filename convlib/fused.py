@@ -8,6 +8,10 @@ tested against them (tests/test_model.py, tests/test_kernels.py).
 - On the CPU, Conv2d then a BatchNorm2d in eval mode: the batch norm folded into the conv's
   weights, y = (conv(x, w) + b - mean) * s + beta with s = gamma / sqrt(var + eps), that is
   conv(x, w * s) + (b - mean) * s + beta: one pass fewer over the conv's output.
+- On the CPU, a BatchNorm2d in training mode then ReLU + MaxPool2d, through the op
+  ``batchnorm_pool_forward``, which the CPU backend computes, for 2x2 pools, in one pass after the
+  batch's statistics: the normalised map never goes through memory, and backward sums the
+  gradients over the windows' maxima alone (in eval mode the batch norm folds into its conv).
 - On the CPU, Conv2d (with its batch norm folded in or not) then ReLU + MaxPool2d, through the
   op ``conv2d_pool_forward``, which the CPU backend computes in one pass for a net's first layer
   (1-3 input channels) and, in eval mode, for every Winograd layer: the convolution's full
@@ -29,6 +33,8 @@ def fuse(layer, next_layer):
     ``Sequential`` asks this of each pair of neighbours, and again of a unit it just made."""
     if isinstance(layer, ReLU) and isinstance(next_layer, MaxPool2d):
         return ReLUMaxPool(layer, next_layer)
+    if type(layer) is BatchNorm2d and layer.training and layer.device == "cpu" and isinstance(next_layer, ReLUMaxPool):
+        return NormReLUPool(layer, next_layer)
     folded = isinstance(layer, ConvUnit) and layer.relu_pool is None      # a conv with its batch norm
     conv, bn = (layer.conv, layer.bn) if folded else (layer, None)
     if type(conv) is not Conv2d or conv.device != "cpu":
@@ -65,6 +71,32 @@ class ReLUMaxPool(Layer):
 
     def backward(self, dout, need_dx=True):
         return ops.maxpool2d_backward(dout, self._saved(dout))
+
+
+class NormReLUPool(Layer):
+    """A BatchNorm2d ``bn`` in training mode, then a ``ReLUMaxPool``: one op,
+    ``batchnorm_pool_forward``, with the batch norm's checks, statistics and gradients."""
+
+    def __init__(self, bn, relu_pool):
+        self.bn, self.relu_pool = bn, relu_pool
+
+    def __repr__(self):
+        return f"{self.bn!r} + {self.relu_pool!r}"
+
+    def output_shape(self, shape):
+        return self.relu_pool.output_shape(self.bn.output_shape(shape))
+
+    def forward(self, x):
+        self._check(x)
+        pool = self.relu_pool.pool
+        out, self._cache = ops.batchnorm_pool_forward(*self.bn._arguments(x),
+                                                      (pool.kernel_size, pool.stride, pool.padding))
+        return out
+
+    def backward(self, dout, need_dx=True):
+        dx, dgamma, dbeta = ops.batchnorm_pool_backward(dout, self._saved(dout))
+        self.bn._add_grads(dgamma, dbeta)
+        return dx
 
 
 class ConvUnit(Layer):

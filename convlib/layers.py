@@ -613,16 +613,20 @@ class _BatchNorm(Layer):
         return tuple(shape)
 
     def forward(self, x):
+        out, self._cache = ops.batchnorm_forward(*self._arguments(x))
+        return out
+
+    def _arguments(self, x):
+        """Check x and count a training batch; the arguments of ``batchnorm_forward`` for x (a
+        fused unit, ``fused.NormReLUPool``, passes them on with a pool's)."""
         self._check(x)
         if self.training and x.size // x.shape[1] < 2:
             raise ValueError(f"{self!r}: training needs more than one value per channel, got input "
                              f"shape {x.shape}")
-        out, self._cache = ops.batchnorm_forward(
-            x, self.weight.data, self.bias.data, self.running_mean, self.running_var,
-            self.momentum, self.eps, self.training)
         if self.training:
             self.num_batches_tracked += 1
-        return out
+        return (x, self.weight.data, self.bias.data, self.running_mean, self.running_var, self.momentum,
+                self.eps, self.training)
 
     def backward(self, dout, need_dx=True):
         dx, dgamma, dbeta = ops.batchnorm_backward(dout, self._saved(dout))

@@ -165,6 +165,25 @@ def batchnorm(k, to):
     return got
 
 
+@case("batchnorm_pool")
+def batchnorm_pool(k, to):
+    """BatchNorm2d, ReLU and MaxPool2d as one op: the CPU's one-pass path (a 2x2 pool on even
+    sizes; ties, a NaN, a negative gamma, windows all below zero) in training and eval, and the
+    ops in turn (odd sizes, another pool)."""
+    rng = np.random.default_rng(9)
+    x = rng.integers(-2, 3, (3, 3, 6, 8)).astype(DTYPE)             # small integers: ties in the windows
+    x[1, 2, 3, 3] = np.nan
+    gamma, beta = np.array([0.5, -1.5, 2.0], DTYPE), np.array([0.1, -3.0, 0.3], DTYPE)
+    got = []
+    for x, pool, training in [(x, ((2, 2), (2, 2), (0, 0)), True), (x, ((2, 2), (2, 2), (0, 0)), False),
+                              (_x((2, 3, 5, 7)), ((2, 2), (2, 2), (0, 0)), True),
+                              (_x((2, 3, 6, 5)), ((3, 2), (1, 2), (1, 1)), True)]:
+        rm, rv = to(np.array([0.5, -1.0, 0.0], DTYPE)), to(np.array([1.0, 2.0, 0.5], DTYPE))
+        out, cache = k.batchnorm_pool_forward(to(x), to(gamma), to(beta), rm, rv, 0.1, 1e-5, training, pool)
+        got += [out, rm, rv, *k.batchnorm_pool_backward(to(_x(cl.to_host(out).shape, 3)), cache)]
+    return [np.nan_to_num(cl.to_host(g), nan=7.0) for g in got]
+
+
 @case("groupnorm")
 def groupnorm(k, to):
     got = []

@@ -315,6 +315,43 @@ def test_a_batch_norm_folds_only_where_its_layers_would_give_the_same():
         wrong(x)
 
 
+@pytest.mark.parametrize("size", [(8, 6), (7, 6)], ids=["even: one pass", "odd: the ops in turn"])
+def test_in_training_batch_norm_relu_and_maxpool_run_fused_with_the_same_values_and_gradients(rng, size):
+    """On the CPU a BatchNorm2d in training mode before ReLU + MaxPool2d runs as one unit; float64
+    values, running statistics, the batch count and every gradient equal the layers run one by
+    one (ties and a negative gamma included); in eval mode it folds into the conv instead."""
+    def net():
+        cl.manual_seed(3)
+        net = cl.Sequential(cl.Conv2d(2, 3, 3, padding=1), cl.BatchNorm2d(3), cl.ReLU(), cl.MaxPool2d(2),
+                            cl.Flatten()).to(np.float64)
+        net[1].weight.data[:] = [1.5, -0.5, 0.8]                    # a negative gamma flips the maxima
+        return net
+    fused, plain = net(), net()
+    x = np.round(rng.standard_normal((3, 2, *size)) * 2) / 2       # halves: ties in the windows
+    out = fused(x)
+    assert [type(u).__name__ for _, u in fused._plan] == ["Conv2d", "NormReLUPool", "Flatten"]
+    dout = rng.standard_normal(out.shape)
+    dx = fused.backward(dout)
+    a = x
+    for layer in plain:                                             # unfused: one by one
+        a = layer(a)
+    d = dout
+    for layer in reversed(list(plain)):
+        d = layer.backward(d)
+    np.testing.assert_allclose(out, a, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx, d, rtol=1e-10, atol=1e-12)
+    for (name, p), q in zip(fused.named_parameters(), plain.parameters()):
+        np.testing.assert_allclose(p.grad, q.grad, rtol=1e-10, atol=1e-12, err_msg=name)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        np.testing.assert_allclose(getattr(fused[1], name), getattr(plain[1], name), rtol=1e-12, err_msg=name)
+    assert int(fused[1].num_batches_tracked) == 1
+    unit = cl.Sequential(*fused[1:])                               # against central differences too
+    assert set(check_layer(unit, rng.standard_normal((3, 3, *size)))) == {"x", "0.weight", "0.bias"}
+    fused.eval()
+    fused(x)
+    assert [type(u).__name__ for _, u in fused._plan] == ["ConvUnit", "Flatten"]
+
+
 def test_slicing_a_sequential_shares_the_layers():
     """Catches: a slice that copies layers (the t-SNE features of net[:-1] would use stale weights)."""
     cl.manual_seed(0)

@@ -288,6 +288,22 @@ def batchnorm_backward(dout, cache):
 
 
 @op
+def batchnorm_pool_forward(x, gamma, beta, running_mean, running_var, momentum, eps, training, pool):
+    """relu(maxpool2d(batchnorm(x))) with pool = (kernel, stride, padding) -> out, cache: one op, so
+    that a backend can do the three in one pass (``fused.fuse``); here, the ops in turn."""
+    out, bn_cache = batchnorm_forward(x, gamma, beta, running_mean, running_var, momentum, eps, training)
+    out, pool_cache = maxpool2d_forward(out, *pool, relu=True)
+    return out, (bn_cache, pool_cache)
+
+
+@op
+def batchnorm_pool_backward(dout, cache):
+    """dout (N, C, PH, PW) -> dx like x, dgamma (C,), dbeta (C,): the two backwards in turn."""
+    bn_cache, pool_cache = cache
+    return batchnorm_backward(maxpool2d_backward(dout, pool_cache), bn_cache)
+
+
+@op
 def groupnorm_forward(x, groups, gamma, beta, eps):
     """x (N, C, ...), gamma, beta (C,) or None -> out like x, cache.
 

@@ -10,7 +10,8 @@ What it makes faster, and how:
 - ``winograd.py``: F(4x4, 3x3) for the 3x3 stride-1 convolutions with 16 or more channels (in eval
   mode with the ReLU and 2x2 max-pool after them pooled from its output tiles);
 - ``pool.py``: max and average pooling as plain loops (a branch-free 2x2 path);
-- ``relu.py``, ``batchnorm.py``: one pass per element, per-channel sums in float64;
+- ``relu.py``, ``batchnorm.py``: one pass per element, per-channel sums in float64; in training a
+  batch norm, ReLU and 2x2 max-pool in one pass after the statistics (``fused.fuse``);
 - ``threads.py``: how the kernels share the cores (a small pool of Python threads running
   single-threaded ``nogil`` kernels, BLAS held at one thread meanwhile; no OpenMP).
 
@@ -19,7 +20,7 @@ and float64 on edge cases (ties, NaN, padding); ``tests/test_kernels.py`` and
 ``tests/test_threads.py`` run hypothesis geometries, float64 finite differences and the threaded
 paths. ``cl.use_kernels("reference")`` (or ``CONVLIB_KERNELS=reference``) switches this backend off.
 """
-from .batchnorm import batchnorm_backward, batchnorm_forward
+from .batchnorm import batchnorm_backward, batchnorm_forward, batchnorm_pool_backward, batchnorm_pool_forward
 from .conv import (
     conv2d_backward,
     conv2d_forward,

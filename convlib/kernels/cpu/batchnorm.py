@@ -3,6 +3,7 @@ Maths: ``reference.batchnorm_forward`` / ``batchnorm_backward``."""
 import numpy as np
 from numba import njit
 
+from .pool import _beats, maxpool2d_backward, maxpool2d_forward
 from .threads import JIT, parallel_for
 
 # ---------------------------------------------------------------- batch normalisation
@@ -67,13 +68,14 @@ def _bn_dx(lo, hi, dout, x, mean, a, b, d, dx):
                 dx[n, c, i] = a[c] * dout[n, c, i] + b[c] * (x[n, c, i] - mean[c]) + d[c]
 
 
-def batchnorm_forward(x, gamma, beta, running_mean, running_var, momentum, eps, training):
-    """x (N, C) or (N, C, H, W) -> out like x, cache; semantics as in reference.py."""
-    N, C = x.shape[:2]
-    x3 = np.ascontiguousarray(x).reshape(N, C, -1)                  # (N, C, H*W)
+def _normalisation(x3, gamma, beta, running_mean, running_var, momentum, eps, training):
+    """Of x3 (N, C, L): the statistics (the batch's, with the running ones updated, or the running
+    ones) as (mean (C,) float64, inv_std (C,) float64, scale (C,), shift (C,)) with out = x *
+    scale + shift."""
+    C = x3.shape[1]
     if training:
         mean, var = np.empty(C), np.empty(C)
-        parallel_for(_bn_stats, C, x3, mean, var, work=x.size)
+        parallel_for(_bn_stats, C, x3, mean, var, work=x3.size)
         m = x3.shape[0] * x3.shape[2]
         running_mean *= 1 - momentum
         running_mean += momentum * mean
@@ -82,11 +84,29 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, momentum, eps, 
     else:
         mean, var = running_mean.astype(np.float64), running_var.astype(np.float64)
     inv_std = 1 / np.sqrt(var + eps)                                # (C,) float64
-    scale = (gamma * inv_std).astype(x.dtype)
-    shift = (beta - mean * gamma * inv_std).astype(x.dtype)
+    scale = (gamma * inv_std).astype(x3.dtype)
+    shift = (beta - mean * gamma * inv_std).astype(x3.dtype)
+    return mean, inv_std, scale, shift
+
+
+def batchnorm_forward(x, gamma, beta, running_mean, running_var, momentum, eps, training):
+    """x (N, C) or (N, C, H, W) -> out like x, cache; semantics as in reference.py."""
+    N, C = x.shape[:2]
+    x3 = np.ascontiguousarray(x).reshape(N, C, -1)                  # (N, C, H*W)
+    mean, inv_std, scale, shift = _normalisation(x3, gamma, beta, running_mean, running_var, momentum, eps,
+                                                 training)
     out = np.empty_like(x3)
     parallel_for(_bn_apply, N, x3, scale, shift, out, work=x.size)
     return out.reshape(x.shape), (x3, mean, inv_std, gamma, training)
+
+
+def _dx_coefficients(x3, mean, inv_std, gamma, training, dbeta, dgamma, dtype):
+    """(a, b, d, mean) (C,) in ``dtype``: dx = a * dout + b * (x - mean) + d. Training: dx = k *
+    (dout - (dbeta + xhat * dgamma) / m), k = gamma * inv_std, m = N * L; eval: dx = k * dout."""
+    k, m = gamma * inv_std, x3.size // x3.shape[1]                  # (C,) float64
+    if not training:                                                # statistics are constants
+        return [v.astype(dtype) for v in (k, 0 * k, 0 * k, mean)]
+    return [v.astype(dtype) for v in (k, -k * inv_std * dgamma / m, -k * dbeta / m, mean)]
 
 
 def batchnorm_backward(dout, cache):
@@ -97,11 +117,129 @@ def batchnorm_backward(dout, cache):
     dbeta, dgamma = np.empty(C), np.empty(C)
     parallel_for(_bn_sums, C, d3, x3, mean, inv_std, dbeta, dgamma, work=d3.size)
     dx = np.empty_like(d3)
-    if training:     # dx = k * (dout - (dbeta + xhat * dgamma) / m), k = gamma * inv_std, m = N * L
-        k, m = gamma * inv_std, d3.size // C                        # (C,) float64
-        coef = [v.astype(dout.dtype) for v in (k, -k * inv_std * dgamma / m, -k * dbeta / m, mean)]
-        parallel_for(_bn_dx, N, d3, x3, coef[3], coef[0], coef[1], coef[2], dx, work=d3.size)
+    if training:
+        a, b, d, mu = _dx_coefficients(x3, mean, inv_std, gamma, training, dbeta, dgamma, dout.dtype)
+        parallel_for(_bn_dx, N, d3, x3, mu, a, b, d, dx, work=d3.size)
     else:                                                           # statistics are constants
         parallel_for(_bn_apply, N, d3, (gamma * inv_std).astype(dout.dtype), np.zeros(C, dout.dtype), dx,
                      work=d3.size)
     return dx.reshape(dout.shape), dgamma.astype(dout.dtype), dbeta.astype(dout.dtype)
+
+
+# ---------------------------------------------------------------- batch norm, ReLU and a 2x2 max-pool together
+# In training the statistics need the whole map first; then one pass normalises each 2x2 window,
+# pools it and applies the ReLU, and the normalised map is never stored: forward keeps each
+# window's first maximum's place (a byte) and x there. Backward sums dbeta and dgamma over the
+# windows alone (the only places the pooled gradient reaches) and writes dx in one pass. Each
+# plane (H, W even) is walked flat, by pairs of neighbours in a row, then by pairs of pairs a row
+# apart: loops over a whole plane vectorise where rows of 7-14 windows did not (2-3x slower), and
+# every value is read before a select picks one (a branch on random data costs 10 ns). float32
+# results are those of the three ops in turn on this backend, bit for bit; float64 sums run in
+# another order.
+@njit(**JIT)
+def _bn_pool(lo, hi, x, scale, shift, out, arg, xmax):
+    """For the images [lo, hi) of x (N, C, H, W), H and W even: out[n, c] (H/2, W/2) = relu(2x2
+    max-pool(x[n, c] * scale[c] + shift[c])), each window's first maximum (the first NaN) as
+    pool.py's; arg its place in the window (0-3, row order), xmax the value of x there."""
+    zero, one, two = x.dtype.type(0), x.dtype.type(1), x.dtype.type(2)
+    H, R = x.shape[2], x.shape[3] // 2                              # R pairs in a row
+    pm, pk, pv = np.empty(H * R, x.dtype), np.empty(H * R, x.dtype), np.empty(H * R, x.dtype)
+    tm, tk, tv = np.empty(H * R, x.dtype), np.empty(H * R, x.dtype), np.empty(H * R, x.dtype)
+    for n in range(lo, hi):
+        for c in range(x.shape[1]):
+            xf, s, t = x[n, c].ravel(), scale[c], shift[c]
+            for q in range(H * R):                                  # pair q: the places 2q, 2q + 1
+                x0, x1 = xf[2 * q], xf[2 * q + 1]
+                later = _beats(x1 * s + t, x0 * s + t)
+                pm[q] = x1 * s + t if later else x0 * s + t         # its maximum, which one, x there
+                pk[q] = one if later else zero
+                pv[q] = x1 if later else x0
+            for q in range(H * R - R):                              # pairs q, q + R: a window where q's row is even
+                mt, mb, kt, kb, vt, vb = pm[q], pm[q + R], pk[q], pk[q + R] + two, pv[q], pv[q + R]
+                later = _beats(mb, mt)
+                v = mb if later else mt
+                tm[q] = zero if v <= 0 else v
+                tk[q] = kb if later else kt
+                tv[q] = vb if later else vt
+            for oh in range(H // 2):                                # the windows' rows: even rows of pairs
+                o, a, xm, q0 = out[n, c, oh], arg[n, c, oh], xmax[n, c, oh], 2 * oh * R
+                for ow in range(R):
+                    o[ow] = tm[q0 + ow]
+                    a[ow] = np.uint8(tk[q0 + ow])
+                    xm[ow] = tv[q0 + ow]
+
+
+@njit(**REDUCE)
+def _bn_pool_sums(lo, hi, dout, out, xmax, mean, inv_std, dbeta, dgamma):
+    """For the channels [lo, hi): g = dout * (out > 0), the ReLU's mask, reaches each window's
+    maximum, where x is xmax; dbeta[c] = sum of g, dgamma[c] = sum of g * xhat there (float64)."""
+    zero = dout.dtype.type(0)
+    for c in range(lo, hi):
+        mu, k = mean[c], inv_std[c]
+        sb, sg = 0.0, 0.0
+        for n in range(dout.shape[0]):
+            g, o, xm = dout[n, c].ravel(), out[n, c].ravel(), xmax[n, c].ravel()
+            for q in range(g.size):
+                gi = g[q] * dout.dtype.type(o[q] > zero)
+                sb += gi
+                sg += gi * (xm[q] - mu) * k
+        dbeta[c], dgamma[c] = sb, sg
+
+
+@njit(**JIT)
+def _bn_pool_dx(lo, hi, dout, out, arg, x, mean, a, b, d, training, dx):
+    """dx = a[c] * dy + b[c] * (x - mean[c]) + d[c] (``_bn_dx``'s formula; a[c] * dy unless training)
+    for the images [lo, hi), dy the pooled gradient dout * (out > 0) at each window's maximum arg
+    (0-3), zero elsewhere."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    zero = x.dtype.type(0)
+    dy = np.empty(H * W, x.dtype)                                   # (H*W,): one plane's dy, flat
+    for n in range(lo, hi):
+        for c in range(C):
+            for i in range(H * W):
+                dy[i] = zero
+            for oh in range(H // 2):
+                g, o, k = dout[n, c, oh], out[n, c, oh], arg[n, c, oh]
+                for ow in range(W // 2):
+                    dy[(2 * oh + (k[ow] >> 1)) * W + 2 * ow + (k[ow] & 1)] = g[ow] * x.dtype.type(o[ow] > zero)
+            ac, bc, dc, mc, xf, df = a[c], b[c], d[c], mean[c], x[n, c].ravel(), dx[n, c].ravel()
+            if training:
+                for i in range(H * W):
+                    df[i] = ac * dy[i] + bc * (xf[i] - mc) + dc
+            else:                                                   # statistics are constants
+                for i in range(H * W):
+                    df[i] = ac * dy[i]
+
+
+def batchnorm_pool_forward(x, gamma, beta, running_mean, running_var, momentum, eps, training, pool):
+    """relu(maxpool2d(batchnorm(x))), x (N, C, H, W), pool = (kernel, stride, padding) -> out,
+    cache: for a 2x2 pool of stride 2 on even H and W, one pass after the statistics; else the ops
+    in turn."""
+    if tuple(map(tuple, pool)) != ((2, 2), (2, 2), (0, 0)) or x.shape[2] % 2 or x.shape[3] % 2:
+        y, bn_cache = batchnorm_forward(x, gamma, beta, running_mean, running_var, momentum, eps, training)
+        out, pool_cache = maxpool2d_forward(y, *pool, relu=True)
+        return out, ("composed", bn_cache, pool_cache)
+    N, C, H, W = x.shape
+    x = np.ascontiguousarray(x)
+    x3 = x.reshape(N, C, H * W)                                     # (N, C, H*W)
+    mean, inv_std, scale, shift = _normalisation(x3, gamma, beta, running_mean, running_var, momentum, eps,
+                                                 training)
+    out, xmax = np.empty((2, N, C, H // 2, W // 2), x.dtype)        # (N, C, PH, PW) each
+    arg = np.empty(out.shape, np.uint8)                             # each window's first maximum, 0-3
+    parallel_for(_bn_pool, N, x, scale, shift, out, arg, xmax, work=x.size)
+    return out, ("fused", (x3, mean, inv_std, gamma, training), out, arg, xmax, x)
+
+
+def batchnorm_pool_backward(dout, cache):
+    """dout (N, C, PH, PW) -> dx (N, C, H, W), dgamma (C,), dbeta (C,)."""
+    if cache[0] == "composed":
+        return batchnorm_backward(maxpool2d_backward(dout, cache[2]), cache[1])
+    _, (x3, mean, inv_std, gamma, training), out, arg, xmax, x = cache
+    N, C = x.shape[:2]
+    dout = np.ascontiguousarray(dout)
+    dbeta, dgamma = np.empty(C), np.empty(C)
+    parallel_for(_bn_pool_sums, C, dout, out, xmax, mean, inv_std, dbeta, dgamma, work=out.size)
+    a, b, d, mu = _dx_coefficients(x3, mean, inv_std, gamma, training, dbeta, dgamma, dout.dtype)
+    dx = np.empty_like(x)
+    parallel_for(_bn_pool_dx, N, dout, out, arg, x, mu, a, b, d, training, dx, work=x3.size)
+    return dx, dgamma.astype(dout.dtype), dbeta.astype(dout.dtype)
