@@ -129,44 +129,45 @@ def batchnorm_backward(dout, cache):
 # ---------------------------------------------------------------- batch norm, ReLU and a 2x2 max-pool together
 # In training the statistics need the whole map first; then one pass normalises each 2x2 window,
 # pools it and applies the ReLU, and the normalised map is never stored: forward keeps each
-# window's first maximum's place (a byte) and x there. Backward sums dbeta and dgamma over the
-# windows alone (the only places the pooled gradient reaches) and writes dx in one pass. Each
-# plane (H, W even) is walked flat, by pairs of neighbours in a row, then by pairs of pairs a row
-# apart: loops over a whole plane vectorise where rows of 7-14 windows did not (2-3x slower), and
-# every value is read before a select picks one (a branch on random data costs 10 ns). float32
-# results are those of the three ops in turn on this backend, bit for bit; float64 sums run in
-# another order.
+# window's maximum's place and its x. Backward sums dbeta and dgamma over the windows alone (the
+# only places the pooled gradient reaches) and writes dx in one pass. Each plane (H, W even) is
+# walked flat, by pairs of neighbours in a row, then by pairs of pairs a row apart: loops over a
+# whole plane vectorise where rows of 7-14 windows did not (2-3x slower), and every value is read
+# before a select picks one (a branch on random data costs 10 ns). float32 results are those of
+# the three ops in turn on this backend, bit for bit; float64 sums run in another order.
 @njit(**JIT)
-def _bn_pool(lo, hi, x, scale, shift, out, arg, xmax):
+def _bn_pool(lo, hi, x, scale, shift, out, xmax, arg):
     """For the images [lo, hi) of x (N, C, H, W), H and W even: out[n, c] (H/2, W/2) = relu(2x2
     max-pool(x[n, c] * scale[c] + shift[c])), each window's first maximum (the first NaN) as
-    pool.py's; arg its place in the window (0-3, row order), xmax the value of x there."""
+    pool.py's; xmax the value of x there, arg its place in the window (0-3 in row order, held in
+    x's dtype: as bytes, the conversion cost more than the rest of the pass). xmax and arg are
+    (N, C, H/2, W): window (oh, ow) at [oh, ow], where the window pass over pairs writes it
+    (the second half of each row holds what it wrote for the odd rows)."""
     zero, one, two = x.dtype.type(0), x.dtype.type(1), x.dtype.type(2)
     H, R = x.shape[2], x.shape[3] // 2                              # R pairs in a row
-    pm, pk, pv = np.empty(H * R, x.dtype), np.empty(H * R, x.dtype), np.empty(H * R, x.dtype)
-    tm, tk, tv = np.empty(H * R, x.dtype), np.empty(H * R, x.dtype), np.empty(H * R, x.dtype)
+    pm, pv, pk = np.empty(H * R, x.dtype), np.empty(H * R, x.dtype), np.empty(H * R, x.dtype)
+    tm = np.empty(H * R, x.dtype)
     for n in range(lo, hi):
         for c in range(x.shape[1]):
             xf, s, t = x[n, c].ravel(), scale[c], shift[c]
             for q in range(H * R):                                  # pair q: the places 2q, 2q + 1
                 x0, x1 = xf[2 * q], xf[2 * q + 1]
                 later = _beats(x1 * s + t, x0 * s + t)
-                pm[q] = x1 * s + t if later else x0 * s + t         # its maximum, which one, x there
-                pk[q] = one if later else zero
+                pm[q] = x1 * s + t if later else x0 * s + t         # its maximum, x there, which one
                 pv[q] = x1 if later else x0
+                pk[q] = one if later else zero
+            tv, tk = xmax[n, c].ravel(), arg[n, c].ravel()          # (H*R,): the windows' in the even rows
             for q in range(H * R - R):                              # pairs q, q + R: a window where q's row is even
-                mt, mb, kt, kb, vt, vb = pm[q], pm[q + R], pk[q], pk[q + R] + two, pv[q], pv[q + R]
+                mt, mb, vt, vb, kt, kb = pm[q], pm[q + R], pv[q], pv[q + R], pk[q], pk[q + R] + two
                 later = _beats(mb, mt)
                 v = mb if later else mt
                 tm[q] = zero if v <= 0 else v
-                tk[q] = kb if later else kt
                 tv[q] = vb if later else vt
+                tk[q] = kb if later else kt
             for oh in range(H // 2):                                # the windows' rows: even rows of pairs
-                o, a, xm, q0 = out[n, c, oh], arg[n, c, oh], xmax[n, c, oh], 2 * oh * R
+                o, q0 = out[n, c, oh], 2 * oh * R
                 for ow in range(R):
                     o[ow] = tm[q0 + ow]
-                    a[ow] = np.uint8(tk[q0 + ow])
-                    xm[ow] = tv[q0 + ow]
 
 
 @njit(**REDUCE)
@@ -178,19 +179,20 @@ def _bn_pool_sums(lo, hi, dout, out, xmax, mean, inv_std, dbeta, dgamma):
         mu, k = mean[c], inv_std[c]
         sb, sg = 0.0, 0.0
         for n in range(dout.shape[0]):
-            g, o, xm = dout[n, c].ravel(), out[n, c].ravel(), xmax[n, c].ravel()
-            for q in range(g.size):
-                gi = g[q] * dout.dtype.type(o[q] > zero)
-                sb += gi
-                sg += gi * (xm[q] - mu) * k
+            for oh in range(dout.shape[2]):
+                g, o, xm = dout[n, c, oh], out[n, c, oh], xmax[n, c, oh]
+                for ow in range(dout.shape[3]):
+                    gi = g[ow] * dout.dtype.type(o[ow] > zero)
+                    sb += gi
+                    sg += gi * (xm[ow] - mu) * k
         dbeta[c], dgamma[c] = sb, sg
 
 
 @njit(**JIT)
 def _bn_pool_dx(lo, hi, dout, out, arg, x, mean, a, b, d, training, dx):
     """dx = a[c] * dy + b[c] * (x - mean[c]) + d[c] (``_bn_dx``'s formula; a[c] * dy unless training)
-    for the images [lo, hi), dy the pooled gradient dout * (out > 0) at each window's maximum arg
-    (0-3), zero elsewhere."""
+    for the images [lo, hi), dy the pooled gradient dout * (out > 0) at each window's maximum
+    arg (0-3), zero elsewhere."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     zero = x.dtype.type(0)
     dy = np.empty(H * W, x.dtype)                                   # (H*W,): one plane's dy, flat
@@ -201,7 +203,8 @@ def _bn_pool_dx(lo, hi, dout, out, arg, x, mean, a, b, d, training, dx):
             for oh in range(H // 2):
                 g, o, k = dout[n, c, oh], out[n, c, oh], arg[n, c, oh]
                 for ow in range(W // 2):
-                    dy[(2 * oh + (k[ow] >> 1)) * W + 2 * ow + (k[ow] & 1)] = g[ow] * x.dtype.type(o[ow] > zero)
+                    i = int(k[ow])
+                    dy[(2 * oh + (i >> 1)) * W + 2 * ow + (i & 1)] = g[ow] * x.dtype.type(o[ow] > zero)
             ac, bc, dc, mc, xf, df = a[c], b[c], d[c], mean[c], x[n, c].ravel(), dx[n, c].ravel()
             if training:
                 for i in range(H * W):
@@ -224,17 +227,17 @@ def batchnorm_pool_forward(x, gamma, beta, running_mean, running_var, momentum, 
     x3 = x.reshape(N, C, H * W)                                     # (N, C, H*W)
     mean, inv_std, scale, shift = _normalisation(x3, gamma, beta, running_mean, running_var, momentum, eps,
                                                  training)
-    out, xmax = np.empty((2, N, C, H // 2, W // 2), x.dtype)        # (N, C, PH, PW) each
-    arg = np.empty(out.shape, np.uint8)                             # each window's first maximum, 0-3
-    parallel_for(_bn_pool, N, x, scale, shift, out, arg, xmax, work=x.size)
-    return out, ("fused", (x3, mean, inv_std, gamma, training), out, arg, xmax, x)
+    out = np.empty((N, C, H // 2, W // 2), x.dtype)                 # (N, C, PH, PW)
+    xmax, arg = np.empty((2, N, C, H // 2, W), x.dtype)             # (N, C, PH, 2*PW): see _bn_pool
+    parallel_for(_bn_pool, N, x, scale, shift, out, xmax, arg, work=x.size)
+    return out, ("fused", (x3, mean, inv_std, gamma, training), out, xmax, arg, x)
 
 
 def batchnorm_pool_backward(dout, cache):
     """dout (N, C, PH, PW) -> dx (N, C, H, W), dgamma (C,), dbeta (C,)."""
     if cache[0] == "composed":
         return batchnorm_backward(maxpool2d_backward(dout, cache[2]), cache[1])
-    _, (x3, mean, inv_std, gamma, training), out, arg, xmax, x = cache
+    _, (x3, mean, inv_std, gamma, training), out, xmax, arg, x = cache
     N, C = x.shape[:2]
     dout = np.ascontiguousarray(dout)
     dbeta, dgamma = np.empty(C), np.empty(C)
