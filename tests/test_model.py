@@ -138,6 +138,15 @@ def test_cuda_request_without_gpu_is_a_clear_error(monkeypatch):
         small_net().to("tpu")
 
 
+def _one_by_one(layers, x, dout):
+    """The layers run one by one, unfused: (their output, the input gradient of dout)."""
+    for layer in layers:
+        x = layer(x)
+    for layer in reversed(list(layers)):
+        dout = layer.backward(dout)
+    return x, dout
+
+
 @pytest.mark.parametrize("pool", [(2, 2, 0), (3, 1, 1)], ids=["2x2", "3x3 stride 1 pad 1"])
 def test_relu_before_maxpool_runs_fused_with_the_same_values_and_gradients(rng, pool):
     """Sequential runs ReLU then MaxPool2d as relu(maxpool(x)); with ties, zeros, all-negative
@@ -152,12 +161,7 @@ def test_relu_before_maxpool_runs_fused_with_the_same_values_and_gradients(rng, 
     assert isinstance(net._plan[0][1], ReLUMaxPool) and len(net._plan) == 2
     dout = rng.standard_normal(out.shape)
     dx = net.backward(dout)
-    a = x
-    for layer in layers:                                            # unfused: one by one
-        a = layer(a)
-    d = dout
-    for layer in reversed(layers):
-        d = layer.backward(d)
+    a, d = _one_by_one(layers, x, dout)
     np.testing.assert_array_equal(out, a)
     np.testing.assert_array_equal(dx, d)
     assert check_layer(cl.Sequential(cl.Conv2d(2, 3, 3, padding=1), cl.ReLU(), cl.MaxPool2d(2)),
@@ -332,12 +336,7 @@ def test_in_training_batch_norm_relu_and_maxpool_run_fused_with_the_same_values_
     assert [type(u).__name__ for _, u in fused._plan] == ["Conv2d", "NormReLUPool", "Flatten"]
     dout = rng.standard_normal(out.shape)
     dx = fused.backward(dout)
-    a = x
-    for layer in plain:                                             # unfused: one by one
-        a = layer(a)
-    d = dout
-    for layer in reversed(list(plain)):
-        d = layer.backward(d)
+    a, d = _one_by_one(plain, x, dout)
     np.testing.assert_allclose(out, a, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(dx, d, rtol=1e-10, atol=1e-12)
     for (name, p), q in zip(fused.named_parameters(), plain.parameters()):
