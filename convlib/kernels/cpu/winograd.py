@@ -44,11 +44,11 @@ def applies(w_shape, stride, padding):
 
 def filters(w):
     """w (F, C, 3, 3) -> U (36, F, C): G g GT for each filter g = w[f, c], position-major, summed
-    in float64. U is stored as (36, C, F) and handed out transposed: each U[xi] (F, C) is then
-    column-major, as V[xi].T (C, T) is, and NumPy gives OpenBLAS the product with both
-    operands in one order (it computes M.T = V @ U.T), which it runs faster than a mixed-order
-    product for these thin shapes (docs/performance.md has the times)."""
-    return np.ascontiguousarray(_filters(w).transpose(0, 2, 1)).transpose(0, 2, 1)
+    in float64, row-major. (Stored as (36, C, F) and handed out transposed, both operands of
+    the 36 products were column-major and OpenBLAS ran them up to 2x faster on an AVX-512 Xeon,
+    but there its kernel for that case gave wrong values now and then when two threads
+    multiplied at once: docs/performance.md.)"""
+    return _filters(w)
 
 
 @njit(**JIT)
@@ -434,7 +434,7 @@ def backward(x, dout, w, padding, dx):
     dx (N, C, H, W) unless None (the input gradient: itself such a convolution, of dout with the
     filters turned and transposed), on all threads; the products in the transformed domain, 4x
     fewer multiplies than im2col's."""
-    Ut = filters(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])          # (36, C, F), column-major
+    Ut = filters(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])          # (36, C, F)
     g, groups = group(x.shape, dout.shape[1], padding)
     parts = parallel_for(grad_groups, groups, x, dout, Ut, padding, g, dx)
     dU = sum(dU for dU, _ in parts)                                 # (36, F, C)
