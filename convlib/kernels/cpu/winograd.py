@@ -45,9 +45,9 @@ def applies(w_shape, stride, padding):
 def filters(w):
     """w (F, C, 3, 3) -> U (36, F, C): G g GT for each filter g = w[f, c], position-major, summed
     in float64, row-major. (Stored as (36, C, F) and handed out transposed, both operands of
-    the 36 products were column-major and OpenBLAS ran them up to 2x faster on an AVX-512 Xeon,
-    but there its kernel for that case gave wrong values now and then when two threads
-    multiplied at once: docs/performance.md.)"""
+    the 36 products were column-major and OpenBLAS ran them faster on an AVX-512 Xeon, but
+    there its kernel for that case gave wrong values now and then when two threads multiplied
+    at once: docs/performance.md.)"""
     return _filters(w)
 
 
