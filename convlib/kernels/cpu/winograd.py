@@ -9,12 +9,14 @@ Summed over the C input channels, the elementwise products become 36 matrix prod
 position xi of the 6x6 tile, which BLAS does:
 
     V[xi] (T, C)  = input tiles, transformed       # T tiles of a group of images
-    U[xi] (F, C)  = filters, transformed           # once per call
-    M[xi] (F, T)  = U[xi] @ V[xi].T
+    U[xi] (C, F)  = filters, transformed           # once per call
+    M[xi] (T, F)  = V[xi] @ U[xi]                  # all three row-major
     out           = AT M A per tile, + bias        # written NCHW
 
-The transforms run over channels-last copies (the C or F values of one tile position are
-contiguous), so LLVM vectorises them across channels. Four times fewer multiplies than the
+The transforms run channels last (the C or F values of one tile position are contiguous), so
+LLVM vectorises them across channels. All operands of the products are row-major: OpenBLAS's
+kernel for two transposed operands was up to 2x faster on an AVX-512 Xeon but not safe with two
+threads multiplying at once (docs/performance.md). Four times fewer multiplies than the
 direct convolution; the transforms' constants (1/4, 1/6, 1/24, 8) cost some float32 precision,
 measured in tests/test_kernels.py against the float64 reference. The input gradient of a
 stride-1 3x3 convolution is itself one (the filters flipped, in and out swapped), so backward
@@ -42,26 +44,19 @@ def applies(w_shape, stride, padding):
     return (KH, KW) == (3, 3) and tuple(stride) == (1, 1) and max(padding) <= 2 and min(C, F) >= 16
 
 
-def filters(w):
-    """w (F, C, 3, 3) -> U (36, F, C): G g GT for each filter g = w[f, c], position-major, summed
-    in float64, row-major. (Stored as (36, C, F) and handed out transposed, both operands of
-    the 36 products were column-major and OpenBLAS ran them faster on an AVX-512 Xeon, but
-    there its kernel for that case gave wrong values now and then when two threads multiplied
-    at once: docs/performance.md.)"""
-    return _filters(w)
-
-
 @njit(**JIT)
-def _filters(w):
-    """``filters``, U (36, F, C) row-major. Loops over all F*C filters at once, which LLVM vectorises."""
+def filters(w):
+    """w (F, C, 3, 3) -> U (36, C, F): G g GT for each filter g = w[f, c], position-major, summed
+    in float64; each U[xi] (C, F) row-major, as the products V[xi] (T, C) @ U[xi] want it.
+    Loops over all F*C filters at once, which LLVM vectorises."""
     F, C = w.shape[0], w.shape[1]
-    K = F * C
-    g = np.empty((3, 3, K))                                         # g[i, j, f*C + c] = w[f, c, i, j]
-    for f in range(F):
-        for c in range(C):
+    K = C * F
+    g = np.empty((3, 3, K))                                         # g[i, j, c*F + f] = w[f, c, i, j]
+    for c in range(C):
+        for f in range(F):
             for i in range(3):
                 for j in range(3):
-                    g[i, j, f * C + c] = w[f, c, i, j]
+                    g[i, j, c * F + f] = w[f, c, i, j]
     t = np.empty((6, 3, K))                                         # G g
     for a in range(6):
         for j in range(3):
@@ -75,7 +70,7 @@ def _filters(w):
             dst = U[6 * a + b]
             for k in range(K):
                 dst[k] = t0[k] * G[b, 0] + t1[k] * G[b, 1] + t2[k] * G[b, 2]
-    return U.reshape(36, F, C)
+    return U.reshape(36, C, F)
 
 
 _kept = {}                                                          # id(w) -> (a copy of w, filters(w))
@@ -204,60 +199,63 @@ def _input_tiles(xq, TH, TW, V):
 
 @njit(**JIT)
 def _output_tiles(M, bias, n0, TH, TW, out, pooled):
-    """M (36, F*T), M[xi, f*T + k] for tile k = (n*TH + th)*TW + tw -> out[n0 + n] (F, OH, OW) =
-    AT M A per tile, + bias[f], clipped at the bottom and right edges, unless out is None; and
-    unless pooled is None, pooled[n0 + n] (F, OH//2, OW//2) = relu(2x2 max-pool of that), from the
-    tile while it is in the cache (a 4x4 tile holds four whole windows). One filter at a time,
-    so that its T tiles' values stay in the L1 cache through all three passes (over all F*T at
-    once they spill out of L2 on the Fashion net's layers); the transforms run over the T tiles
-    in loops LLVM vectorises; the second writes each tile's four outputs of a row side by side,
-    y[a, 4*k + b], so that an output row is then one contiguous copy."""
+    """M (36, T*F), M[xi, k*F + f] for tile k = (n*TH + th)*TW + tw (channels last, as the products
+    write it) -> out[n0 + n] (F, OH, OW) = AT M A per tile, + bias[f], clipped at the bottom and
+    right edges, unless out is None; and unless pooled is None, pooled[n0 + n] (F, OH//2, OW//2)
+    = relu(2x2 max-pool of that), from the tile while it is in the cache (a 4x4 tile holds four
+    whole windows). A tile row at a time: both transforms (and the pool) run over the row's
+    runs q = tw*F + f in loops LLVM vectorises, y[a, b, q] holding output (4*th + a, 4*tw + b)
+    of filter f; the last copy turns channels last into NCHW."""
     F = bias.shape[0]
-    T = M.shape[1] // F
-    s = np.empty((4, 6, T), M.dtype)                                # AT down the tile columns
-    y = np.empty((4, 4 * T), M.dtype)                               # then along the tile rows
+    L = TW * F                                                      # one tile row's runs
+    s = np.empty((4, 6, L), M.dtype)                                # AT down the tile columns
+    y = np.empty((4, 4, L), M.dtype)                                # then along the tile rows
+    z = np.empty((2, 2, L if pooled is not None else 0), M.dtype)   # the 2x2 windows' maxima
     f2, f4, f8 = M.dtype.type(2), M.dtype.type(4), M.dtype.type(8)
     zero = M.dtype.type(0)
-    z = np.empty((2, 2 * T if pooled is not None else 0), M.dtype)   # the 2x2 windows' maxima: rows 0-1, 2-3
-    for f in range(F):
-        q0 = f * T
-        for b in range(6):
-            m0, m1, m2 = M[b, q0:q0 + T], M[6 + b, q0:q0 + T], M[12 + b, q0:q0 + T]
-            m3, m4, m5 = M[18 + b, q0:q0 + T], M[24 + b, q0:q0 + T], M[30 + b, q0:q0 + T]
+    for n in range(M.shape[1] // (TH * L)):
+        for th in range(TH):
+            k0 = (n * TH + th) * L
+            for b in range(6):
+                m0, m1, m2 = M[b, k0:k0 + L], M[6 + b, k0:k0 + L], M[12 + b, k0:k0 + L]
+                m3, m4, m5 = M[18 + b, k0:k0 + L], M[24 + b, k0:k0 + L], M[30 + b, k0:k0 + L]
+                for a in range(4):
+                    dst = s[a, b]
+                    for q in range(L):
+                        dst[q] = _at(m0[q], m1[q], m2[q], m3[q], m4[q], m5[q], a, f2, f4, f8)
             for a in range(4):
-                dst = s[a, b]
-                for q in range(T):
-                    dst[q] = _at(m0[q], m1[q], m2[q], m3[q], m4[q], m5[q], a, f2, f4, f8)
-        for a in range(4):
-            s0, s1, s2, s3, s4, s5 = s[a, 0], s[a, 1], s[a, 2], s[a, 3], s[a, 4], s[a, 5]
-            dst = y[a]
-            for q in range(T):
-                v0, v1, v2, v3, v4, v5 = s0[q], s1[q], s2[q], s3[q], s4[q], s5[q]
-                dst[4 * q] = v0 + v1 + v2 + v3 + v4
-                dst[4 * q + 1] = v1 - v2 + f2 * (v3 - v4)
-                dst[4 * q + 2] = v1 + v2 + f4 * (v3 + v4)
-                dst[4 * q + 3] = v1 - v2 + f8 * (v3 - v4) + v5
-        if pooled is not None:                                      # over all tiles in one loop (a pooled row's
-            for a in range(2):                                      # 4-16 values are too few to vectorise)
-                r0, r1, dst = y[2 * a], y[2 * a + 1], z[a]
-                for i in range(2 * T):
-                    dst[i] = _max2(_max2(r0[2 * i], r0[2 * i + 1]), _max2(r1[2 * i], r1[2 * i + 1]))
-        bf = bias[f]
-        for n in range(T // (TH * TW)):                             # NCHW, with the bias
-            for th in range(TH):
-                k0 = 4 * (n * TH + th) * TW
-                if out is not None:
-                    OH, OW = out.shape[2], out.shape[3]
-                    for a in range(min(4, OH - 4 * th)):
-                        dst, src = out[n0 + n, f, 4 * th + a], y[a]
-                        for ow in range(OW):                        # unsigned: LLVM vectorises (conv.py index trap)
-                            dst[ow] = src[u(k0) + u(ow)] + bf
-                if pooled is not None:                              # max(a + b, c + b) = max(a, c) + b, rounded alike
-                    PH, PW = pooled.shape[2], pooled.shape[3]
-                    for a in range(min(2, PH - 2 * th)):
-                        dst, src = pooled[n0 + n, f, 2 * th + a], z[a]
+                s0, s1, s2, s3, s4, s5 = s[a, 0], s[a, 1], s[a, 2], s[a, 3], s[a, 4], s[a, 5]
+                for b in range(4):
+                    dst = y[a, b]
+                    for q in range(L):
+                        dst[q] = _at(s0[q], s1[q], s2[q], s3[q], s4[q], s5[q], b, f2, f4, f8)
+            if out is not None:
+                OH, OW = out.shape[2], out.shape[3]
+                for a in range(min(4, OH - 4 * th)):
+                    ya, o, r = y[a], out[n0 + n], 4 * th + a         # (4, L), (F, OH, OW), a row
+                    for f in range(0, F, 4):                        # 4 filters' rows at a time: the turn
+                        p1, p2, p3 = min(f + 1, F - 1), min(f + 2, F - 1), min(f + 3, F - 1)  # (past F: F-1 again)
+                        d0, d1, d2, d3 = o[f, r], o[p1, r], o[p2, r], o[p3, r]
+                        b0, b1, b2, b3 = bias[f], bias[p1], bias[p2], bias[p3]
+                        for ow in range(OW):                        # y[a, b, tw*F + f] for ow = 4*tw + b
+                            b, k = u(ow) & u(3), (u(ow) >> u(2)) * u(F)
+                            d3[ow] = ya[b, k + u(p3)] + b3
+                            d2[ow] = ya[b, k + u(p2)] + b2
+                            d1[ow] = ya[b, k + u(p1)] + b1
+                            d0[ow] = ya[b, k + u(f)] + b0
+            if pooled is not None:                                  # max(a + b, c + b) = max(a, c) + b, rounded alike
+                for a in range(2):
+                    for b in range(2):
+                        r0, r1 = y[2 * a, 2 * b], y[2 * a, 2 * b + 1]
+                        r2, r3, dst = y[2 * a + 1, 2 * b], y[2 * a + 1, 2 * b + 1], z[a, b]
+                        for q in range(L):
+                            dst[q] = _max2(_max2(r0[q], r1[q]), _max2(r2[q], r3[q]))
+                PH, PW = pooled.shape[2], pooled.shape[3]
+                for a in range(min(2, PH - 2 * th)):
+                    for f in range(F):
+                        dst, bf = pooled[n0 + n, f, 2 * th + a], bias[f]
                         for o in range(PW):
-                            v = src[u(k0 // 2) + u(o)] + bf
+                            v = z[a, o % 2, o // 2 * F + f] + bf
                             dst[o] = zero if v <= 0 else v
 
 
@@ -363,18 +361,18 @@ def _tiles(H, W):
 def _conv_group(xq, TH, TW, U, bias, n0, out, pooled=None):
     """out[n0 + n] = conv3x3 + bias for the m images split into xq (m, HP, 4, P*C) by
     ``_split_columns``: input tiles, the 36 products, output tiles."""
-    m, F, C = xq.shape[0], U.shape[1], U.shape[2]
+    m, C, F = xq.shape[0], U.shape[1], U.shape[2]
     T = m * TH * TW
     V = workspace("wino_v", (36, T, C), xq.dtype)                   # (36, T, C)
-    M = workspace("wino_m", (36, F, T), xq.dtype)                   # (36, F, T)
+    M = workspace("wino_m", (36, T, F), xq.dtype)                   # (36, T, F)
     _input_tiles(xq, TH, TW, V.reshape(36, T * C))
-    np.matmul(U, V.transpose(0, 2, 1), out=M)                       # 36 products (F, C) @ (C, T)
-    _output_tiles(M.reshape(36, F * T), bias, n0, TH, TW, out, pooled)
+    np.matmul(V, U, out=M)                                          # 36 products (T, C) @ (C, F)
+    _output_tiles(M.reshape(36, T * F), bias, n0, TH, TW, out, pooled)
 
 
 def conv_groups(lo, hi, x, U, bias, padding, g, out, pooled):
     """out[n] = conv3x3(x[n]) + bias for the images of groups [lo, hi) of g images (stride 1,
-    ``padding``), by F(4x4, 3x3): x (N, C, H, W), U (36, F, C) from ``filters``, bias (F,),
+    ``padding``), by F(4x4, 3x3): x (N, C, H, W), U (36, C, F) from ``filters``, bias (F,),
     out (N, F, OH, OW) or None; pooled (N, F, OH//2, OW//2) or None gets relu(2x2 max-pool)."""
     C = x.shape[1]
     TH, TW = _tiles(x.shape[2] + 2 * padding[0] - 2, x.shape[3] + 2 * padding[1] - 2)
@@ -386,10 +384,10 @@ def conv_groups(lo, hi, x, U, bias, padding, g, out, pooled):
 
 
 def conv2d(x, U, bias, padding, out, pooled=None):
-    """out = conv3x3(x) + bias (stride 1, ``padding``) on all threads: x (N, C, H, W), U (36, F, C)
+    """out = conv3x3(x) + bias (stride 1, ``padding``) on all threads: x (N, C, H, W), U (36, C, F)
     from ``filters``, bias (F,), out (N, F, OH, OW) or None; unless None, pooled (N, F, OH//2,
     OW//2) = relu(2x2 max-pool of that), from the tiles (``_output_tiles``)."""
-    g, groups = group(x.shape, U.shape[1], padding)
+    g, groups = group(x.shape, U.shape[2], padding)
     parallel_for(conv_groups, groups, x, U, bias, padding, g, out, pooled)
     return out
 
@@ -399,7 +397,7 @@ def grad_groups(lo, hi, x, dout, Ut, padding, g, dx):
     gradient in the transformed domain, the sum over tiles of dM (F, T) @ V (T, C), and the sum
     of dout over its images and positions (F,) in float64: row 7 of dM, position (1, 1) of A d AT,
     is each tile's sum. Unless dx is None writes dx[n], the stride-1 conv of dout[n] padded by
-    2 - padding with Ut (36, C, F), the filters turned 180 degrees, in and out swapped. One split
+    2 - padding with Ut (36, F, C), the filters turned 180 degrees, in and out swapped. One split
     of dout serves both."""
     C, F = x.shape[1], dout.shape[1]
     (ph, pw), (qh, qw) = padding, (2 - padding[0], 2 - padding[1])
@@ -434,7 +432,7 @@ def backward(x, dout, w, padding, dx):
     dx (N, C, H, W) unless None (the input gradient: itself such a convolution, of dout with the
     filters turned and transposed), on all threads; the products in the transformed domain, 4x
     fewer multiplies than im2col's."""
-    Ut = filters(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])          # (36, C, F)
+    Ut = filters(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])          # (36, F, C)
     g, groups = group(x.shape, dout.shape[1], padding)
     parts = parallel_for(grad_groups, groups, x, dout, Ut, padding, g, dx)
     dU = sum(dU for dU, _ in parts)                                 # (36, F, C)
