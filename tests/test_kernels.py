@@ -108,10 +108,10 @@ def test_winograd_groups_share_evenly_among_2_or_4_threads(x_shape, F):
     assert groups % 4 == 0 and g * groups == x_shape[0]           # equal groups, a multiple of 4 of them
 
 
-def test_winograd_gives_the_same_gradients_each_time_on_two_threads():
-    """Two threads multiplying at once must not change the values: with the transformed filters
-    column-major, OpenBLAS on an AVX-512 Xeon gave wrong input gradients in 3-4% of runs of this
-    geometry (the second thread's last group, one image), found by the test above."""
+def test_winograd_gives_the_same_values_each_time_on_two_threads():
+    """Two threads multiplying at once must not change the values: with both operands of the 36
+    products transposed, OpenBLAS on an AVX-512 Xeon gave wrong input gradients in 3-4% of runs
+    of this geometry (the second thread's last group, one image), found by the test above."""
     import convlib as cl
     rng = np.random.default_rng(0)
     x = rng.standard_normal((5, 24, 11, 12)).astype(np.float32)
@@ -123,6 +123,7 @@ def test_winograd_gives_the_same_gradients_each_time_on_two_threads():
         dout = rng.standard_normal(out.shape).astype(np.float32)
         first = cpu.conv2d_backward(dout, cache)
         for _ in range(200):
+            np.testing.assert_array_equal(cpu.conv2d_forward(x, w, None, (1, 1), (0, 0))[0], out)
             for got, want in zip(cpu.conv2d_backward(dout, cache), first):
                 np.testing.assert_array_equal(got, want)
     finally:
