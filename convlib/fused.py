@@ -148,7 +148,7 @@ class ConvUnit(Layer):
         else:
             pool = self.relu_pool.pool
             out, cache = ops.conv2d_pool_forward(x, w, b, conv.stride, conv.padding,
-                                                 (pool.kernel_size, pool.stride, pool.padding))
+                                                 (pool.kernel_size, pool.stride, pool.padding), conv.training)
         self._cache = (cache, s, inv_std)
         return out
 

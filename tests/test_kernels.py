@@ -392,13 +392,16 @@ def _conv_pool_reference(x, w, b, padding, pool):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @settings(max_examples=20, deadline=None)
 @given(N=st.integers(1, 3), C=st.integers(1, 3), F=st.integers(1, 4), H=st.integers(1, 15), W=st.integers(1, 15),
-       pad=st.integers(0, 2), ties=st.booleans(), bias=st.booleans(), nan=st.booleans(), seed=seeds)
-def test_conv_relu_maxpool_in_one_pass_matches_the_ops_in_turn(dtype, N, C, F, H, W, pad, ties, bias, nan, seed):
+       pad=st.integers(0, 2), ties=st.booleans(), bias=st.booleans(), nan=st.booleans(), training=st.booleans(),
+       seed=seeds)
+def test_conv_relu_maxpool_in_one_pass_matches_the_ops_in_turn(dtype, N, C, F, H, W, pad, ties, bias, nan, training,
+                                                               seed):
     """The first layer's fused path: odd sizes (a last row or column outside every window),
     ties (small integers everywhere, so that the sums are exact and tie in every order), a NaN
     (forward only: the first NaN of a window wins, as the pool's; where gradients meet the NaN
     they hold NaN in whatever places their sums' order gives), every padding; forward, and
-    backward with and without dx."""
+    backward with and without dx. In eval mode (training False) the pass keeps no maxima's
+    places: the same values bit for bit, and backward computes the convolution again."""
     H, W = max(H, 4 - 2 * pad), max(W, 4 - 2 * pad)                 # a pooled output of at least 1x1
     rng = np.random.default_rng(seed)
     draw = (lambda shape: rng.integers(-2, 3, shape).astype(float)) if ties else rng.standard_normal
@@ -408,9 +411,12 @@ def test_conv_relu_maxpool_in_one_pass_matches_the_ops_in_turn(dtype, N, C, F, H
     pool = ((2, 2), (2, 2), (0, 0))
     out_r, backward_r = _conv_pool_reference(x, w, b, (pad, pad), pool)
     cast = (lambda a: None if a is None else a.astype(dtype))
-    out_c, cache = cpu.conv2d_pool_forward(cast(x), cast(w), cast(b), (1, 1), (pad, pad), pool)
-    assert cache[0] == "fused" and out_c.dtype == dtype
+    out_c, cache = cpu.conv2d_pool_forward(cast(x), cast(w), cast(b), (1, 1), (pad, pad), pool, training)
+    assert cache[0] == ("fused" if training else "again") and out_c.dtype == dtype
     np.testing.assert_allclose(out_c, out_r, **TOL[dtype])
+    if not training:
+        np.testing.assert_array_equal(out_c, cpu.conv2d_pool_forward(cast(x), cast(w), cast(b), (1, 1), (pad, pad),
+                                                                     pool)[0])
     dout = rng.standard_normal(out_r.shape)
     for need_dx in () if nan else (False, True):
         got = cpu.conv2d_pool_backward(cast(dout), cache, need_dx)
@@ -437,8 +443,9 @@ def test_winograd_conv_relu_maxpool_in_one_pass_matches_the_ops_in_turn(dtype, N
     w = (rng.standard_normal((F, C, 3, 3)) / np.sqrt(9 * C)).astype(dtype)
     b = rng.standard_normal(F).astype(dtype) if bias else None
     pool = ((2, 2), (2, 2), (0, 0))
-    out, cache = cpu.conv2d_pool_forward(x, w, b, (1, 1), (pad, pad), pool)
+    out, cache = cpu.conv2d_pool_forward(x, w, b, (1, 1), (pad, pad), pool, training=False)
     assert cache[0] == "again" and out.dtype == dtype
+    assert cpu.conv2d_pool_forward(x, w, b, (1, 1), (pad, pad), pool)[1][0] == "composed"   # training: no pass
     full, conv_cache = cpu.conv2d_forward(x, w, b, (1, 1), (pad, pad))
     want, pool_cache = cpu.maxpool2d_forward(full, *pool, relu=True)
     np.testing.assert_array_equal(out, want)                        # NaNs in the same places
@@ -457,14 +464,19 @@ def test_winograd_conv_relu_maxpool_in_one_pass_matches_the_ops_in_turn(dtype, N
                 np.testing.assert_array_equal(g, want)
 
 
-def test_eval_mode_fused_winograd_gradients_against_central_differences(rng):
-    """float64, an eval-mode Sequential that fuses a Winograd conv with its ReLU + pool: the
-    backward that computes the conv again gives dx, the weights' and the bias's gradients."""
+@pytest.mark.parametrize("C", [3, 16])
+def test_eval_mode_fused_conv_gradients_against_central_differences(C, rng):
+    """float64, an eval-mode Sequential that fuses a conv (the direct loop's or Winograd's) with
+    its ReLU + pool: the backward that computes the conv again gives dx, the weights' and the
+    bias's gradients."""
     import convlib as cl
     from convlib.gradcheck import check_layer
-    net = cl.Sequential(cl.Conv2d(16, 16, 3, padding=1), cl.ReLU(), cl.MaxPool2d(2)).to(np.float64).eval()
-    assert [type(unit).__name__ for _, unit in net._units()] == ["ConvUnit"]
-    assert set(check_layer(net, rng.standard_normal((2, 16, 7, 6)))) == {"x", "0.weight", "0.bias"}
+    net = cl.Sequential(cl.Conv2d(C, 16, 3, padding=1), cl.ReLU(), cl.MaxPool2d(2)).to(np.float64).eval()
+    [(_, unit)] = net._units()
+    assert type(unit).__name__ == "ConvUnit"
+    unit.forward(rng.standard_normal((2, C, 7, 6)))
+    assert unit._cache[0][0] == "again"                             # no maxima's places kept
+    assert set(check_layer(net, rng.standard_normal((2, C, 7, 6)))) == {"x", "0.weight", "0.bias"}
 
 
 def test_conv_relu_maxpool_gradients_against_central_differences(rng):

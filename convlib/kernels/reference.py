@@ -67,9 +67,10 @@ def conv2d_backward(dout, cache, need_dx=True):
 
 
 @op
-def conv2d_pool_forward(x, w, b, stride, padding, pool):
+def conv2d_pool_forward(x, w, b, stride, padding, pool, training=True):
     """relu(maxpool2d(conv2d(x))) with pool = (kernel, stride, padding) -> out, cache: one op, so
-    that a backend can do the three in one pass (``fused.fuse``); here, the ops in turn."""
+    that a backend can do the three in one pass (``fused.fuse``); here, the ops in turn. With
+    training False (eval mode) a backend may keep less for backward and compute again there."""
     out, conv_cache = conv2d_forward(x, w, b, stride, padding)
     out, pool_cache = maxpool2d_forward(out, *pool, relu=True)
     return out, (conv_cache, pool_cache)

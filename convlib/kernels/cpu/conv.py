@@ -259,11 +259,12 @@ def _plane_grads(xp, d, WP, L, dwf):
 
 
 @njit(fastmath={"contract", "reassoc"}, **JIT)
-def _direct_images(lo, hi, x, w, b, ph, pw, out, arg):
-    """For n in [lo, hi), with x (N, C, H, W), w (F, C, 3, 3), b (F,), stride 1: with arg None,
-    out[n] (F, OH, OW) = conv3x3(x[n]) + b; else out[n] = relu(maxpool2x2(that)) (F, OH//2, OW//2)
-    and arg[n] (uint8) each window's first maximum, 0-3 in row order (``pool.py``'s rules: the
-    first NaN wins), so the convolution's output never leaves the cache."""
+def _direct_images(lo, hi, x, w, b, ph, pw, out, pooled, arg):
+    """For n in [lo, hi), with x (N, C, H, W), w (F, C, 3, 3), b (F,), stride 1: unless pooled,
+    out[n] (F, OH, OW) = conv3x3(x[n]) + b; else out[n] = relu(maxpool2x2(that)) (F, OH//2, OW//2),
+    so that the convolution's output never leaves the cache, and unless arg is None (eval mode),
+    arg[n] (uint8) each window's first maximum, 0-3 in row order (``pool.py``'s rules: the first
+    NaN wins)."""
     F = w.shape[0]
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     HP, WP = H + 2 * ph, W + 2 * pw
@@ -282,11 +283,22 @@ def _direct_images(lo, hi, x, w, b, ph, pw, out, arg):
             if f % 2 == 0:                                          # filters f and f + 1 (f again if F is odd)
                 _planes(xp, w, b, f, min(f + 1, F - 1), WP, L, planes)
             acc = planes[f % 2]
-            if arg is None:
+            if not pooled:
                 for oh in range(OH):
                     dst, row = out[n, f, oh], u(oh * WP)
                     for ow in range(u(OW)):
                         dst[ow] = acc[row + ow]
+            elif arg is None:                                       # eval: the maxima alone, half the passes
+                pm = pairs[0]
+                for q in range(u(QH * WP)):                         # the pair of places 2q, 2q + 1 (row 2q // WP)
+                    a0, a1 = acc[2 * q], acc[2 * q + u(1)]
+                    pm[q] = a1 if _beats(a1, a0) else a0
+                for qh in range(QH):                                # a window's top pair, and the pair below
+                    o, k = out[n, f, qh], u(qh * WP)                # it, R = WP/2 further on
+                    for qw in range(u(QW)):
+                        top, below = pm[k + qw], pm[k + qw + R]
+                        v = below if _beats(below, top) else top
+                        o[qw] = zero if v <= 0 else v               # the ReLU, as pool.py's
             else:                                                   # flat passes of two or three arrays, which
                 pm, pk, tm, tk = pairs[0], pairs[1], tops[0], tops[1]   # LLVM vectorises (rows of 10-14 it did not)
                 for q in range(u(QH * WP)):                         # the pair of places 2q, 2q + 1 (row 2q // WP)
@@ -357,7 +369,8 @@ def conv2d_forward(x, w, b, stride, padding):
     if winograd.applies(w.shape, stride, padding):                  # 3x3, stride 1: F(4x4, 3x3)
         winograd.conv2d(x, winograd.transformed(w.astype(x.dtype, copy=False)), bias, tuple(padding), out)
     elif direct_applies(w.shape, stride):                           # 3x3, stride 1, C <= 3
-        parallel_for(_direct_images, N, x, np.ascontiguousarray(w, dtype=x.dtype), bias, *padding, out, None)
+        parallel_for(_direct_images, N, x, np.ascontiguousarray(w, dtype=x.dtype), bias, *padding, out, False,
+                     None)
     else:
         parallel_for(_conv_images, N, x, wb, cache[4], out.reshape(N, F, OH * OW))
     return out, cache
@@ -410,25 +423,27 @@ def _direct_grads(x, dout, padding, has_bias, out, arg):
 
 
 # ---------------------------------------------------------------- conv, ReLU and max-pool together
-def conv2d_pool_forward(x, w, b, stride, padding, pool):
+def conv2d_pool_forward(x, w, b, stride, padding, pool, training=True):
     """relu(maxpool(conv2d(x))), pool = (kernel, stride, padding) -> out, cache. For a 2x2 pool of
     stride 2, two paths do the three in one pass, so that the convolution's output never goes
     through memory: the direct loop (1-3 input channels), whose backward keeps only each window's
-    maximum's place (a byte), and Winograd (``fused.fuse`` sends it there in eval mode
-    only), whose backward computes the convolution again (a saliency map's rare case). Elsewhere
-    the two ops run one after the other."""
+    maximum's place (a byte), and in eval mode (training False) Winograd; there both keep only x
+    and compute the convolution again in backward (a saliency map's rare case). Elsewhere the two
+    ops run one after the other."""
     is_2x2 = pool == ((2, 2), (2, 2), (0, 0))
-    if is_2x2 and (direct_applies(w.shape, stride) or winograd.applies(w.shape, stride, padding)):
+    direct = direct_applies(w.shape, stride)
+    if is_2x2 and (direct or (not training and winograd.applies(w.shape, stride, padding))):
         x, cache = _conv_cache(x, w, b, stride, padding)
         N, F, (OH, OW) = x.shape[0], w.shape[0], cache[4][6:]
         out = np.empty((N, F, OH // 2, OW // 2), dtype=x.dtype)
         bias = cache[2][:, -1].copy()                               # (F,)
-        if not direct_applies(w.shape, stride):
+        arg = np.empty(out.shape, dtype=np.uint8) if training else None   # each window's first maximum, 0-3
+        if direct:
+            parallel_for(_direct_images, N, x, np.ascontiguousarray(w, dtype=x.dtype), bias, *padding, out, True,
+                         arg)
+        else:
             winograd.conv2d(x, winograd.transformed(w.astype(x.dtype, copy=False)), bias, tuple(padding), None, out)
-            return out, ("again", cache, pool)
-        arg = np.empty(out.shape, dtype=np.uint8)                   # each window's first maximum, 0-3
-        parallel_for(_direct_images, N, x, np.ascontiguousarray(w, dtype=x.dtype), bias, *padding, out, arg)
-        return out, ("fused", cache, out, arg)
+        return out, (("fused", cache, out, arg) if training else ("again", cache, pool))
     out, cache = conv2d_forward(x, w, b, stride, padding)
     out, pool_cache = maxpool2d_forward(out, *pool, relu=True)
     return out, ("composed", cache, pool_cache)
