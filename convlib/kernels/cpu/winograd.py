@@ -198,38 +198,77 @@ def _input_tiles(xq, TH, TW, V):
 
 
 @njit(**JIT)
+def _at_columns(M, k0, s):
+    """s[a, b, q] = row a of AT times column b of the tiles' M (M[b + 6*i, k0 + q], i = 0..5), for
+    the runs q < L of one tile row: one loop per column writes its four outputs. Each pass of a
+    transform is a function of its own, indexed with unsigned integers, so that LLVM vectorises
+    its loop as it stands (within its caller, or with signed indices, it ran slower)."""
+    L, k = u(s.shape[2]), u(k0)
+    f2, f4, f8 = M.dtype.type(2), M.dtype.type(4), M.dtype.type(8)
+    for b in range(6):
+        for q in range(L):
+            m0, m1, m2 = M[b, k + q], M[6 + b, k + q], M[12 + b, k + q]
+            m3, m4, m5 = M[18 + b, k + q], M[24 + b, k + q], M[30 + b, k + q]
+            s[0, b, q] = _at(m0, m1, m2, m3, m4, m5, 0, f2, f4, f8)
+            s[1, b, q] = _at(m0, m1, m2, m3, m4, m5, 1, f2, f4, f8)
+            s[2, b, q] = _at(m0, m1, m2, m3, m4, m5, 2, f2, f4, f8)
+            s[3, b, q] = _at(m0, m1, m2, m3, m4, m5, 3, f2, f4, f8)
+
+
+@njit(**JIT)
+def _at_rows(s, y):
+    """y[a, b, q] = row b of AT times row a of s (s[a, 0, q], ..., s[a, 5, q]): output (4*th + a,
+    4*tw + b) of the tile row's run q = tw*F + f, before the bias."""
+    L = u(s.shape[2])
+    f2, f4, f8 = s.dtype.type(2), s.dtype.type(4), s.dtype.type(8)
+    for a in range(4):
+        for q in range(L):
+            s0, s1, s2, s3, s4, s5 = s[a, 0, q], s[a, 1, q], s[a, 2, q], s[a, 3, q], s[a, 4, q], s[a, 5, q]
+            y[a, 0, q] = _at(s0, s1, s2, s3, s4, s5, 0, f2, f4, f8)
+            y[a, 1, q] = _at(s0, s1, s2, s3, s4, s5, 1, f2, f4, f8)
+            y[a, 2, q] = _at(s0, s1, s2, s3, s4, s5, 2, f2, f4, f8)
+            y[a, 3, q] = _at(s0, s1, s2, s3, s4, s5, 3, f2, f4, f8)
+
+
+@njit(**JIT)
+def _at_rows_pooled(s, z):
+    """z[i, j, q] = the maximum of the 2x2 window (i, j) of the 4x4 tile that ``_at_rows`` makes
+    from s, each window's pairs in row order as the pool's (``_max2``): the same values, bit for
+    bit, without writing the tile."""
+    L = u(s.shape[2])
+    f2, f4, f8 = s.dtype.type(2), s.dtype.type(4), s.dtype.type(8)
+    for i in range(2):
+        a, c = 2 * i, 2 * i + 1                                     # the window's two rows of the tile
+        for q in range(L):
+            s0, s1, s2, s3, s4, s5 = s[a, 0, q], s[a, 1, q], s[a, 2, q], s[a, 3, q], s[a, 4, q], s[a, 5, q]
+            y0, y1 = _at(s0, s1, s2, s3, s4, s5, 0, f2, f4, f8), _at(s0, s1, s2, s3, s4, s5, 1, f2, f4, f8)
+            y2, y3 = _at(s0, s1, s2, s3, s4, s5, 2, f2, f4, f8), _at(s0, s1, s2, s3, s4, s5, 3, f2, f4, f8)
+            s0, s1, s2, s3, s4, s5 = s[c, 0, q], s[c, 1, q], s[c, 2, q], s[c, 3, q], s[c, 4, q], s[c, 5, q]
+            v0, v1 = _at(s0, s1, s2, s3, s4, s5, 0, f2, f4, f8), _at(s0, s1, s2, s3, s4, s5, 1, f2, f4, f8)
+            v2, v3 = _at(s0, s1, s2, s3, s4, s5, 2, f2, f4, f8), _at(s0, s1, s2, s3, s4, s5, 3, f2, f4, f8)
+            z[i, 0, q] = _max2(_max2(y0, y1), _max2(v0, v1))
+            z[i, 1, q] = _max2(_max2(y2, y3), _max2(v2, v3))
+
+
+@njit(**JIT)
 def _output_tiles(M, bias, n0, TH, TW, out, pooled):
     """M (36, T*F), M[xi, k*F + f] for tile k = (n*TH + th)*TW + tw (channels last, as the products
     write it) -> out[n0 + n] (F, OH, OW) = AT M A per tile, + bias[f], clipped at the bottom and
-    right edges, unless out is None; and unless pooled is None, pooled[n0 + n] (F, OH//2, OW//2)
-    = relu(2x2 max-pool of that), from the tile while it is in the cache (a 4x4 tile holds four
-    whole windows). A tile row at a time: both transforms (and the pool) run over the row's
-    runs q = tw*F + f in loops LLVM vectorises, y[a, b, q] holding output (4*th + a, 4*tw + b)
-    of filter f; the last copy turns channels last into NCHW."""
+    right edges; or, with out None, pooled[n0 + n] (F, OH//2, OW//2) = relu(2x2 max-pool of that),
+    from the tile while it is in the cache (a 4x4 tile holds four whole windows). A tile row at a
+    time: both transforms (and the pool) run over the row's runs q = tw*F + f, y[a, b, q] holding
+    output (4*th + a, 4*tw + b) of filter f; the last copy turns channels last into NCHW."""
     F = bias.shape[0]
     L = TW * F                                                      # one tile row's runs
     s = np.empty((4, 6, L), M.dtype)                                # AT down the tile columns
-    y = np.empty((4, 4, L), M.dtype)                                # then along the tile rows
-    z = np.empty((2, 2, L if pooled is not None else 0), M.dtype)   # the 2x2 windows' maxima
-    f2, f4, f8 = M.dtype.type(2), M.dtype.type(4), M.dtype.type(8)
+    y = np.empty((4, 4, L if out is not None else 0), M.dtype)      # then along the tile rows
+    z = np.empty((2, 2, L if pooled is not None else 0), M.dtype)   # or the 2x2 windows' maxima
     zero = M.dtype.type(0)
     for n in range(M.shape[1] // (TH * L)):
         for th in range(TH):
-            k0 = (n * TH + th) * L
-            for b in range(6):
-                m0, m1, m2 = M[b, k0:k0 + L], M[6 + b, k0:k0 + L], M[12 + b, k0:k0 + L]
-                m3, m4, m5 = M[18 + b, k0:k0 + L], M[24 + b, k0:k0 + L], M[30 + b, k0:k0 + L]
-                for a in range(4):
-                    dst = s[a, b]
-                    for q in range(L):
-                        dst[q] = _at(m0[q], m1[q], m2[q], m3[q], m4[q], m5[q], a, f2, f4, f8)
-            for a in range(4):
-                s0, s1, s2, s3, s4, s5 = s[a, 0], s[a, 1], s[a, 2], s[a, 3], s[a, 4], s[a, 5]
-                for b in range(4):
-                    dst = y[a, b]
-                    for q in range(L):
-                        dst[q] = _at(s0[q], s1[q], s2[q], s3[q], s4[q], s5[q], b, f2, f4, f8)
+            _at_columns(M, (n * TH + th) * L, s)
             if out is not None:
+                _at_rows(s, y)
                 OH, OW = out.shape[2], out.shape[3]
                 for a in range(min(4, OH - 4 * th)):
                     y0, y1, y2, y3 = y[a, 0], y[a, 1], y[a, 2], y[a, 3]
@@ -257,13 +296,8 @@ def _output_tiles(M, bias, n0, TH, TW, out, pooled):
                     for f in range(F4, F):
                         for ow in range(OW):
                             o[f, r, ow] = y[a, ow % 4, ow // 4 * F + f] + bias[f]
-            if pooled is not None:                                  # max(a + b, c + b) = max(a, c) + b, rounded alike
-                for a in range(2):
-                    for b in range(2):
-                        r0, r1 = y[2 * a, 2 * b], y[2 * a, 2 * b + 1]
-                        r2, r3, dst = y[2 * a + 1, 2 * b], y[2 * a + 1, 2 * b + 1], z[a, b]
-                        for q in range(L):
-                            dst[q] = _max2(_max2(r0[q], r1[q]), _max2(r2[q], r3[q]))
+            elif pooled is not None:                                # max(a + b, c + b) = max(a, c) + b, rounded alike
+                _at_rows_pooled(s, z)
                 PH, PW = pooled.shape[2], pooled.shape[3]
                 for a in range(min(2, PH - 2 * th)):
                     for f in range(F):
