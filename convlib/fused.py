@@ -13,10 +13,9 @@ tested against them (tests/test_model.py, tests/test_kernels.py).
   batch's statistics: the normalised map never goes through memory, and backward sums the
   gradients over the windows' maxima alone (in eval mode the batch norm folds into its conv).
 - On the CPU, Conv2d (with its batch norm folded in or not) then ReLU + MaxPool2d, through the
-  op ``conv2d_pool_forward``, which the CPU backend computes in one pass for a net's first layer
-  (1-3 input channels) and, in eval mode, for every Winograd layer: the convolution's full
-  output never goes through memory. A subclass of Conv2d never fuses: its own forward would be
-  bypassed.
+  op ``conv2d_pool_forward``, which the CPU backend computes in one pass for 2x2 pools after a
+  net's first layer (1-3 input channels) and every Winograd layer: the convolution's full output
+  never goes through memory. A subclass of Conv2d never fuses: its own forward would be bypassed.
 """
 import weakref
 
@@ -43,7 +42,7 @@ def fuse(layer, next_layer):
             next_layer.device == "cpu" and next_layer.num_features == conv.out_channels and \
             next_layer.dtype == conv.dtype:
         return ConvUnit(conv, next_layer, None)
-    if isinstance(next_layer, ReLUMaxPool) and (conv.in_channels <= 3 or not conv.training):
+    if isinstance(next_layer, ReLUMaxPool):
         return ConvUnit(conv, bn, next_layer)
     return None
 

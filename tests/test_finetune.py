@@ -56,17 +56,23 @@ def test_backward_stops_below_the_first_trainable_layer(rng):
     net, x, _ = net_and_batch(rng, batchnorm=False)
     ref, _, _ = net_and_batch(rng, batchnorm=False)
     calls = []
-    for i, layer in enumerate(net):
-        def spy(dout, need_dx=True, _f=layer.backward, _i=i):
-            calls.append((_i, need_dx))
-            return _f(dout, need_dx)
-        layer.backward = spy
+
+    def forward_then_spy(x):
+        """net(x), then each unit of the plan that backward runs records (its first layer, need_dx)."""
+        net(x)
+        for i, unit in net._plan:
+            def spy(dout, need_dx=True, _f=type(unit).backward, _u=unit, _i=i):
+                calls.append((_i, need_dx))
+                return _f(_u, dout, need_dx)
+            unit.backward = spy
+
     net[:3].requires_grad_(False)                                   # first conv frozen, second conv (3) trains
     d = rng.standard_normal((16, 3)).astype(np.float32)
-    for m in (net, ref):
-        m(x)
-        m.backward(d, input_grad=False)
-    assert [i for i, _ in calls] == [9, 8, 7, 6, 3]                 # 4-5 run as one fused ReLU+pool unit
+    forward_then_spy(x)
+    net.backward(d, input_grad=False)
+    ref(x)
+    ref.backward(d, input_grad=False)
+    assert [i for i, _ in calls] == [9, 8, 7, 6, 3]                 # 3-5 run as one fused conv+ReLU+pool unit
     assert dict(calls)[3] is False                                  # the first trainable conv skips its dx
     refp = dict(ref.named_parameters())
     for name, p in net.named_parameters():
@@ -75,9 +81,9 @@ def test_backward_stops_below_the_first_trainable_layer(rng):
         else:
             np.testing.assert_allclose(p.grad, refp[name].grad, rtol=1e-6, atol=1e-7, err_msg=name)
     calls.clear()
-    net(x)
+    forward_then_spy(x)
     dx = net.backward(d)                                            # input_grad=True still runs everything
-    assert [i for i, _ in calls][-1] == 3 and dx.shape == x.shape   # 0-2 run as one fused conv+ReLU+pool unit
+    assert [i for i, _ in calls] == [9, 8, 7, 6, 3, 0] and dx.shape == x.shape    # 0-2 one unit too
     net.requires_grad_(False)
     net(x)
     assert net.backward(d, input_grad=False) is None                # all frozen: nothing to do

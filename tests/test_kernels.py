@@ -429,12 +429,15 @@ def test_conv_relu_maxpool_in_one_pass_matches_the_ops_in_turn(dtype, N, C, F, H
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @settings(max_examples=15, deadline=None)
 @given(N=st.integers(1, 3), C=st.sampled_from([16, 17, 24]), F=st.sampled_from([16, 19, 32]), H=st.integers(1, 13),
-       W=st.integers(1, 13), pad=st.integers(0, 2), bias=st.booleans(), nan=st.booleans(), seed=seeds)
-def test_winograd_conv_relu_maxpool_in_one_pass_matches_the_ops_in_turn(dtype, N, C, F, H, W, pad, bias, nan, seed):
-    """Winograd's pooled pass (eval mode's fused layers): every size (partial tiles, odd rows and
-    columns outside every window), every padding, a NaN; bit for bit the CPU's conv then its
-    ReLU + pool (the bias added after the max rounds alike), within float32's Winograd tolerance
-    of the float64 maths; its backward, which computes the conv again, that of the ops in turn."""
+       W=st.integers(1, 13), pad=st.integers(0, 2), bias=st.booleans(), nan=st.booleans(), training=st.booleans(),
+       seed=seeds)
+def test_winograd_conv_relu_maxpool_in_one_pass_matches_the_ops_in_turn(dtype, N, C, F, H, W, pad, bias, nan,
+                                                                         training, seed):
+    """Winograd's pooled pass: every size (partial tiles, odd rows and columns outside every
+    window), every padding, a NaN; bit for bit the CPU's conv then its ReLU + pool (the bias added
+    after the max rounds alike), within float32's Winograd tolerance of the float64 maths; its
+    backward that of the ops in turn, bit for bit: in training from the places of the windows'
+    maxima it kept, in eval mode computing the conv again."""
     H, W = max(H, 4 - 2 * pad), max(W, 4 - 2 * pad)                 # a pooled output of at least 1x1
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((N, C, H, W)).astype(dtype)
@@ -443,9 +446,8 @@ def test_winograd_conv_relu_maxpool_in_one_pass_matches_the_ops_in_turn(dtype, N
     w = (rng.standard_normal((F, C, 3, 3)) / np.sqrt(9 * C)).astype(dtype)
     b = rng.standard_normal(F).astype(dtype) if bias else None
     pool = ((2, 2), (2, 2), (0, 0))
-    out, cache = cpu.conv2d_pool_forward(x, w, b, (1, 1), (pad, pad), pool, training=False)
-    assert cache[0] == "again" and out.dtype == dtype
-    assert cpu.conv2d_pool_forward(x, w, b, (1, 1), (pad, pad), pool)[1][0] == "composed"   # training: no pass
+    out, cache = cpu.conv2d_pool_forward(x, w, b, (1, 1), (pad, pad), pool, training)
+    assert cache[0] == ("fused" if training else "again") and out.dtype == dtype
     full, conv_cache = cpu.conv2d_forward(x, w, b, (1, 1), (pad, pad))
     want, pool_cache = cpu.maxpool2d_forward(full, *pool, relu=True)
     np.testing.assert_array_equal(out, want)                        # NaNs in the same places

@@ -168,20 +168,22 @@ def test_relu_before_maxpool_runs_fused_with_the_same_values_and_gradients(rng, 
                        rng.standard_normal((2, 2, 6, 6)))["x"] < 1e-6
 
 
-def test_a_first_conv_runs_fused_with_relu_and_maxpool_with_the_same_values_and_gradients(rng):
-    """Sequential fuses a Conv2d of 1-3 input channels with the ReLU + MaxPool2d after it
-    (never a subclass of Conv2d, or a wider conv); values and every gradient are the layers'."""
+def test_a_conv_runs_fused_with_relu_and_maxpool_with_the_same_values_and_gradients(rng):
+    """Sequential fuses a Conv2d with the ReLU + MaxPool2d after it (never a subclass of Conv2d):
+    the op computes a first layer's (1-3 channels) and a Winograd layer's in one pass, others as
+    the ops in turn; values and every gradient are the layers' run one by one."""
     class MyConv(cl.Conv2d):
         pass
 
-    x = rng.standard_normal((3, 3, 9, 8)).astype(np.float32)
-    nets = [cl.Sequential(conv(3, 4, 3, padding=1), cl.ReLU(), cl.MaxPool2d(2), cl.Conv2d(4, 5, 3), cl.ReLU(),
-                          cl.MaxPool2d(2), cl.Flatten()) for conv in (cl.Conv2d, MyConv)]
+    x = rng.standard_normal((3, 3, 18, 16)).astype(np.float32)
+    nets = [cl.Sequential(conv(3, 16, 3, padding=1), cl.ReLU(), cl.MaxPool2d(2), conv(16, 16, 3, padding=1), cl.ReLU(),
+                          cl.MaxPool2d(2), conv(16, 4, 3, padding=1), cl.ReLU(), cl.MaxPool2d(2), cl.Flatten())
+            for conv in (cl.Conv2d, MyConv)]
     nets[1].load_state_dict(nets[0].state_dict())
     outs = [net(x) for net in nets]
-    assert [type(u).__name__ for _, u in nets[0]._plan] == ["ConvUnit", "Conv2d", "ReLUMaxPool", "Flatten"]
-    assert [type(u).__name__ for _, u in nets[1]._plan] == ["MyConv", "ReLUMaxPool", "Conv2d", "ReLUMaxPool",
-                                                            "Flatten"]
+    assert [type(u).__name__ for _, u in nets[0]._plan] == ["ConvUnit", "ConvUnit", "ConvUnit", "Flatten"]
+    assert [u._cache[0][0] for _, u in nets[0]._plan[:3]] == ["fused", "fused", "composed"]
+    assert [type(u).__name__ for _, u in nets[1]._plan] == ["MyConv", "ReLUMaxPool"] * 3 + ["Flatten"]
     dout = rng.standard_normal(outs[0].shape).astype(np.float32)
     dxs = [net.backward(dout) for net in nets]
     np.testing.assert_array_equal(outs[0], outs[1])
@@ -190,10 +192,10 @@ def test_a_first_conv_runs_fused_with_relu_and_maxpool_with_the_same_values_and_
         np.testing.assert_allclose(p.grad, q.grad, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
-def test_in_eval_mode_every_conv_runs_fused_with_the_same_values_and_gradients(rng):
-    """In eval mode a wider conv (Winograd's, 16 channels) fuses with its ReLU + MaxPool2d too;
-    in training mode it does not. The same outputs, bit for bit, and the same gradients (eval
-    mode's backward computes the conv again: a saliency map's path)."""
+def test_a_fused_conv_gives_the_same_values_and_gradients_in_training_and_eval_mode(rng):
+    """Both modes fuse the conv with its ReLU + MaxPool2d: training keeps each window's maximum's
+    place, eval mode only x (its backward computes the conv again: a saliency map's path). The
+    same outputs and gradients, bit for bit."""
     net = cl.Sequential(cl.Conv2d(3, 16, 3, padding=1), cl.ReLU(), cl.MaxPool2d(2), cl.Conv2d(16, 16, 3, padding=1),
                         cl.ReLU(), cl.MaxPool2d(2), cl.Flatten())
     x = rng.standard_normal((2, 3, 12, 10)).astype(np.float32)
@@ -203,10 +205,10 @@ def test_in_eval_mode_every_conv_runs_fused_with_the_same_values_and_gradients(r
         net.train(mode == "train")
         net.zero_grad()
         out = net(x)
-        runs[mode] = ([type(u).__name__ for _, u in net._plan], out, net.backward(dout),
+        runs[mode] = ([(type(u).__name__, u._cache[0][0]) for _, u in net._plan[:2]], out, net.backward(dout),
                       [p.grad.copy() for p in net.parameters()])
-    assert runs["train"][0] == ["ConvUnit", "Conv2d", "ReLUMaxPool", "Flatten"]
-    assert runs["eval"][0] == ["ConvUnit", "ConvUnit", "Flatten"]
+    assert runs["train"][0] == [("ConvUnit", "fused")] * 2
+    assert runs["eval"][0] == [("ConvUnit", "again")] * 2
     for a, b in zip(runs["train"][1:3], runs["eval"][1:3]):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(runs["train"][3], runs["eval"][3]):

@@ -426,13 +426,13 @@ def _direct_grads(x, dout, padding, has_bias, out, arg):
 def conv2d_pool_forward(x, w, b, stride, padding, pool, training=True):
     """relu(maxpool(conv2d(x))), pool = (kernel, stride, padding) -> out, cache. For a 2x2 pool of
     stride 2, two paths do the three in one pass, so that the convolution's output never goes
-    through memory: the direct loop (1-3 input channels), whose backward keeps only each window's
-    maximum's place (a byte), and in eval mode (training False) Winograd; there both keep only x
-    and compute the convolution again in backward (a saliency map's rare case). Elsewhere the two
-    ops run one after the other."""
+    through memory: the direct loop (1-3 input channels) and Winograd. In training each window's
+    maximum's place is kept (a byte), and backward spreads the pooled gradient back from it; in
+    eval mode (training False) only x, and backward computes the convolution again (a saliency
+    map's rare case). Elsewhere the two ops run one after the other."""
     is_2x2 = pool == ((2, 2), (2, 2), (0, 0))
     direct = direct_applies(w.shape, stride)
-    if is_2x2 and (direct or (not training and winograd.applies(w.shape, stride, padding))):
+    if is_2x2 and (direct or winograd.applies(w.shape, stride, padding)):
         x, cache = _conv_cache(x, w, b, stride, padding)
         N, F, (OH, OW) = x.shape[0], w.shape[0], cache[4][6:]
         out = np.empty((N, F, OH // 2, OW // 2), dtype=x.dtype)
@@ -442,7 +442,8 @@ def conv2d_pool_forward(x, w, b, stride, padding, pool, training=True):
             parallel_for(_direct_images, N, x, np.ascontiguousarray(w, dtype=x.dtype), bias, *padding, out, True,
                          arg)
         else:
-            winograd.conv2d(x, winograd.transformed(w.astype(x.dtype, copy=False)), bias, tuple(padding), None, out)
+            winograd.conv2d(x, winograd.transformed(w.astype(x.dtype, copy=False)), bias, tuple(padding), None, out,
+                            arg)
         return out, (("fused", cache, out, arg) if training else ("again", cache, pool))
     out, cache = conv2d_forward(x, w, b, stride, padding)
     out, pool_cache = maxpool2d_forward(out, *pool, relu=True)
@@ -452,7 +453,7 @@ def conv2d_pool_forward(x, w, b, stride, padding, pool, training=True):
 def conv2d_pool_backward(dout, cache, need_dx=True):
     """dout (N, F, PH, PW), the pooled output's gradient -> dx or None, dw, db or None."""
     kind, conv_cache, *pool_cache = cache
-    if kind == "again":                                             # Winograd pooled: the conv anew from x
+    if kind == "again":                                             # eval mode: the conv anew from x
         x, wshape, wb, has_bias, geometry = conv_cache
         K = wb.shape[1] - 1
         full, _ = conv2d_forward(x, wb[:, :K].reshape(wshape), wb[:, K] if has_bias else None, geometry[2:4],
@@ -460,23 +461,32 @@ def conv2d_pool_backward(dout, cache, need_dx=True):
         pool_cache = [maxpool2d_forward(full, *pool_cache[0], relu=True)[1]]
     if kind != "fused":
         return conv2d_backward(maxpool2d_backward(dout, *pool_cache), conv_cache, need_dx)
-    x, _, _, has_bias, geometry = conv_cache
+    x, wshape, _, has_bias, geometry = conv_cache
     out, arg = pool_cache
-    if not need_dx:                                                 # the gradients in one pass too
-        return (None,) + _direct_grads(x, np.ascontiguousarray(dout), geometry[4:6], has_bias, out, arg)
-    return conv2d_backward(_unpool(dout, out, arg, geometry[6:]), conv_cache, need_dx)
+    dout = np.ascontiguousarray(dout)
+    if not need_dx and direct_applies(wshape, geometry[2:4]):      # the gradients in one pass too
+        return (None,) + _direct_grads(x, dout, geometry[4:6], has_bias, out, arg)
+    d = np.empty((*dout.shape[:2], *geometry[6:]), dout.dtype)     # (N, F, OH, OW): the conv's gradient
+    parallel_for(_unpool, dout.shape[0], dout, out, arg, d)
+    return conv2d_backward(d, conv_cache, need_dx)
 
 
-def _unpool(dout, out, arg, size):
-    """The fused pass's gradient, pooled dout (N, F, QH, QW) -> d conv (N, F, OH, OW), size =
-    (OH, OW): each value at its window's maximum where out > 0, zero elsewhere."""
-    N, F, QH, QW = dout.shape
-    d = np.zeros((N, F, *size), dout.dtype)
-    g = (dout * (out > 0)).reshape(N, F, QH, 1, QW, 1)              # (N, F, QH, 1, QW, 1)
-    k = arg.reshape(N, F, QH, 1, QW, 1)
-    at = np.arange(4, dtype=np.uint8).reshape(1, 1, 1, 2, 1, 2)     # k of each position in a window
-    d[:, :, :2 * QH, :2 * QW] = np.where(k == at, g, 0).reshape(N, F, 2 * QH, 2 * QW)
-    return d
+@njit(**JIT)
+def _unpool(lo, hi, dout, out, arg, d):
+    """For n in [lo, hi): d[n] (F, OH, OW), the gradient of the conv under the fused pass, from its
+    pooled out's dout[n] (F, OH//2, OW//2): each value at its window's maximum arg (0-3 in row
+    order) where out > 0 (the ReLU's mask), zero elsewhere (a last odd row or column too)."""
+    zero = d.dtype.type(0)
+    for n in range(lo, hi):
+        for f in range(d.shape[1]):
+            g, o, a, df = dout[n, f], out[n, f], arg[n, f], d[n, f]
+            for h in range(df.shape[0]):
+                for w in range(df.shape[1]):
+                    df[h, w] = zero
+            for i in range(g.shape[0]):
+                for j in range(g.shape[1]):
+                    k = a[i, j]
+                    df[2 * i + (k >> 1), 2 * j + (k & 1)] = g[i, j] * d.dtype.type(o[i, j] > zero)
 
 
 # ---------------------------------------------------------------- fully connected

@@ -28,7 +28,7 @@ import numpy as np
 from numba import njit
 from numba import uint64 as u
 
-from .pool import _max2
+from .pool import _beats, _max2
 from .threads import JIT, parallel_for, workspace
 
 # F(4x4, 3x3): BT (6, 6), G (6, 3), AT (4, 6)
@@ -231,12 +231,15 @@ def _at_rows(s, y):
 
 
 @njit(**JIT)
-def _at_rows_pooled(s, z):
+def _at_rows_pooled(s, z, k):
     """z[i, j, q] = the maximum of the 2x2 window (i, j) of the 4x4 tile that ``_at_rows`` makes
-    from s, each window's pairs in row order as the pool's (``_max2``): the same values, bit for
-    bit, without writing the tile."""
+    from s, and unless k is None, k[i, j, q] its place 0-3 in row order: each window's pairs in
+    row order, then the pair below if it beats the pair above, as the pool's (``_max2``, the first
+    NaN wins): the same values, bit for bit, without writing the tile. Selects, which LLVM
+    vectorises; places held as floats, as the values are."""
     L = u(s.shape[2])
     f2, f4, f8 = s.dtype.type(2), s.dtype.type(4), s.dtype.type(8)
+    zero, one, two = s.dtype.type(0), s.dtype.type(1), s.dtype.type(2)
     for i in range(2):
         a, c = 2 * i, 2 * i + 1                                     # the window's two rows of the tile
         for q in range(L):
@@ -246,23 +249,36 @@ def _at_rows_pooled(s, z):
             s0, s1, s2, s3, s4, s5 = s[c, 0, q], s[c, 1, q], s[c, 2, q], s[c, 3, q], s[c, 4, q], s[c, 5, q]
             v0, v1 = _at(s0, s1, s2, s3, s4, s5, 0, f2, f4, f8), _at(s0, s1, s2, s3, s4, s5, 1, f2, f4, f8)
             v2, v3 = _at(s0, s1, s2, s3, s4, s5, 2, f2, f4, f8), _at(s0, s1, s2, s3, s4, s5, 3, f2, f4, f8)
-            z[i, 0, q] = _max2(_max2(y0, y1), _max2(v0, v1))
-            z[i, 1, q] = _max2(_max2(y2, y3), _max2(v2, v3))
+            z[i, 0, q], z[i, 1, q] = _max2(_max2(y0, y1), _max2(v0, v1)), _max2(_max2(y2, y3), _max2(v2, v3))
+            if k is not None:
+                k[i, 0, q] = _place(y0, y1, v0, v1, zero, one, two)
+                k[i, 1, q] = _place(y2, y3, v2, v3, zero, one, two)
+
+
+@njit(inline="always")
+def _place(t0, t1, b0, b1, zero, one, two):
+    """The place (0-3, row order) of the first maximum of the 2x2 window t0 t1 / b0 b1, the pool's
+    way: which of each pair, then the pair below if it beats the pair above (as a float)."""
+    top = one if _beats(t1, t0) else zero
+    below = two + (one if _beats(b1, b0) else zero)
+    return below if _beats(_max2(b0, b1), _max2(t0, t1)) else top
 
 
 @njit(**JIT)
-def _output_tiles(M, bias, n0, TH, TW, out, pooled):
+def _output_tiles(M, bias, n0, TH, TW, out, pooled, arg):
     """M (36, T*F), M[xi, k*F + f] for tile k = (n*TH + th)*TW + tw (channels last, as the products
     write it) -> out[n0 + n] (F, OH, OW) = AT M A per tile, + bias[f], clipped at the bottom and
     right edges; or, with out None, pooled[n0 + n] (F, OH//2, OW//2) = relu(2x2 max-pool of that),
-    from the tile while it is in the cache (a 4x4 tile holds four whole windows). A tile row at a
+    from the tile while it is in the cache (a 4x4 tile holds four whole windows), and unless None
+    arg[n0 + n] (uint8) each window's first maximum's place, 0-3 in row order. A tile row at a
     time: both transforms (and the pool) run over the row's runs q = tw*F + f, y[a, b, q] holding
     output (4*th + a, 4*tw + b) of filter f; the last copy turns channels last into NCHW."""
     F = bias.shape[0]
     L = TW * F                                                      # one tile row's runs
     s = np.empty((4, 6, L), M.dtype)                                # AT down the tile columns
     y = np.empty((4, 4, L if out is not None else 0), M.dtype)      # then along the tile rows
-    z = np.empty((2, 2, L if pooled is not None else 0), M.dtype)   # or the 2x2 windows' maxima
+    z = np.empty((2, 2, L if pooled is not None else 0), M.dtype)   # or the 2x2 windows' maxima,
+    k = np.empty((2, 2, L if arg is not None else 0), M.dtype)      # and their places
     zero = M.dtype.type(0)
     for n in range(M.shape[1] // (TH * L)):
         for th in range(TH):
@@ -297,7 +313,7 @@ def _output_tiles(M, bias, n0, TH, TW, out, pooled):
                         for ow in range(OW):
                             o[f, r, ow] = y[a, ow % 4, ow // 4 * F + f] + bias[f]
             elif pooled is not None:                                # max(a + b, c + b) = max(a, c) + b, rounded alike
-                _at_rows_pooled(s, z)
+                _at_rows_pooled(s, z, None if arg is None else k)
                 PH, PW = pooled.shape[2], pooled.shape[3]
                 for a in range(min(2, PH - 2 * th)):
                     for f in range(F):
@@ -305,6 +321,10 @@ def _output_tiles(M, bias, n0, TH, TW, out, pooled):
                         for o in range(PW):
                             v = z[a, o % 2, o // 2 * F + f] + bf
                             dst[o] = zero if v <= 0 else v
+                        if arg is not None:
+                            at = arg[n0 + n, f, 2 * th + a]
+                            for o in range(PW):
+                                at[o] = np.uint8(k[a, o % 2, o // 2 * F + f])
 
 
 @njit(inline="always")
@@ -406,7 +426,7 @@ def _tiles(H, W):
     return -(-H // 4), -(-W // 4)
 
 
-def _conv_group(xq, TH, TW, U, bias, n0, out, pooled=None):
+def _conv_group(xq, TH, TW, U, bias, n0, out, pooled=None, arg=None):
     """out[n0 + n] = conv3x3 + bias for the m images split into xq (m, HP, 4, P*C) by
     ``_split_columns``: input tiles, the 36 products, output tiles."""
     m, C, F = xq.shape[0], U.shape[1], U.shape[2]
@@ -415,28 +435,30 @@ def _conv_group(xq, TH, TW, U, bias, n0, out, pooled=None):
     M = workspace("wino_m", (36, T, F), xq.dtype)                   # (36, T, F)
     _input_tiles(xq, TH, TW, V.reshape(36, T * C))
     np.matmul(V, U, out=M)                                          # 36 products (T, C) @ (C, F)
-    _output_tiles(M.reshape(36, T * F), bias, n0, TH, TW, out, pooled)
+    _output_tiles(M.reshape(36, T * F), bias, n0, TH, TW, out, pooled, arg)
 
 
-def conv_groups(lo, hi, x, U, bias, padding, g, out, pooled):
+def conv_groups(lo, hi, x, U, bias, padding, g, out, pooled, arg):
     """out[n] = conv3x3(x[n]) + bias for the images of groups [lo, hi) of g images (stride 1,
     ``padding``), by F(4x4, 3x3): x (N, C, H, W), U (36, C, F) from ``filters``, bias (F,),
-    out (N, F, OH, OW) or None; pooled (N, F, OH//2, OW//2) or None gets relu(2x2 max-pool)."""
+    out (N, F, OH, OW) or None; pooled (N, F, OH//2, OW//2) or None gets relu(2x2 max-pool),
+    and arg (uint8, pooled's shape) or None each window's first maximum's place."""
     C = x.shape[1]
     TH, TW = _tiles(x.shape[2] + 2 * padding[0] - 2, x.shape[3] + 2 * padding[1] - 2)
     for n0 in range(lo * g, min(hi * g, x.shape[0]), g):
         m = min(g, x.shape[0] - n0)
         xq = workspace("wino_x", (m, 4 * TH + 2, 4, (TW + 2) * C), x.dtype)   # (m, HP, 4, P*C)
         _split_columns(x, n0, *padding, xq)
-        _conv_group(xq, TH, TW, U, bias, n0, out, pooled)
+        _conv_group(xq, TH, TW, U, bias, n0, out, pooled, arg)
 
 
-def conv2d(x, U, bias, padding, out, pooled=None):
+def conv2d(x, U, bias, padding, out, pooled=None, arg=None):
     """out = conv3x3(x) + bias (stride 1, ``padding``) on all threads: x (N, C, H, W), U (36, C, F)
     from ``filters``, bias (F,), out (N, F, OH, OW) or None; unless None, pooled (N, F, OH//2,
-    OW//2) = relu(2x2 max-pool of that), from the tiles (``_output_tiles``)."""
+    OW//2) = relu(2x2 max-pool of that), from the tiles (``_output_tiles``), and arg (uint8) each
+    window's first maximum's place 0-3 (for backward)."""
     g, groups = group(x.shape, U.shape[2], padding)
-    parallel_for(conv_groups, groups, x, U, bias, padding, g, out, pooled)
+    parallel_for(conv_groups, groups, x, U, bias, padding, g, out, pooled, arg)
     return out
 
 
