@@ -89,6 +89,20 @@ def test_conv_threaded_matches_reference(dtype, stride, padding, three_threads):
         np.testing.assert_allclose(got, want, **tol)
 
 
+@pytest.mark.parametrize("N,IN,OUT", [(300, 200, 150), (50, 300, 600)])
+def test_linear_threaded_matches_reference(N, IN, OUT, three_threads):
+    """Products of 8M multiply-adds or more split over the threads: by the rows of the batch
+    (N > OUT), or by the output columns (forward N <= OUT; dx and dw, whose columns are IN)."""
+    rng = np.random.default_rng(7)
+    x, w, b = rng.standard_normal((N, IN)), rng.standard_normal((OUT, IN)), rng.standard_normal(OUT)
+    out_r, cache_r = ref.linear_forward(x, w, b)
+    out_c, cache_c = cpu.linear_forward(x, w, b)
+    np.testing.assert_allclose(out_c, out_r, rtol=1e-12, atol=1e-10)
+    dout = rng.standard_normal(out_r.shape)
+    for got, want in zip(cpu.linear_backward(dout, cache_c), ref.linear_backward(dout, cache_r)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-10)
+
+
 @pytest.mark.parametrize("kernel,stride,padding", [((2, 2), (2, 2), (0, 0)), ((3, 2), (1, 2), (1, 1))])
 def test_pools_and_relu_threaded_match_reference(kernel, stride, padding, three_threads):
     """Inputs big enough (> 2**15 elements) that pooling and ReLU split over the threads."""
