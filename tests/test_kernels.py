@@ -467,6 +467,27 @@ def test_winograd_conv_relu_maxpool_in_one_pass_matches_the_ops_in_turn(dtype, N
 
 
 @pytest.mark.parametrize("C", [3, 16])
+def test_a_fused_pass_breaks_ties_on_the_conv_outputs_with_the_bias_added(C, rng):
+    """Conv outputs that differ by less than the bias's rounding step tie once the bias is added,
+    and the pool sends the gradient to the first of them (the direct loop's pass and Winograd's,
+    in training); a pass that compared the values before adding the bias picks the largest."""
+    x = (rng.standard_normal((2, C, 8, 8)) * 1e-11).astype(np.float32)
+    w = rng.standard_normal((16, C, 3, 3)).astype(np.float32)
+    b = np.ones(16, np.float32)
+    pool = ((2, 2), (2, 2), (0, 0))
+    out, cache = cpu.conv2d_pool_forward(x, w, b, (1, 1), (1, 1), pool, True)
+    assert cache[0] == "fused"
+    full, conv_cache = cpu.conv2d_forward(x, w, b, (1, 1), (1, 1))
+    assert np.all(full == 1)                                        # every window a four-way tie
+    want, pool_cache = cpu.maxpool2d_forward(full, *pool, relu=True)
+    np.testing.assert_array_equal(out, want)
+    dout = rng.standard_normal(out.shape).astype(np.float32)
+    for g, want in zip(cpu.conv2d_pool_backward(dout, cache, True),
+                       cpu.conv2d_backward(cpu.maxpool2d_backward(dout, pool_cache), conv_cache, True)):
+        np.testing.assert_array_equal(g, want)
+
+
+@pytest.mark.parametrize("C", [3, 16])
 def test_eval_mode_fused_conv_gradients_against_central_differences(C, rng):
     """float64, an eval-mode Sequential that fuses a conv (the direct loop's or Winograd's) with
     its ReLU + pool: the backward that computes the conv again gives dx, the weights' and the

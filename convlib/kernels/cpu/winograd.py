@@ -231,11 +231,13 @@ def _at_rows(s, y):
 
 
 @njit(**JIT)
-def _at_rows_pooled(s, z, k):
+def _at_rows_pooled(s, bq, z, k):
     """z[i, j, q] = the maximum of the 2x2 window (i, j) of the 4x4 tile that ``_at_rows`` makes
-    from s, and unless k is None, k[i, j, q] its place 0-3 in row order: each window's pairs in
-    row order, then the pair below if it beats the pair above, as the pool's (``_max2``, the first
-    NaN wins): the same values, bit for bit, without writing the tile. Selects, which LLVM
+    from s, plus the bias bq[q] (bias[f] at run q = tw*F + f), and unless k is None, k[i, j, q]
+    its place 0-3 in row order: each window's pairs in row order, then the pair below if it beats
+    the pair above, as the pool's (``_max2``, the first NaN wins), on the values with the bias
+    added (two values that differ may round to a tie there, and the pool picks the first): the
+    conv's outputs then the pool's, bit for bit, without writing the tile. Selects, which LLVM
     vectorises; places held as floats, as the values are."""
     L = u(s.shape[2])
     f2, f4, f8 = s.dtype.type(2), s.dtype.type(4), s.dtype.type(8)
@@ -243,12 +245,13 @@ def _at_rows_pooled(s, z, k):
     for i in range(2):
         a, c = 2 * i, 2 * i + 1                                     # the window's two rows of the tile
         for q in range(L):
+            b = bq[q]
             s0, s1, s2, s3, s4, s5 = s[a, 0, q], s[a, 1, q], s[a, 2, q], s[a, 3, q], s[a, 4, q], s[a, 5, q]
-            y0, y1 = _at(s0, s1, s2, s3, s4, s5, 0, f2, f4, f8), _at(s0, s1, s2, s3, s4, s5, 1, f2, f4, f8)
-            y2, y3 = _at(s0, s1, s2, s3, s4, s5, 2, f2, f4, f8), _at(s0, s1, s2, s3, s4, s5, 3, f2, f4, f8)
+            y0, y1 = _at(s0, s1, s2, s3, s4, s5, 0, f2, f4, f8) + b, _at(s0, s1, s2, s3, s4, s5, 1, f2, f4, f8) + b
+            y2, y3 = _at(s0, s1, s2, s3, s4, s5, 2, f2, f4, f8) + b, _at(s0, s1, s2, s3, s4, s5, 3, f2, f4, f8) + b
             s0, s1, s2, s3, s4, s5 = s[c, 0, q], s[c, 1, q], s[c, 2, q], s[c, 3, q], s[c, 4, q], s[c, 5, q]
-            v0, v1 = _at(s0, s1, s2, s3, s4, s5, 0, f2, f4, f8), _at(s0, s1, s2, s3, s4, s5, 1, f2, f4, f8)
-            v2, v3 = _at(s0, s1, s2, s3, s4, s5, 2, f2, f4, f8), _at(s0, s1, s2, s3, s4, s5, 3, f2, f4, f8)
+            v0, v1 = _at(s0, s1, s2, s3, s4, s5, 0, f2, f4, f8) + b, _at(s0, s1, s2, s3, s4, s5, 1, f2, f4, f8) + b
+            v2, v3 = _at(s0, s1, s2, s3, s4, s5, 2, f2, f4, f8) + b, _at(s0, s1, s2, s3, s4, s5, 3, f2, f4, f8) + b
             z[i, 0, q], z[i, 1, q] = _max2(_max2(y0, y1), _max2(v0, v1)), _max2(_max2(y2, y3), _max2(v2, v3))
             if k is not None:
                 k[i, 0, q] = _place(y0, y1, v0, v1, zero, one, two)
@@ -279,6 +282,9 @@ def _output_tiles(M, bias, n0, TH, TW, out, pooled, arg):
     y = np.empty((4, 4, L if out is not None else 0), M.dtype)      # then along the tile rows
     z = np.empty((2, 2, L if pooled is not None else 0), M.dtype)   # or the 2x2 windows' maxima,
     k = np.empty((2, 2, L if arg is not None else 0), M.dtype)      # and their places
+    bq = np.empty(L if pooled is not None else 0, M.dtype)          # the bias of each run q = tw*F + f
+    for q in range(bq.shape[0]):
+        bq[q] = bias[q % F]
     zero = M.dtype.type(0)
     for n in range(M.shape[1] // (TH * L)):
         for th in range(TH):
@@ -312,14 +318,14 @@ def _output_tiles(M, bias, n0, TH, TW, out, pooled, arg):
                     for f in range(F4, F):
                         for ow in range(OW):
                             o[f, r, ow] = y[a, ow % 4, ow // 4 * F + f] + bias[f]
-            elif pooled is not None:                                # max(a + b, c + b) = max(a, c) + b, rounded alike
-                _at_rows_pooled(s, z, None if arg is None else k)
+            elif pooled is not None:
+                _at_rows_pooled(s, bq, z, None if arg is None else k)
                 PH, PW = pooled.shape[2], pooled.shape[3]
                 for a in range(min(2, PH - 2 * th)):
                     for f in range(F):
-                        dst, bf = pooled[n0 + n, f, 2 * th + a], bias[f]
+                        dst = pooled[n0 + n, f, 2 * th + a]
                         for o in range(PW):
-                            v = z[a, o % 2, o // 2 * F + f] + bf
+                            v = z[a, o % 2, o // 2 * F + f]
                             dst[o] = zero if v <= 0 else v
                         if arg is not None:
                             at = arg[n0 + n, f, 2 * th + a]
