@@ -435,7 +435,7 @@ def test_winograd_conv_relu_maxpool_in_one_pass_matches_the_ops_in_turn(dtype, N
                                                                          training, seed):
     """Winograd's pooled pass: every size (partial tiles, odd rows and columns outside every
     window), every padding, a NaN; bit for bit the CPU's conv then its ReLU + pool (the bias added
-    after the max rounds alike), within float32's Winograd tolerance of the float64 maths; its
+    in the pass, before the max), within float32's Winograd tolerance of the float64 maths; its
     backward that of the ops in turn, bit for bit: in training from the places of the windows'
     maxima it kept, in eval mode computing the conv again."""
     H, W = max(H, 4 - 2 * pad), max(W, 4 - 2 * pad)                 # a pooled output of at least 1x1
