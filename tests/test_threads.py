@@ -39,6 +39,32 @@ def test_parallel_for_covers_the_range_once_in_order(three_threads):
         assert len(shares) == min(3, n)
 
 
+def test_parallel_for_pieces_run_each_piece_once_on_any_free_thread(three_threads):
+    import threading
+    import time
+    for n, pieces in ((1, 4), (7, 4), (10, 16), (32, 16), (5, 2)):
+        step = -(-n // max(3, min(pieces, n)))          # fixed by n and pieces (one per thread at least)
+        ran = threads.parallel_for(lambda lo, hi: (lo, hi), n, pieces=pieces)
+        assert ran == [(lo, min(n, lo + step)) for lo in range(0, n, step)]
+    # the first piece holds its thread: the others go to whichever threads are free, the caller's too
+    slow = threads.parallel_for(lambda lo, hi: (time.sleep(0.2 if lo == 0 else 0.001),
+                                                threading.current_thread().name)[1], 12, pieces=12)
+    assert slow.count(slow[0]) == 1 and len(set(slow)) == 3
+
+
+def test_parallel_for_pieces_raise_what_a_piece_raised_after_all_ran(three_threads):
+    ran = []
+
+    def fn(lo, hi):
+        ran.append(lo)
+        if lo == 3:
+            raise KeyError("piece failed")
+        return lo
+    with pytest.raises(KeyError, match="piece failed"):
+        threads.parallel_for(fn, 9, pieces=9)
+    assert sorted(ran) == list(range(9))
+
+
 def test_parallel_for_runs_small_work_inline(three_threads):
     import threading
     names = threads.parallel_for(lambda lo, hi: threading.current_thread().name, 8, work=100)
@@ -227,6 +253,36 @@ def test_forward_in_eval_mode_is_safe_from_several_threads(three_threads):
             got = list(pool.map(net, xs))
             for g, w in zip(got, want):
                 np.testing.assert_array_equal(g, w)
+
+
+def test_forward_gives_the_same_bits_on_one_thread_and_on_pieces_taken_by_three():
+    """The direct first layer and Winograd's layers hand out their forward in pieces to whichever
+    thread is free: each image's outputs (and each window's kept maximum, in training) are
+    computed alike whichever thread took it, so one thread and three give the same bits."""
+    cl.manual_seed(0)
+    net = cl.Sequential(cl.Conv2d(3, 16, 3, padding=1), cl.ReLU(), cl.MaxPool2d(2),
+                        cl.Conv2d(16, 16, 3, padding=1), cl.ReLU(), cl.MaxPool2d(2),
+                        cl.Conv2d(16, 16, 3, padding=1), cl.Flatten(), cl.Linear(16 * 4 * 4, 3))
+    x = np.random.default_rng(0).standard_normal((37, 3, 16, 16)).astype(np.float32)
+    before = cl.get_num_threads()
+    got = {}
+    try:
+        for n in (1, 3):
+            cl.set_num_threads(n)
+            net.train().zero_grad()
+            logits = net(x)
+            places = [u._cache[0][3].copy() for _, u in net._plan if getattr(u, "relu_pool", None)]
+            dx = net.backward(np.ones_like(logits))
+            got[n] = (net.eval()(x), logits, places, dx, [p.grad.copy() for p in net.parameters()])
+    finally:
+        cl.set_num_threads(before)
+    for a, b in zip(got[1][:2], got[3][:2]):
+        np.testing.assert_array_equal(a, b)
+    assert len(got[1][2]) == 2
+    for a, b in zip(got[1][2], got[3][2]):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip([got[1][3]] + got[1][4], [got[3][3]] + got[3][4]):     # sums over shares: rounding only
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_workspace_is_one_buffer_per_name_and_thread_grown_when_asked():

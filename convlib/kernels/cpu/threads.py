@@ -20,6 +20,7 @@ How convlib uses the cores (measured in docs/performance.md):
 """
 import contextlib
 import ctypes
+import itertools
 import math
 import os
 import sys
@@ -127,7 +128,7 @@ class _Workers:
 
     def __init__(self, n):
         self.busy = threading.Lock()
-        self.tasks, self.results = [None] * n, [None] * n
+        self.tasks = [None] * n
         self.go, self.done = [threading.Semaphore(0) for _ in range(n)], threading.Semaphore(0)
         for i in range(n):
             threading.Thread(target=self._serve, args=(i,), name=f"convlib-{i + 1}", daemon=True).start()
@@ -137,32 +138,37 @@ class _Workers:
             self.go[i].acquire()
             if self.tasks[i] is None:                               # close()
                 return
-            fn, lo, hi, args = self.tasks[i]
-            try:
-                self.results[i] = (True, fn(lo, hi, *args))
-            except BaseException as e:                              # re-raised in the caller
-                self.results[i] = (False, e)
+            self.tasks[i][0](*self.tasks[i][1:])
             self.done.release()
 
-    def run(self, fn, shares, args):
-        """[fn(lo, hi, *args) for each share]: the first in the caller's thread, the rest here."""
+    def run(self, fn, shares, args, taken=False):
+        """[fn(lo, hi, *args) for each share], in order. Shares go one per thread (the first in the
+        caller's), or with taken, to whichever thread is free next, the caller's too."""
         if not self.busy.acquire(blocking=False):
-            return [fn(0, shares[-1][1], *args)]
+            return [fn(*share, *args) for share in shares] if taken else [fn(0, shares[-1][1], *args)]
         try:
-            for i, (lo, hi) in enumerate(shares[1:]):
-                self.tasks[i] = (fn, lo, hi, args)
+            results = [None] * len(shares)
+            if taken:
+                nxt = itertools.count()                             # next() is atomic under the GIL
+                task = (_take, nxt, shares, fn, args, results)
+                helpers = min(len(self.tasks), len(shares) - 1)
+            else:
+                task, helpers = None, len(shares) - 1
+            for i in range(helpers):
+                self.tasks[i] = task or (_one, shares[i + 1], fn, args, results, i + 1)
                 self.go[i].release()
             try:
-                first = fn(*shares[0], *args)
+                if taken:
+                    _take(nxt, shares, fn, args, results)
+                else:
+                    _one(shares[0], fn, args, results, 0)
             finally:
-                for _ in shares[1:]:                                # every share ends before we return
+                for _ in range(helpers):                            # every share ends before we return
                     self.done.acquire()
-            results = [first]
-            for ok, value in self.results[:len(shares) - 1]:
+            for ok, value in results:
                 if not ok:
                     raise value
-                results.append(value)
-            return results
+            return [value for _, value in results]
         finally:
             self.busy.release()
 
@@ -172,6 +178,20 @@ class _Workers:
             for i in range(len(self.tasks)):
                 self.tasks[i] = None
                 self.go[i].release()
+
+
+def _one(share, fn, args, results, i):
+    """results[i] = (True, fn(lo, hi, *args)) for share (lo, hi), or (False, the exception)."""
+    try:
+        results[i] = (True, fn(*share, *args))
+    except BaseException as e:                                      # re-raised in the caller
+        results[i] = (False, e)
+
+
+def _take(nxt, shares, fn, args, results):
+    """Run the shares not yet taken, one at a time, until none is left."""
+    while (i := next(nxt)) < len(shares):
+        _one(shares[i], fn, args, results, i)
 
 
 def _after_fork_in_child():
@@ -192,20 +212,25 @@ def _workers():
         return _state["pool"]
 
 
-def parallel_for(fn, n, *args, work=None):
+def parallel_for(fn, n, *args, work=None, pieces=None):
     """Run ``fn(lo, hi, *args)`` over contiguous shares of ``range(n)``, one per thread, and
     return the list of its results in order. The caller's thread takes the first share.
     ``work`` (elements touched, if given) below 2**15 runs everything in the caller's thread:
     handing shares to other threads and back costs about 40 microseconds. BLAS is held at one
     thread meanwhile, unless ``fn`` is a Numba kernel (those call no BLAS; the hold costs
-    about 15 microseconds, a tenth of a small pool's time)."""
+    about 15 microseconds, a tenth of a small pool's time).
+
+    With ``pieces``, range(n) is cut into that many shares instead, each taken by whichever
+    thread is free next: where the shares cost alike but the cores may not run alike (a core
+    that the machine shares with other work), the free thread takes more of them, rather than
+    wait for the slow one at the end."""
     _keep_freed_memory()
     threads = min(get_num_threads(), n)
     with contextlib.nullcontext() if hasattr(fn, "py_func") else _single_threaded_blas():
         if threads <= 1 or (work is not None and work < 2 ** 15):
             return [fn(0, n, *args)]
-        step = -(-n // threads)
-        return _workers().run(fn, [(lo, min(n, lo + step)) for lo in range(0, n, step)], args)
+        step = -(-n // (threads if pieces is None else max(threads, min(pieces, n))))
+        return _workers().run(fn, [(lo, min(n, lo + step)) for lo in range(0, n, step)], args, pieces is not None)
 
 
 _local = threading.local()

@@ -464,7 +464,7 @@ def conv2d(x, U, bias, padding, out, pooled=None, arg=None):
     OW//2) = relu(2x2 max-pool of that), from the tiles (``_output_tiles``), and arg (uint8) each
     window's first maximum's place 0-3 (for backward)."""
     g, groups = group(x.shape, U.shape[2], padding)
-    parallel_for(conv_groups, groups, x, U, bias, padding, g, out, pooled, arg)
+    parallel_for(conv_groups, groups, x, U, bias, padding, g, out, pooled, arg, pieces=groups)
     return out
 
 
