@@ -517,3 +517,43 @@ def test_conv_relu_maxpool_gradients_against_central_differences(rng):
     assert net.backward(dout, input_grad=False) is None
     for p in (net[0].weight, net[0].bias):
         np.testing.assert_allclose(p.grad, numerical_grad(lambda: net(x), p.data, dout, 1e-6), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("momentum,weight_decay,nesterov", [(0.0, 0.0, False), (0.9, 5e-4, False), (0.9, 5e-4, True),
+                                                            (0.5, 0.0, True)])
+def test_sgd_step_cpu_takes_the_reference_steps_to_the_bit(dtype, momentum, weight_decay, nesterov, rng):
+    """One pass per parameter (a large one split over the threads), the same roundings as the
+    reference's NumPy passes: three steps give the same bits, buffers too."""
+    ref, cpu = backend("reference"), backend("cpu")
+    shapes = [(600, 257), (7,), (3, 1, 3, 3)]                       # the first split over the threads
+    runs = []
+    for k in (ref, cpu):
+        r = np.random.default_rng(1)
+        ps = [r.standard_normal(s).astype(dtype) for s in shapes]
+        bufs = [np.zeros_like(p) for p in ps] if momentum else None
+        for lr in (0.1, 0.05, 0.025):
+            gs = [r.standard_normal(s).astype(dtype) for s in shapes]
+            k.sgd_step(ps, gs, bufs, lr, momentum, weight_decay, nesterov)
+        runs.append(ps + (bufs or []))
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(runs[1][0], np.random.default_rng(1).standard_normal(shapes[0]).astype(dtype))
+
+
+def test_sgd_step_cpu_falls_back_where_numpy_would_compute_otherwise(rng):
+    """A strided parameter is updated in place all the same, and a NumPy float64 momentum (not a
+    weak Python float: NumPy computes in float64, then rounds) gives the reference's bits."""
+    ref, cpu = backend("reference"), backend("cpu")
+    base = rng.standard_normal((6, 8)).astype(np.float32)
+    g = rng.standard_normal((6, 4)).astype(np.float32)
+    got = []
+    for k in (ref, cpu):
+        whole = base.copy()
+        p, buf = whole[:, ::2], np.zeros((6, 4), np.float32)
+        k.sgd_step([p], [g], [buf], 0.1, np.float64(0.9), 1e-2, False)
+        k.sgd_step([p], [g], [buf], 0.1, np.float64(0.9), 1e-2, False)
+        got.append((whole, buf))
+    np.testing.assert_array_equal(got[0][0], got[1][0])
+    np.testing.assert_array_equal(got[0][1], got[1][1])
+    assert not np.array_equal(got[1][0][:, ::2], base[:, ::2]) and np.array_equal(got[1][0][:, 1::2], base[:, 1::2])

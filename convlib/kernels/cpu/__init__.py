@@ -12,6 +12,7 @@ What it makes faster, and how:
 - ``pool.py``: max and average pooling as plain loops (a branch-free 2x2 path);
 - ``relu.py``, ``batchnorm.py``: one pass per element, per-channel sums in float64; in training a
   batch norm, ReLU and 2x2 max-pool in one pass after the statistics (``fused.fuse``);
+- ``optim.py``: SGD's step in one pass per parameter, to the bit as the reference's;
 - ``threads.py``: how the kernels share the cores (a small pool of Python threads running
   single-threaded ``nogil`` kernels, BLAS held at one thread meanwhile; no OpenMP).
 
@@ -29,5 +30,6 @@ from .conv import (
     linear_backward,
     linear_forward,
 )
+from .optim import sgd_step
 from .pool import avgpool2d_backward, avgpool2d_forward, maxpool2d_backward, maxpool2d_forward
 from .relu import relu_backward, relu_forward
