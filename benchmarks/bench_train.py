@@ -12,14 +12,18 @@ Inference runs each net in eval mode (torch under no_grad), as a user's predicti
     python benchmarks/bench_train.py [--batch 32] [--size 64] [--threads 2] [--rounds 5]
     python benchmarks/bench_train.py --protocols separate          # only the headline
     python benchmarks/bench_train.py --net fashion --batch 128     # the Fashion-MNIST example's net
+    python benchmarks/bench_train.py --busy-core 0.2               # one core shared with other work
 
 PyTorch and ONNX Runtime are optional (pip install -e ".[bench]"); without them their columns are
 skipped. ONNX Runtime runs the torch twin exported to ONNX, inference only, alone in its own
 fresh process each round (the separate protocol).
 The torch-alone process builds its weights with convlib's constructors (NumPy only: no convlib
 kernel runs there, and importing convlib changes no thread or memory setting).
+With --busy-core F, another process keeps the last core busy F of each 10 ms while every
+library is timed (a laptop's browser, a noisy neighbour on a shared host): all of them meet it.
 """
 import argparse
+import atexit
 import json
 import os
 import subprocess
@@ -133,6 +137,18 @@ def _status_kb(key):
         return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
 
 
+def _child_busy(args):
+    """Spin on the last core of this process's set for busy_core of each 10 ms, sleep the rest,
+    until killed or its parent ends."""
+    os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
+    parent = os.getppid()
+    while os.getppid() == parent:
+        t = time.perf_counter()
+        while time.perf_counter() - t < 0.01 * args.child_busy:
+            pass
+        time.sleep(0.01 * (1 - args.child_busy))
+
+
 # ---------------------------------------------------------------- the parent
 def run_child(args, flag, value, env=None):
     cmd = [sys.executable, __file__, flag, value, "--net", args.net, "--batch", str(args.batch),
@@ -165,8 +181,15 @@ def main():
     ap.add_argument("--protocols", default=",".join(PROTOCOLS))
     ap.add_argument("--child")
     ap.add_argument("--child-memory")
+    ap.add_argument("--busy-core", type=float, default=0.0,
+                    help="keep the last core busy this share (0-1) of the time while timing")
     ap.add_argument("--child-ort")
+    ap.add_argument("--child-busy", type=float)
     args = ap.parse_args()
+    if args.child_busy is not None:
+        return _child_busy(args)
+    if not 0 <= args.busy_core < 1:
+        ap.error(f"--busy-core must be in [0, 1), got {args.busy_core}")
     if args.child:
         return _child(args)
     if args.child_ort:
@@ -192,6 +215,9 @@ def main():
     onnx_path = _export_onnx(args, onnx_dir.name)
     if onnx_path is None:
         print("ONNX Runtime or PyTorch is not installed: its column is skipped (pip install -e \".[bench]\")")
+    busy = subprocess.Popen([sys.executable, __file__, "--child-busy", str(args.busy_core)]) if args.busy_core else None
+    if busy:
+        atexit.register(busy.kill)                                  # also if a round fails
     ort = {"infer": [], "version": None}
     results = {p: {"train": {k: [] for k in libs}, "infer": {k: [] for k in libs}} for p in protocols}
     for r in range(args.rounds):
@@ -210,6 +236,9 @@ def main():
                     for lib, s in res[kind + "_s"].items():
                         results[p][kind][lib].append(args.batch / s)
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+    if busy:
+        busy.kill()
+        busy.wait()
     sys.path.insert(0, HERE)
     from common import table
     rows = []
@@ -229,7 +258,9 @@ def main():
     where = f"{args.size}x{args.size}" if args.net == "reference" else "28x28"
     print(f"{args.net} net, batch {args.batch}, {where}, float32, {args.threads} threads; "
           f"medians over {args.rounds} fresh processes per protocol (each: median of {args.child_rounds} "
-          f"alternating rounds of {args.reps} steps); ratios paired round by round")
+          f"alternating rounds of {args.reps} steps); ratios paired round by round"
+          + (f"; the last core kept busy {args.busy_core:.0%} of the time by another process"
+             if args.busy_core else ""))
     print(table(rows, header))
     if ort["infer"]:
         conv = results["separate"]["infer"]["convlib"]
@@ -251,7 +282,8 @@ def main():
           f"(compiling); whole process {mem['convlib']['process_s']:.2f} s / {cold['process_s']:.1f} s"
           + (f"; pytorch {mem['torch']['first_step_s']:.2f} s" if "torch" in mem else ""))
     print(f"\nrerun: python benchmarks/bench_train.py --net {args.net} --batch {args.batch} --size {args.size} "
-          f"--threads {args.threads} --rounds {args.rounds} --protocols {','.join(protocols)}")
+          f"--threads {args.threads} --rounds {args.rounds} --protocols {','.join(protocols)}"
+          + (f" --busy-core {args.busy_core}" if args.busy_core else ""))
 
 
 if __name__ == "__main__":
