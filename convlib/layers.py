@@ -16,7 +16,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from .backend import check_device, copy_into, device_of, is_array, is_cuda_array, to_device, to_host
+from .backend import check_device, copy_into, device_of, is_array, to_device, to_host
 from .kernels import reference as ops
 from .rng import get_rng
 
@@ -26,9 +26,9 @@ class Parameter:
 
     ``requires_grad=False`` freezes it (as in torch): backward adds nothing into ``grad`` and
     optimizers leave ``data`` untouched (``Layer.requires_grad_`` sets it for a whole layer).
-    Layers add gradients with ``add_grad``. On the GPU ``zero_grad`` launches nothing: the next
-    ``add_grad`` takes its array as the gradient (no zeroing and adding passes), and reading
-    ``grad`` before that zeroes it then.
+    Layers add gradients with ``add_grad``. ``zero_grad`` runs nothing: the next ``add_grad``
+    takes its array as the gradient (no zeroing and adding passes), and reading ``grad`` before
+    that zeroes it then.
     """
 
     def __init__(self, data, requires_grad=True):
@@ -48,19 +48,16 @@ class Parameter:
         self._grad, self._zero_pending = value, False
 
     def zero_grad(self):
-        """grad = 0 (on the GPU when it is next read or added to)."""
-        if is_cuda_array(self._grad):
-            self._zero_pending = True
-        else:
-            ops.zero_(self._grad)
+        """grad = 0, when it is next read or added to."""
+        self._zero_pending = True
 
     def add_grad(self, g):
-        """grad += g, where g (shaped like data, on its device) is handed over: after zero_grad
-        on the GPU it becomes the gradient itself."""
-        if self._zero_pending:
+        """grad += g, where g (on data's device) is handed over: after zero_grad, if it has data's
+        shape and type, it becomes the gradient itself."""
+        if self._zero_pending and g.shape == self._grad.shape and g.dtype == self._grad.dtype:
             self.grad = g
         else:
-            ops.accumulate(self._grad, g)
+            ops.accumulate(self.grad, g)
 
     @property
     def shape(self):

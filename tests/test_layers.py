@@ -204,3 +204,21 @@ def test_backward_checks_the_shape_of_dout(layer, x):
     import re
     with pytest.raises(ValueError, match=re.escape(f"backward expected dout of shape {out.shape}") + r".*got \(1, 1\)"):
         layer.backward(np.zeros((1, 1), np.float32))
+
+
+def test_zero_grad_waits_for_the_next_gradient_and_takes_it_as_it_is():
+    p = cl.layers.Parameter(np.ones(3, np.float32))
+    p.grad = np.full(3, 5, np.float32)
+    p.zero_grad()
+    g = np.arange(3, dtype=np.float32)
+    p.add_grad(g)
+    assert p.grad is g                                              # taken as it is: no zeroing, no adding
+    p.add_grad(np.ones(3, np.float32))
+    np.testing.assert_array_equal(p.grad, [1, 2, 3])
+    p.zero_grad()
+    np.testing.assert_array_equal(p.grad, [0, 0, 0])                # read before anything is added: zeros
+    p.zero_grad()
+    other = np.arange(3, dtype=np.float64)                          # another type: added into p's own array
+    p.add_grad(other)
+    assert p.grad.dtype == np.float32 and p.grad is not other
+    np.testing.assert_array_equal(p.grad, [0, 1, 2])
