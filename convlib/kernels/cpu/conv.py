@@ -188,7 +188,7 @@ def _conv_grad_images(lo, hi, x, w2t, dout, geometry, dx):
 # its width, rounded up to even) and its 3x3 window at p + i*WP + j, so one loop over p, in which
 # LLVM vectorises eighteen multiply-adds (two filters'), covers the whole plane (the two or three
 # columns past each row's end are computed and dropped).
-DIRECT_PIECES = 8    # the batch's share-out in the direct loop's forward (threads.parallel_for)
+DIRECT_PIECES = 8    # the direct loop's forward: up to 8 pieces of 4 images or more (threads.parallel_for)
 
 
 def direct_applies(w_shape, stride):
@@ -379,7 +379,7 @@ def conv2d_forward(x, w, b, stride, padding):
         winograd.conv2d(x, winograd.transformed(w.astype(x.dtype, copy=False)), bias, tuple(padding), out)
     elif direct_applies(w.shape, stride):                           # 3x3, stride 1, C <= 3
         parallel_for(_direct_images, N, x, np.ascontiguousarray(w, dtype=x.dtype), bias, *padding, out, False,
-                     None, pieces=DIRECT_PIECES)
+                     None, pieces=min(DIRECT_PIECES, N // 4))
     else:
         parallel_for(_conv_images, N, x, wb, cache[4], out.reshape(N, F, OH * OW))
     return out, cache
@@ -449,7 +449,7 @@ def conv2d_pool_forward(x, w, b, stride, padding, pool, training=True):
         arg = np.empty(out.shape, dtype=np.uint8) if training else None   # each window's first maximum, 0-3
         if direct:
             parallel_for(_direct_images, N, x, np.ascontiguousarray(w, dtype=x.dtype), bias, *padding, out, True,
-                         arg, pieces=DIRECT_PIECES)
+                         arg, pieces=min(DIRECT_PIECES, N // 4))
         else:
             winograd.conv2d(x, winograd.transformed(w.astype(x.dtype, copy=False)), bias, tuple(padding), None, out,
                             arg)
