@@ -165,6 +165,7 @@ class _Workers:
             finally:
                 for _ in range(helpers):                            # every share ends before we return
                     self.done.acquire()
+                self.tasks[:helpers] = [None] * helpers             # keep no array of this call alive
             for ok, value in results:
                 if not ok:
                     raise value
