@@ -4,8 +4,9 @@ How convlib uses the cores (measured in docs/performance.md):
 
 - One small pool of Python threads, ``get_num_threads()`` of them (default: the cores this
   process may run on; ``set_num_threads(n)`` or ``CONVLIB_NUM_THREADS`` change it). A layer
-  splits its batch into one contiguous share per thread (``parallel_for``); each share runs
-  plain single-threaded Numba kernels (``nogil``) and BLAS products, which release the GIL.
+  splits its batch into one contiguous share per thread (``parallel_for``), or a conv's forward
+  into smaller pieces that each thread takes when free; each share runs plain single-threaded
+  Numba kernels (``nogil``) and BLAS products, which release the GIL.
 - While a share that may call BLAS runs (a Python function; Numba kernels call none), BLAS
   (NumPy's OpenBLAS or MKL) is single-threaded, so each thread's products stay on its own
   core; the previous thread count is restored after the layer, so NumPy code elsewhere in the
