@@ -30,9 +30,9 @@ def _sgd(lo, hi, p, g, buf, lr, momentum, weight_decay, nesterov):
 
 def sgd_step(ps, gs, bufs, lr, momentum, weight_decay, nesterov):
     """For each parameter p (an array updated in place), its gradient g and momentum buffer (bufs
-    None without momentum): one pass, a large p's flat range split over the threads. Arrays that are not
-    contiguous or not all of p's type, or hyper-parameters that are not Python numbers (NumPy
-    would compute in their type), take the reference's passes."""
+    None without momentum): one pass, a large p's flat range split over the threads. Arrays
+    that are not contiguous or not all of p's type, or hyper-parameters that are not Python
+    numbers (NumPy would compute in their type), take the reference's passes."""
     plain = all(type(v) in (int, float) for v in (lr, momentum, weight_decay))
     hyper = (float(lr), float(momentum), float(weight_decay), bool(nesterov))
     for i, (p, g) in enumerate(zip(ps, gs)):
@@ -41,8 +41,8 @@ def sgd_step(ps, gs, bufs, lr, momentum, weight_decay, nesterov):
             OPS["sgd_step"]([p], [g], None if buf is None else [buf], lr, momentum, weight_decay, nesterov)
             continue
         flat = (p.reshape(-1), g.reshape(-1), None if buf is None else buf.reshape(-1))   # views
-        parallel_for(_sgd, p.size, *flat, *hyper, work=p.size // 4)   # split from 131,072 values on:
-        # below, the hand-off to a thread (40 us) costs more than it saves (65,536 values: 14 us)
+        parallel_for(_sgd, p.size, *flat, *hyper, work=p.size // 4)   # split from 131,072 values on,
+        # where it pays for the hand-off to a thread (docs/performance.md has the times)
 
 
 def _like(p, a):
