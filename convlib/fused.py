@@ -15,7 +15,9 @@ tested against them (tests/test_model.py, tests/test_kernels.py).
 - On the CPU, Conv2d (with its batch norm folded in or not) then ReLU + MaxPool2d, through the
   op ``conv2d_pool_forward``, which the CPU backend computes in one pass for 2x2 pools after a
   net's first layer (1-3 input channels) and every Winograd layer: the convolution's full output
-  never goes through memory. A subclass of Conv2d never fuses: its own forward would be bypassed.
+  never goes through memory. Or then a ReLU alone (the same op without a pool), which Winograd
+  applies as it writes its output. A subclass of Conv2d never fuses: its own forward would be
+  bypassed.
 """
 import weakref
 
@@ -42,7 +44,7 @@ def fuse(layer, next_layer):
             next_layer.device == "cpu" and next_layer.num_features == conv.out_channels and \
             next_layer.dtype == conv.dtype:
         return ConvUnit(conv, next_layer, None)
-    if isinstance(next_layer, ReLUMaxPool):
+    if isinstance(next_layer, ReLUMaxPool) or type(next_layer) is ReLU:
         return ConvUnit(conv, bn, next_layer)
     return None
 
@@ -100,7 +102,8 @@ class NormReLUPool(Layer):
 
 class ConvUnit(Layer):
     """Conv2d, then an eval-mode BatchNorm2d ``bn`` folded into its weights or None, then a
-    ``ReLUMaxPool`` ``relu_pool`` or None: one ``conv2d_forward`` or ``conv2d_pool_forward``.
+    ``ReLUMaxPool`` or a ``ReLU`` (``relu_pool``) or None: one ``conv2d_forward`` or
+    ``conv2d_pool_forward`` (without a pool after a ReLU alone).
     Backward takes the gradients of the folded weights w' and bias b' back to the layers':
     dw = dw' * s, db = db' * s, dgamma = (sum over C, KH, KW of dw' * w + db' * (b - mean)) /
     sqrt(var + eps), dbeta = db'."""
@@ -145,9 +148,9 @@ class ConvUnit(Layer):
         if self.relu_pool is None:
             out, cache = ops.conv2d_forward(x, w, b, conv.stride, conv.padding)
         else:
-            pool = self.relu_pool.pool
+            pool = getattr(self.relu_pool, "pool", None)                # None after a ReLU alone
             out, cache = ops.conv2d_pool_forward(x, w, b, conv.stride, conv.padding,
-                                                 (pool.kernel_size, pool.stride, pool.padding), conv.training)
+                                                 pool and (pool.kernel_size, pool.stride, pool.padding), conv.training)
         self._cache = (cache, s, inv_std)
         return out
 

@@ -73,7 +73,8 @@ def conv2d(k, to):
 @case("conv2d_pool")
 def conv2d_pool(k, to):
     """Conv2d, ReLU and MaxPool2d as one op: the CPU's one-pass path (1-3 input channels, 3x3,
-    stride 1, a 2x2 pool; odd sizes, ties and a NaN) with and without dx, and the ops in turn."""
+    stride 1, a 2x2 pool; odd sizes, ties and a NaN) with and without dx, and the ops in turn;
+    without a pool, conv then ReLU (Winograd's output pass on the CPU: 16 channels, zeros, a NaN)."""
     rng = np.random.default_rng(7)
     x = rng.integers(-2, 3, (2, 3, 7, 6)).astype(DTYPE)             # small integers: ties in the windows
     x[1, 2, 3, 3] = np.nan
@@ -85,7 +86,14 @@ def conv2d_pool(k, to):
     out, cache = k.conv2d_pool_forward(to(_x((2, 3, 6, 5))), to(w), None, (1, 1), (0, 1), ((3, 2), (1, 2), (1, 1)))
     dx, dw, db = k.conv2d_pool_backward(to(_x(cl.to_host(out).shape, 4)), cache, True)
     assert db is None
-    return got + [out, dx, dw]
+    x16 = rng.integers(-2, 3, (2, 16, 5, 7)).astype(DTYPE)
+    x16[0, 3, 2, 2] = np.nan
+    w16 = rng.integers(-1, 2, (16, 16, 3, 3)).astype(DTYPE)
+    out16, cache = k.conv2d_pool_forward(to(x16), to(w16), to(rng.integers(-1, 2, 16).astype(DTYPE)), (1, 1), (1, 1),
+                                         None)
+    host = cl.to_host(out16)
+    assert np.isnan(host).any() and (host == 0).any() and (host > 0).any() and not (host < 0).any()
+    return got + [out, dx, dw, out16, *k.conv2d_pool_backward(to(_x(host.shape, 5)), cache, True)]
 
 
 def _pool(k, to, forwards, backward):

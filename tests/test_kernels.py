@@ -557,3 +557,19 @@ def test_sgd_step_cpu_falls_back_where_numpy_would_compute_otherwise(rng):
     np.testing.assert_array_equal(got[0][0], got[1][0])
     np.testing.assert_array_equal(got[0][1], got[1][1])
     assert not np.array_equal(got[1][0][:, ::2], base[:, ::2]) and np.array_equal(got[1][0][:, 1::2], base[:, 1::2])
+
+
+@pytest.mark.parametrize("C", [3, 16])
+def test_conv_relu_gradients_against_central_differences(C, rng):
+    """float64, a Conv2d then a ReLU alone fused into one unit in training (Winograd applies the
+    ReLU in its output pass where it runs the conv, C = 16; the direct loop's conv then the
+    ReLU, C = 3): dx and the weights' and bias's gradients."""
+    import convlib as cl
+    from convlib.gradcheck import check_layer
+    net = cl.Sequential(cl.Conv2d(C, 16, 3, padding=1), cl.ReLU()).to(np.float64)
+    x = rng.standard_normal((2, C, 7, 6))
+    out = net(x)
+    [(_, unit)] = net._plan
+    assert type(unit).__name__ == "ConvUnit" and unit._cache[0][0] == "relu"
+    assert (out == 0).any() and (out > 0).any()
+    assert set(check_layer(net, x)) == {"x", "0.weight", "0.bias"}

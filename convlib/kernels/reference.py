@@ -68,19 +68,21 @@ def conv2d_backward(dout, cache, need_dx=True):
 
 @op
 def conv2d_pool_forward(x, w, b, stride, padding, pool, training=True):
-    """relu(maxpool2d(conv2d(x))) with pool = (kernel, stride, padding) -> out, cache: one op, so
-    that a backend can do the three in one pass (``fused.fuse``); here, the ops in turn. With
-    training False (eval mode) a backend may keep less for backward and compute again there."""
+    """relu(maxpool2d(conv2d(x))) with pool = (kernel, stride, padding), or relu(conv2d(x)) with
+    pool None -> out, cache: one op, so that a backend can do them in one pass (``fused.fuse``);
+    here, the ops in turn. With training False (eval mode) a backend may keep less for backward
+    and compute again there."""
     out, conv_cache = conv2d_forward(x, w, b, stride, padding)
-    out, pool_cache = maxpool2d_forward(out, *pool, relu=True)
-    return out, (conv_cache, pool_cache)
+    out, pool_cache = maxpool2d_forward(out, *pool, relu=True) if pool else relu_forward(out)
+    return out, (conv_cache, pool, pool_cache)
 
 
 @op
 def conv2d_pool_backward(dout, cache, need_dx=True):
-    """dout (N, F, PH, PW) -> dx (None unless need_dx), dw, db (or None): the two backwards in turn."""
-    conv_cache, pool_cache = cache
-    return conv2d_backward(maxpool2d_backward(dout, pool_cache), conv_cache, need_dx)
+    """dout (N, F, PH, PW) -> dx (None unless need_dx), dw, db (or None): the backwards in turn."""
+    conv_cache, pool, pool_cache = cache
+    d = maxpool2d_backward(dout, pool_cache) if pool else relu_backward(dout, pool_cache)
+    return conv2d_backward(d, conv_cache, need_dx)
 
 
 # ---------------------------------------------------------------- pooling

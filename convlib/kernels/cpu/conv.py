@@ -19,6 +19,7 @@ from numba import uint64 as u
 from ..reference import out_size
 from . import winograd
 from .pool import _beats, maxpool2d_backward, maxpool2d_forward
+from .relu import relu_backward, relu_forward
 from .threads import JIT, parallel_for, workspace
 
 
@@ -438,7 +439,18 @@ def conv2d_pool_forward(x, w, b, stride, padding, pool, training=True):
     through memory: the direct loop (1-3 input channels) and Winograd. In training each window's
     maximum's place is kept (a byte), and backward spreads the pooled gradient back from it; in
     eval mode (training False) only x, and backward computes the convolution again (a saliency
-    map's rare case). Elsewhere the two ops run one after the other."""
+    map's rare case). Elsewhere the two ops run one after the other. With pool None, relu(conv2d(x)):
+    Winograd applies the ReLU as it writes its output, the other paths after it."""
+    if pool is None and winograd.applies(w.shape, stride, padding):
+        x, cache = _conv_cache(x, w, b, stride, padding)
+        out = np.empty((x.shape[0], w.shape[0], *cache[4][6:]), dtype=x.dtype)
+        winograd.conv2d(x, winograd.transformed(w.astype(x.dtype, copy=False)), cache[2][:, -1].copy(),
+                        tuple(padding), out, relu=True)
+        return out, ("relu", cache, out)
+    if pool is None:
+        out, cache = conv2d_forward(x, w, b, stride, padding)
+        out, _ = relu_forward(out)
+        return out, ("relu", cache, out)
     is_2x2 = pool == ((2, 2), (2, 2), (0, 0))
     direct = direct_applies(w.shape, stride)
     if is_2x2 and (direct or winograd.applies(w.shape, stride, padding)):
@@ -462,6 +474,8 @@ def conv2d_pool_forward(x, w, b, stride, padding, pool, training=True):
 def conv2d_pool_backward(dout, cache, need_dx=True):
     """dout (N, F, PH, PW), the pooled output's gradient -> dx or None, dw, db or None."""
     kind, conv_cache, *pool_cache = cache
+    if kind == "relu":                                              # no pool: the ReLU's mask, its output
+        return conv2d_backward(relu_backward(dout, pool_cache[0]), conv_cache, need_dx)
     if kind == "again":                                             # eval mode: the conv anew from x
         x, wshape, wb, has_bias, geometry = conv_cache
         K = wb.shape[1] - 1

@@ -267,13 +267,23 @@ def _place(t0, t1, b0, b1, zero, one, two):
     return below if _beats(_max2(b0, b1), _max2(t0, t1)) else top
 
 
+@njit(inline="always")
+def _act(v, floor):
+    """v, or with a floor (the ReLU's 0) max(v, floor): NaN stays NaN, as in relu_forward. floor
+    None is a type of its own, so each case compiles apart and None costs nothing."""
+    if floor is None:
+        return v
+    return floor if v <= floor else v
+
+
 @njit(**JIT)
-def _output_tiles(M, bias, n0, TH, TW, out, pooled, arg):
+def _output_tiles(M, bias, n0, TH, TW, out, pooled, arg, floor=None):
     """M (36, T*F), M[xi, k*F + f] for tile k = (n*TH + th)*TW + tw (channels last, as the products
     write it) -> out[n0 + n] (F, OH, OW) = AT M A per tile, + bias[f], clipped at the bottom and
-    right edges; or, with out None, pooled[n0 + n] (F, OH//2, OW//2) = relu(2x2 max-pool of that),
-    from the tile while it is in the cache (a 4x4 tile holds four whole windows), and unless None
-    arg[n0 + n] (uint8) each window's first maximum's place, 0-3 in row order. A tile row at a
+    right edges, and unless floor is None max(that, floor) (the ReLU's, 0); or, with out None,
+    pooled[n0 + n] (F, OH//2, OW//2) = relu(2x2 max-pool of that), from the tile while it is in
+    the cache (a 4x4 tile holds four whole windows), and unless None arg[n0 + n] (uint8) each
+    window's first maximum's place, 0-3 in row order. A tile row at a
     time: both transforms (and the pool) run over the row's runs q = tw*F + f, y[a, b, q] holding
     output (4*th + a, 4*tw + b) of filter f; the last copy turns channels last into NCHW."""
     F = bias.shape[0]
@@ -301,23 +311,27 @@ def _output_tiles(M, bias, n0, TH, TW, out, pooled, arg):
                         for w0 in range(0, W4, 4):                  # written out in full: 1.3x as fast
                             q, w = u(w0 // 4 * F + f), u(w0)        # as a loop over the columns
                             d0[w], d0[w + u(1)], d0[w + u(2)], d0[w + u(3)] = \
-                                y0[q] + b0, y1[q] + b0, y2[q] + b0, y3[q] + b0
+                                _act(y0[q] + b0, floor), _act(y1[q] + b0, floor), \
+                                _act(y2[q] + b0, floor), _act(y3[q] + b0, floor)
                             q += u(1)
                             d1[w], d1[w + u(1)], d1[w + u(2)], d1[w + u(3)] = \
-                                y0[q] + b1, y1[q] + b1, y2[q] + b1, y3[q] + b1
+                                _act(y0[q] + b1, floor), _act(y1[q] + b1, floor), \
+                                _act(y2[q] + b1, floor), _act(y3[q] + b1, floor)
                             q += u(1)
                             d2[w], d2[w + u(1)], d2[w + u(2)], d2[w + u(3)] = \
-                                y0[q] + b2, y1[q] + b2, y2[q] + b2, y3[q] + b2
+                                _act(y0[q] + b2, floor), _act(y1[q] + b2, floor), \
+                                _act(y2[q] + b2, floor), _act(y3[q] + b2, floor)
                             q += u(1)
                             d3[w], d3[w + u(1)], d3[w + u(2)], d3[w + u(3)] = \
-                                y0[q] + b3, y1[q] + b3, y2[q] + b3, y3[q] + b3
+                                _act(y0[q] + b3, floor), _act(y1[q] + b3, floor), \
+                                _act(y2[q] + b3, floor), _act(y3[q] + b3, floor)
                     for b in range(OW - W4):                        # what is left: the last tile's columns,
                         src = y[a, b, W4 // 4 * F:]                 # then the last filters
                         for f in range(F4):
-                            o[f, r, W4 + b] = src[f] + bias[f]
+                            o[f, r, W4 + b] = _act(src[f] + bias[f], floor)
                     for f in range(F4, F):
                         for ow in range(OW):
-                            o[f, r, ow] = y[a, ow % 4, ow // 4 * F + f] + bias[f]
+                            o[f, r, ow] = _act(y[a, ow % 4, ow // 4 * F + f] + bias[f], floor)
             elif pooled is not None:
                 _at_rows_pooled(s, bq, z, None if arg is None else k)
                 PH, PW = pooled.shape[2], pooled.shape[3]
@@ -432,39 +446,40 @@ def _tiles(H, W):
     return -(-H // 4), -(-W // 4)
 
 
-def _conv_group(xq, TH, TW, U, bias, n0, out, pooled=None, arg=None):
-    """out[n0 + n] = conv3x3 + bias for the m images split into xq (m, HP, 4, P*C) by
-    ``_split_columns``: input tiles, the 36 products, output tiles."""
+def _conv_group(xq, TH, TW, U, bias, n0, out, pooled=None, arg=None, relu=False):
+    """out[n0 + n] = conv3x3 + bias (max(that, 0) with relu) for the m images split into xq (m, HP,
+    4, P*C) by ``_split_columns``: input tiles, the 36 products, output tiles."""
     m, C, F = xq.shape[0], U.shape[1], U.shape[2]
     T = m * TH * TW
     V = workspace("wino_v", (36, T, C), xq.dtype)                   # (36, T, C)
     M = workspace("wino_m", (36, T, F), xq.dtype)                   # (36, T, F)
     _input_tiles(xq, TH, TW, V.reshape(36, T * C))
     np.matmul(V, U, out=M)                                          # 36 products (T, C) @ (C, F)
-    _output_tiles(M.reshape(36, T * F), bias, n0, TH, TW, out, pooled, arg)
+    _output_tiles(M.reshape(36, T * F), bias, n0, TH, TW, out, pooled, arg,
+                  xq.dtype.type(0) if relu else None)                  # the ReLU's floor, or none
 
 
-def conv_groups(lo, hi, x, U, bias, padding, g, out, pooled, arg):
-    """out[n] = conv3x3(x[n]) + bias for the images of groups [lo, hi) of g images (stride 1,
-    ``padding``), by F(4x4, 3x3): x (N, C, H, W), U (36, C, F) from ``filters``, bias (F,),
-    out (N, F, OH, OW) or None; pooled (N, F, OH//2, OW//2) or None gets relu(2x2 max-pool),
-    and arg (uint8, pooled's shape) or None each window's first maximum's place."""
+def conv_groups(lo, hi, x, U, bias, padding, g, out, pooled, arg, relu):
+    """out[n] = conv3x3(x[n]) + bias (max(that, 0) with relu) for the images of groups [lo, hi) of
+    g images (stride 1, ``padding``), by F(4x4, 3x3): x (N, C, H, W), U (36, C, F) from
+    ``filters``, bias (F,), out (N, F, OH, OW) or None; pooled (N, F, OH//2, OW//2) or None gets
+    relu(2x2 max-pool), and arg (uint8, pooled's shape) or None each window's first maximum's place."""
     C = x.shape[1]
     TH, TW = _tiles(x.shape[2] + 2 * padding[0] - 2, x.shape[3] + 2 * padding[1] - 2)
     for n0 in range(lo * g, min(hi * g, x.shape[0]), g):
         m = min(g, x.shape[0] - n0)
         xq = workspace("wino_x", (m, 4 * TH + 2, 4, (TW + 2) * C), x.dtype)   # (m, HP, 4, P*C)
         _split_columns(x, n0, *padding, xq)
-        _conv_group(xq, TH, TW, U, bias, n0, out, pooled, arg)
+        _conv_group(xq, TH, TW, U, bias, n0, out, pooled, arg, relu)
 
 
-def conv2d(x, U, bias, padding, out, pooled=None, arg=None):
-    """out = conv3x3(x) + bias (stride 1, ``padding``) on all threads: x (N, C, H, W), U (36, C, F)
-    from ``filters``, bias (F,), out (N, F, OH, OW) or None; unless None, pooled (N, F, OH//2,
-    OW//2) = relu(2x2 max-pool of that), from the tiles (``_output_tiles``), and arg (uint8) each
-    window's first maximum's place 0-3 (for backward)."""
+def conv2d(x, U, bias, padding, out, pooled=None, arg=None, relu=False):
+    """out = conv3x3(x) + bias (stride 1, ``padding``), or with relu max(that, 0), on all threads:
+    x (N, C, H, W), U (36, C, F) from ``filters``, bias (F,), out (N, F, OH, OW) or None; unless
+    None, pooled (N, F, OH//2, OW//2) = relu(2x2 max-pool of that), from the tiles
+    (``_output_tiles``), and arg (uint8) each window's first maximum's place 0-3 (for backward)."""
     g, groups = group(x.shape, U.shape[2], padding)
-    parallel_for(conv_groups, groups, x, U, bias, padding, g, out, pooled, arg, pieces=groups)
+    parallel_for(conv_groups, groups, x, U, bias, padding, g, out, pooled, arg, relu, pieces=groups)
     return out
 
 
