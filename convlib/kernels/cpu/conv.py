@@ -372,18 +372,26 @@ def conv2d_forward(x, w, b, stride, padding):
     The cache keeps x, not the column matrices: backward rebuilds each image's columns (cheap,
     in cache), so a training step's memory stays near PyTorch's.
     """
+    return _forward(x, w, b, stride, padding, False)
+
+
+def _forward(x, w, b, stride, padding, relu):
+    """``conv2d_forward``, and with relu (``conv2d_pool_forward`` without a pool) max(out, 0),
+    which Winograd applies as it writes out, the other paths after."""
     x, cache = _conv_cache(x, w, b, stride, padding)
     N, F, wb, (*_, OH, OW) = x.shape[0], w.shape[0], cache[2], cache[4]
     out = np.empty((N, F, OH, OW), dtype=x.dtype)
     bias = wb[:, -1].copy()                                         # (F,)
     if winograd.applies(w.shape, stride, padding):                  # 3x3, stride 1: F(4x4, 3x3)
-        winograd.conv2d(x, winograd.transformed(w.astype(x.dtype, copy=False)), bias, tuple(padding), out)
-    elif direct_applies(w.shape, stride):                           # 3x3, stride 1, C <= 3
+        winograd.conv2d(x, winograd.transformed(w.astype(x.dtype, copy=False)), bias, tuple(padding), out,
+                        relu=relu)
+        return out, cache
+    if direct_applies(w.shape, stride):                             # 3x3, stride 1, C <= 3
         parallel_for(_direct_images, N, x, np.ascontiguousarray(w, dtype=x.dtype), bias, *padding, out, False,
                      None, pieces=min(DIRECT_PIECES, N // 4))
     else:
         parallel_for(_conv_images, N, x, wb, cache[4], out.reshape(N, F, OH * OW))
-    return out, cache
+    return (relu_forward(out)[0] if relu else out), cache
 
 
 def _conv_cache(x, w, b, stride, padding):
@@ -441,15 +449,8 @@ def conv2d_pool_forward(x, w, b, stride, padding, pool, training=True):
     eval mode (training False) only x, and backward computes the convolution again (a saliency
     map's rare case). Elsewhere the two ops run one after the other. With pool None, relu(conv2d(x)):
     Winograd applies the ReLU as it writes its output, the other paths after it."""
-    if pool is None and winograd.applies(w.shape, stride, padding):
-        x, cache = _conv_cache(x, w, b, stride, padding)
-        out = np.empty((x.shape[0], w.shape[0], *cache[4][6:]), dtype=x.dtype)
-        winograd.conv2d(x, winograd.transformed(w.astype(x.dtype, copy=False)), cache[2][:, -1].copy(),
-                        tuple(padding), out, relu=True)
-        return out, ("relu", cache, out)
     if pool is None:
-        out, cache = conv2d_forward(x, w, b, stride, padding)
-        out, _ = relu_forward(out)
+        out, cache = _forward(x, w, b, stride, padding, True)
         return out, ("relu", cache, out)
     is_2x2 = pool == ((2, 2), (2, 2), (0, 0))
     direct = direct_applies(w.shape, stride)
