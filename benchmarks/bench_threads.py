@@ -4,14 +4,17 @@ behind the CPU issue's last goal (inference >= 1.0x ONNX Runtime).
   1. scaling    one thread and --threads, each library alone in a fresh process (the four kinds
                 of process alternate, --rounds times): the eval forward's ms, and how much each
                 library gains from its other threads;
-  2. calls      convlib at --threads, one process: each parallel call of an eval forward (a
-                layer's kernel, ``threads.parallel_for``) with its wall time, the threads' busy
-                time in it, and the thread time left idle (handing the shares out, waiting for
-                the last one); and the time outside the calls (the Python between the kernels,
-                on one thread while the others wait);
+  2. calls      convlib in one process, one thread and --threads alternating: each parallel
+                call of an eval forward (a layer's kernel, ``threads.parallel_for``) with its
+                time at one thread, its wall time at --threads, the threads' busy time in it
+                (against the one-thread time: what running side by side costs the kernels),
+                and the thread time left idle (handing the shares out, waiting for the last
+                one); and the time outside the calls (the Python between the kernels, on one
+                thread while the others wait);
   3. nodes      ONNX Runtime's own per-node kernel times at --threads (its profiler), same net.
 
     python benchmarks/bench_threads.py [--net reference|fashion] [--batch 32] [--threads 2] [--rounds 3]
+    python benchmarks/bench_threads.py --parts 2          # only the trace of convlib's calls
 
 ONNX Runtime and PyTorch (to export the net) come with the [bench] extra; without them parts 1
 and 3 show convlib alone.
@@ -62,7 +65,7 @@ def _child(args):
         x = np.random.default_rng(0).random((args.batch, *s.get_inputs()[0].shape[1:]), dtype=np.float32)
         ms = _forward_ms(lambda: s.run(None, {s.get_inputs()[0].name: x}))
     else:
-        import convlib as cl
+        from common import cl
         cl.set_num_threads(args.child_threads)
         net, x = _convlib_net(args)
         ms = _forward_ms(lambda: net(x))
@@ -91,7 +94,7 @@ def _calls(args, blocks=4, reps=10):
     args.threads. One thread and args.threads alternate in blocks of reps forwards, in one process."""
     import numpy as np
 
-    import convlib as cl
+    from common import cl
     from convlib.kernels.cpu import threads
     net, x = _convlib_net(args)
     plain, calls, busy = threads.parallel_for, [], []
