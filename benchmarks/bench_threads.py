@@ -32,7 +32,8 @@ sys.path.insert(0, HERE)
 
 
 def _forward_ms(fn, reps=30, warmup=3):
-    """Median ms of fn() over reps calls."""
+    """Median ms of fn() over reps calls (common.median_time's, here because common imports
+    convlib, which the ONNX Runtime child must not)."""
     import numpy as np
     for _ in range(warmup):
         fn()
@@ -57,13 +58,9 @@ def _convlib_net(args):
 def _child(args):
     """Fresh process: one library at args.child_threads threads; prints {"ms": eval forward}."""
     if args.child == "ort":
-        import numpy as np
-        import onnxruntime as ort
-        so = ort.SessionOptions()
-        so.intra_op_num_threads, so.inter_op_num_threads = args.child_threads, 1
-        s = ort.InferenceSession(args.onnx, so, providers=["CPUExecutionProvider"])
-        x = np.random.default_rng(0).random((args.batch, *s.get_inputs()[0].shape[1:]), dtype=np.float32)
-        ms = _forward_ms(lambda: s.run(None, {s.get_inputs()[0].name: x}))
+        from bench_train import ort_session
+        session, feed = ort_session(args.onnx, args.child_threads, args.batch)
+        ms = _forward_ms(lambda: session.run(None, feed))
     else:
         from common import cl
         cl.set_num_threads(args.child_threads)
@@ -143,15 +140,12 @@ def _calls(args, blocks=4, reps=10):
 def _nodes(args, onnx, reps=40):
     """ONNX Runtime's per-node kernel times (median ms) at args.threads, and its forward's ms."""
     import numpy as np
-    import onnxruntime as ort
+
+    from bench_train import ort_session
     with tempfile.TemporaryDirectory() as folder:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads, so.inter_op_num_threads = args.threads, 1
-        so.enable_profiling, so.profile_file_prefix = True, os.path.join(folder, "prof")
-        s = ort.InferenceSession(onnx, so, providers=["CPUExecutionProvider"])
-        x = np.random.default_rng(0).random((args.batch, *s.get_inputs()[0].shape[1:]), dtype=np.float32)
-        ms = _forward_ms(lambda: s.run(None, {s.get_inputs()[0].name: x}), reps)
-        with open(s.end_profiling()) as f:
+        session, feed = ort_session(onnx, args.threads, args.batch, os.path.join(folder, "prof"))
+        ms = _forward_ms(lambda: session.run(None, feed), reps)
+        with open(session.end_profiling()) as f:
             events = json.load(f)
     times = {}
     for e in events:
@@ -173,6 +167,13 @@ def main():
     p.add_argument("--onnx", help=argparse.SUPPRESS)
     args = p.parse_args()
     args.batch = args.batch or (32 if args.net == "reference" else 128)
+    parts = set(args.parts.replace(" ", "").split(","))
+    if not parts or not parts <= {"1", "2", "3"}:
+        p.error(f"--parts: a comma-separated choice of 1, 2 and 3, got {args.parts!r}")
+    for name in ("batch", "threads", "rounds"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    parts = {int(v) for v in parts}
     if args.child:
         return _child(args)
 
@@ -180,9 +181,8 @@ def main():
     from common import table
     folder = tempfile.TemporaryDirectory()
     args.size = 64
-    parts = {int(v) for v in args.parts.split(",")}
     onnx = _export_onnx(args, folder.name) if parts & {1, 3} else None
-    if onnx is None:
+    if onnx is None and parts & {1, 3}:
         print("ONNX Runtime or PyTorch missing (pip install -e \".[bench]\"): convlib alone", file=sys.stderr)
     print(f"{args.net} net, batch {args.batch}, float32, eval forward")
 
@@ -196,7 +196,7 @@ def main():
         print(table([[name, f"{t:.3f}"] for name, t in nodes], ["node", "ms"]))
     folder.cleanup()
     print(f"\nrerun: python benchmarks/bench_threads.py --net {args.net} --batch {args.batch} "
-          f"--threads {args.threads} --rounds {args.rounds}")
+          f"--threads {args.threads} --rounds {args.rounds} --parts {','.join(map(str, sorted(parts)))}")
 
 
 def _print_scaling(args, res):

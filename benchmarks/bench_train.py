@@ -63,18 +63,30 @@ def _child(args):
     print(json.dumps({"train_s": train, "infer_s": infer}))
 
 
+def ort_session(path, threads, batch, profile_prefix=None):
+    """ONNX Runtime's session on an exported net at ``threads`` intra-op threads (one inter-op),
+    and its feed: a random batch of ``batch`` inputs, {input name: array}. Imports NumPy and
+    ONNX Runtime alone (never convlib, whose process settings must not touch ONNX Runtime's
+    timings); with ``profile_prefix`` the session profiles each node."""
+    import numpy as np
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    if profile_prefix:
+        so.enable_profiling, so.profile_file_prefix = True, profile_prefix
+    session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    x = session.get_inputs()[0]
+    return session, {x.name: np.random.default_rng(0).random((batch, *x.shape[1:]), dtype=np.float32)}
+
+
 def _child_ort(args):
     """Fresh process: ONNX Runtime's inference on the torch twin exported to ONNX (the parent
     exported it; nothing else is imported here), intra_op_num_threads = --threads; the same
     rounds of timed steps as the other children."""
     import numpy as np
     import onnxruntime as ort
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = args.threads, 1
-    session = ort.InferenceSession(args.child_ort, so, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    x = np.random.default_rng(0).random((args.batch, *session.get_inputs()[0].shape[1:]), dtype=np.float32)
-    infer = lambda: session.run(None, {name: x})
+    session, feed = ort_session(args.child_ort, args.threads, args.batch)
+    infer = lambda: session.run(None, feed)
     for _ in range(2):
         infer()
     rounds = []
