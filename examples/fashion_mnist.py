@@ -137,7 +137,15 @@ def main(argv=None):
     acc = float((pred == yte).mean())
     print(f"test accuracy without flip averaging: {100 * plain:.2f}%")
     os.makedirs(args.out, exist_ok=True)
-    plots.save_png(plots.curves(hist), os.path.join(args.out, "curves.png"))
+    aug = [name for name, on in (("random crops", args.crop), ("flips", not args.no_flip), ("cutout", args.cutout))
+           if on]
+    about = f"train: {len(tr):,} images" + (f" with {', '.join(aug)}" if aug else "") + \
+        (f"; val: {nval:,} held out, the best epoch's weights kept" if val else
+         "; no validation split: the last epoch kept")
+    plots.save_png(plots.curves(hist, [f"Fashion-MNIST training, seed {args.seed}: loss and accuracy per epoch", about,
+                                       f"loss with label smoothing {args.label_smoothing}; test accuracy "
+                                       f"{100 * acc:.2f}% (confusion.png)"]),
+                   os.path.join(args.out, "curves.png"))
     cm = np.zeros((10, 10), dtype=np.int64)
     np.add.at(cm, (yte, pred), 1)
     title = f"Fashion-MNIST, {len(yte):,} test images: {100 * acc:.2f}% correct"

@@ -123,15 +123,17 @@ def line_chart(series, title, xlabel, size=(520, 300), mark=None, xlabels=None):
     return img
 
 
-def curves(hist):
+def curves(hist, title=None):
     """Loss and accuracy per epoch, train and validation, side by side (a fit() History), with
-    the epoch whose weights fit() kept marked."""
+    the epoch whose weights fit() kept marked; ``title`` (a line, or lines: a title and key lines)
+    above them."""
     best = getattr(hist, "best_epoch", None)
     mark = (best, f"kept: epoch {best}") if best else None
     keep = lambda series: {name: s for name, s in series.items() if len(s)}   # no validation: train only
-    return side_by_side([
+    img = side_by_side([
         line_chart(keep({"train loss": hist["loss"], "val loss": hist["val_loss"]}), "loss", "epoch", mark=mark),
         line_chart(keep({"train acc": hist["acc"], "val acc": hist["val_acc"]}), "accuracy", "epoch", mark=mark)])
+    return header(img, title) if title else img
 
 
 def side_by_side(images, captions=None):

@@ -87,7 +87,10 @@ def write_pictures(net, hist, xn, imgs, labels, p, out, seed):
     """curves, continuum, best, worst, t-SNE and filters PNGs for held-out images ``imgs``
     (3, S, S) in [0, 1], normalised ``xn``, true ``labels`` (T,) 0/1 and the net's P(good) ``p`` (T,)."""
     order = np.argsort(-p)
-    plots.save_png(plots.curves(hist), os.path.join(out, "curves.png"))
+    plots.save_png(plots.curves(hist, [f"selfie net training, seed {seed}: loss and accuracy per epoch",
+                                       "train: the training selfies with flips (and cutout where asked); val: the "
+                                       "validation split, its best epoch's weights kept (marked)"]),
+                   os.path.join(out, "curves.png"))
     rows, cols = 6, 12
     picks = order[np.linspace(0, len(order) - 1, min(len(order), rows * cols)).astype(int)]
     plots.save_png(plots.grid(imgs[picks], cols, [f"{v:.2f}" for v in p[picks]], cell=64,
