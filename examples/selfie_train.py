@@ -267,7 +267,8 @@ def main(argv=None):
     wrote = ["model.npz"]
     if not args.no_pictures:
         net.to("cpu")                                                # the pictures run on the host
-        report.write_pictures(net, hist, d["xn"][te], d["x"][te], d["labels"][te], p_test, args.out, args.seed)
+        report.write_pictures(net, hist, d["xn"][te], d["x"][te], d["labels"][te], p_test, args.out, args.seed,
+                              args.cutout)
         wrote += ["curves.png", "continuum.png", "best.png", "worst.png", "tsne.png", "filters.png"]
         wrote += ["rules.png"] if report.write_rules(rules_of(d), p_test, args.out) else []
     report.record_run(args.out, wrote, source=d["source"])

@@ -83,13 +83,15 @@ def _ranked(imgs, p, labels, idx, title, good_word="good"):
                              "true label; green: the net agrees with it, red: it does not"])
 
 
-def write_pictures(net, hist, xn, imgs, labels, p, out, seed):
+def write_pictures(net, hist, xn, imgs, labels, p, out, seed, cutout=0):
     """curves, continuum, best, worst, t-SNE and filters PNGs for held-out images ``imgs``
-    (3, S, S) in [0, 1], normalised ``xn``, true ``labels`` (T,) 0/1 and the net's P(good) ``p`` (T,)."""
+    (3, S, S) in [0, 1], normalised ``xn``, true ``labels`` (T,) 0/1 and the net's P(good) ``p`` (T,);
+    ``seed`` and ``cutout`` (the training run's) are named on the curves."""
     order = np.argsort(-p)
+    aug = f"flips and {cutout} px cutout" if cutout else "flips"
     plots.save_png(plots.curves(hist, [f"selfie net training, seed {seed}: loss and accuracy per epoch",
-                                       "train: the training selfies with flips (and cutout where asked); val: the "
-                                       "validation split, its best epoch's weights kept (marked)"]),
+                                       f"train: the training selfies with {aug}; val: the validation split, "
+                                       "its best epoch's weights kept (marked)"]),
                    os.path.join(out, "curves.png"))
     rows, cols = 6, 12
     picks = order[np.linspace(0, len(order) - 1, min(len(order), rows * cols)).astype(int)]
